@@ -1,0 +1,3 @@
+from apstorage.cli import main
+
+main()

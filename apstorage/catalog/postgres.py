@@ -1,0 +1,179 @@
+"""The catalog in Postgres (the platform's own database), through psycopg 3."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from datetime import datetime
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from apstorage.catalog.base import INDEXES, Catalog, InitReport
+from apstorage.config import Settings
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+DDL = """
+CREATE TABLE "file" (
+    "id" character varying(21) NOT NULL,
+    "created" TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    "updated" TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
+    "projectId" character varying(21),
+    "platformId" character varying(21),
+    "data" bytea,
+    "location" character varying NOT NULL,
+    "fileName" character varying,
+    "size" integer,
+    "metadata" jsonb,
+    "s3Key" character varying,
+    "type" character varying NOT NULL DEFAULT 'UNKNOWN',
+    "compression" character varying NOT NULL DEFAULT 'NONE',
+    CONSTRAINT "PK_file_id" PRIMARY KEY ("id")
+)
+"""
+
+
+class PostgresCatalog(Catalog):
+    ph = "%s"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.target = f"postgres://{settings.postgres_target}"
+        self._secrets = [
+            s.reveal() for s in (settings.postgres_url, settings.postgres_password) if s
+        ]
+        self._ca_file: str | None = None
+        self.conn = self.connect()
+
+    # -- connections ----------------------------------------------------------------
+    def _conninfo(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {"connect_timeout": 10, "application_name": "apstorage"}
+        if s.postgres_url is not None:
+            kwargs["conninfo"] = s.postgres_url.reveal()
+        else:
+            kwargs.update(
+                conninfo="",
+                host=s.postgres_host,
+                port=s.postgres_port,
+                dbname=s.postgres_database,
+                user=s.postgres_username,
+            )
+            if s.postgres_password is not None:
+                kwargs["password"] = s.postgres_password.reveal()
+        if s.postgres_use_ssl:
+            kwargs["sslmode"] = "require"
+            if s.postgres_ssl_ca:
+                if self._ca_file is None:
+                    fd, self._ca_file = tempfile.mkstemp(prefix="apstorage-ca-", suffix=".pem")
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(s.postgres_ssl_ca)
+                kwargs.update(sslmode="verify-ca", sslrootcert=self._ca_file)
+        return kwargs
+
+    def connect(self) -> psycopg.Connection:
+        """A new autocommit connection; errors name the host, never the password."""
+        kwargs = self._conninfo()
+        conninfo = kwargs.pop("conninfo")
+        try:
+            return psycopg.connect(conninfo, autocommit=True, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise self._translate(exc) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        if self._ca_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ca_file)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def _translate(self, exc: Exception) -> ApStorageError:
+        reason = self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        if isinstance(exc, pg_errors.UndefinedTable):
+            return NotFoundError(
+                f'the "file" table does not exist in {self.target}; run `apstorage init`'
+            )
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return PermissionDeniedError(f"Postgres at {self.target} refused: {reason}")
+        lowered = reason.lower()
+        if "authentication failed" in lowered or "no password supplied" in lowered:
+            return PermissionDeniedError(
+                f"Postgres at {self.target} refused the credentials: {reason}"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return BackendUnavailableError(f"cannot reach Postgres at {self.target}: {reason}")
+        return ApStorageError(f"Postgres error at {self.target}: {reason}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor]:
+        """One short transaction; driver errors come out as ApStorageError."""
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise self._translate(exc) from None
+
+    # -- Catalog ----------------------------------------------------------------------
+    def _execute(self, sql: str, params: tuple = (), *, binary: bool = False) -> list[tuple]:
+        try:
+            with self.conn.cursor(binary=binary) as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise self._translate(exc) from None
+
+    def init_schema(self) -> InitReport:
+        report = InitReport(created_table=False, target=self.target)
+        with self.transaction() as cur:
+            # Serialise concurrent `init` runs; the lock ends with the transaction.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('apstorage:init'))")
+            cur.execute("SELECT to_regclass('file') IS NOT NULL")
+            exists = cur.fetchone()[0]
+            if not exists:
+                cur.execute(DDL)
+                report.created_table = True
+                for name, cols in INDEXES.items():
+                    quoted = ", ".join(f'"{c}"' for c in cols)
+                    cur.execute(f'CREATE INDEX "{name}" ON "file" ({quoted})')
+                    report.created_indexes.append(name)
+            else:
+                cur.execute(
+                    """
+                    SELECT array_agg(a.attname::text ORDER BY k.ord)
+                    FROM pg_index i
+                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                    WHERE i.indrelid = 'file'::regclass
+                    GROUP BY i.indexrelid
+                    """
+                )
+                present = {tuple(r[0]) for r in cur.fetchall()}
+                report.missing_indexes = [
+                    name for name, cols in INDEXES.items() if cols not in present
+                ]
+        return report
+
+    def _ts_in(self, value: datetime) -> Any:
+        return value
+
+    def _ts_out(self, value: Any) -> datetime | None:
+        return value
+
+    def _json_in(self, value: dict | None) -> Any:
+        return None if value is None else Jsonb(value)
+
+    def _bytes_in(self, value: bytes) -> Any:
+        return value

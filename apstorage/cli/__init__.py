@@ -1,0 +1,12 @@
+"""The command line: thin modules that parse flags, call services and render results."""
+
+from __future__ import annotations
+
+from apstorage.cli.app import app
+from apstorage.cli import admin, files  # noqa: F401  (register commands)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app(prog_name="apstorage")

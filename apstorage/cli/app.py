@@ -1,0 +1,65 @@
+"""The Typer application and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from apstorage import __version__
+from apstorage.errors import ApStorageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="apstorage",
+    help="Administer where a workflow-automation platform's files live: "
+    "the Postgres database, local disk, or S3-compatible object storage.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals hold DSNs and keys
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"apstorage {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Administer where a workflow-automation platform's files live: the Postgres
+    database, local disk, or S3-compatible object storage."""
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one line on stderr and their documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApStorageError as exc:
+            from apstorage.cli.output import Output
+
+            Output().error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Show what would be done; change nothing.")

@@ -1,0 +1,110 @@
+"""The one output helper every command uses.
+
+Data goes to stdout (a Rich table on a TTY, one JSON document with ``--json``);
+messages, warnings and progress go to stderr, and progress only when stderr is a TTY,
+so cron logs stay clean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class Output:
+    def __init__(self, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+        self._out: Any = None
+        self._err: Any = None
+
+    @property
+    def out(self):  # rich.console.Console on stdout
+        if self._out is None:
+            from rich.console import Console
+
+            self._out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        return self._out
+
+    @property
+    def err(self):  # rich.console.Console on stderr
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        return self._err
+
+    def result(self, data: Any, render: Callable[[Any], None] | None = None) -> None:
+        """The command's result: JSON with --json, else ``render(stdout console)``."""
+        if self.json_mode or render is None:
+            sys.stdout.write(json.dumps(data, default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            render(self.out)
+
+    def info(self, message: str) -> None:
+        self.err.print(message, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}", style="yellow", markup=False)
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        self.err.print(f"error: {message}", style="bold red", markup=False)
+        if hint:
+            self.err.print(f"hint: {hint}", markup=False)
+
+    @contextmanager
+    def progress(self, total: int | None, description: str, *, bytes_total: int | None = None) -> Iterator["Progress"]:
+        """A progress bar on stderr when it is a TTY; otherwise a silent counter."""
+        if not sys.stderr.isatty():
+            yield Progress(None, None)
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress as RichProgress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+        with RichProgress(*columns, console=self.err, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield Progress(bar, task)
+
+
+class Progress:
+    """Advance a Rich task, or nothing when progress is off."""
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self.bar = bar
+        self.task = task
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def update(self, **fields: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, **fields)

@@ -1,0 +1,160 @@
+"""The catalog's vocabulary: file types, locations, rows, ids and object keys."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import PurePosixPath
+
+from apstorage.errors import UsageError
+
+
+class Location(str, Enum):
+    DB = "DB"
+    S3 = "S3"
+    LOCAL = "LOCAL"
+
+
+class Compression(str, Enum):
+    NONE = "NONE"
+    ZSTD = "ZSTD"
+
+
+EXECUTION_TYPES = frozenset(
+    {
+        "FLOW_RUN_LOG",
+        "FLOW_RUN_LOG_SLICE",
+        "FLOW_STEP_FILE",
+        "TRIGGER_PAYLOAD",
+        "TRIGGER_EVENT_FILE",
+        "WEBHOOK_PAYLOAD",
+        "FLOW_BUNDLE",
+    }
+)
+PERMANENT_TYPES = frozenset(
+    {
+        "UNKNOWN",
+        "PACKAGE_ARCHIVE",
+        "SAMPLE_DATA",
+        "SAMPLE_DATA_INPUT",
+        "PROJECT_RELEASE",
+        "FLOW_VERSION_BACKUP",
+        "PLATFORM_ASSET",
+        "USER_PROFILE_PICTURE",
+        "KNOWLEDGE_BASE",
+    }
+)
+ALL_TYPES = EXECUTION_TYPES | PERMANENT_TYPES
+LEGACY_TYPES = {"STEP_FILE": "FLOW_STEP_FILE", "FILE": "UNKNOWN"}
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
+def new_id() -> str:
+    """A 21-character nanoid-style id over ``0-9A-Za-z``, as the platform makes them."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(21))
+
+
+def parse_type(value: str, flag: str = "--type") -> str:
+    """Normalise a file type name (any case, legacy names accepted) or refuse it (exit 2)."""
+    name = value.strip().upper()
+    name = LEGACY_TYPES.get(name, name)
+    if name not in ALL_TYPES:
+        accepted = ", ".join(sorted(ALL_TYPES))
+        raise UsageError(f"{flag}: unknown file type {value!r}; accepted: {accepted}")
+    return name
+
+
+def is_execution_type(file_type: str) -> bool:
+    return file_type in EXECUTION_TYPES
+
+
+def check_owner_id(value: str, flag: str) -> str:
+    """Project and platform ids become path segments: only id characters are allowed."""
+    if not _ID_RE.match(value):
+        raise UsageError(f"{flag}: {value!r} is not a valid id (letters, digits, '_' and '-' only)")
+    return value
+
+
+def object_key(
+    file_id: str, file_type: str, project_id: str | None, platform_id: str | None
+) -> str:
+    """The one place object keys are built (S3 and LOCAL share them).
+
+    ``platform/{platformId}/{TYPE}/{fileId}`` when the row has a platform, else
+    ``project/{projectId}/{TYPE}/{fileId}`` — the platform's own layout.
+    """
+    if platform_id:
+        owner = ("platform", check_owner_id(platform_id, "platformId"))
+    elif project_id:
+        owner = ("project", check_owner_id(project_id, "projectId"))
+    else:
+        raise UsageError("a file needs a project or a platform (--project or --platform)")
+    check_owner_id(file_id, "id")
+    if file_type not in ALL_TYPES:
+        raise UsageError(f"unknown file type {file_type!r}")
+    return f"{owner[0]}/{owner[1]}/{file_type}/{file_id}"
+
+
+def safe_relative_key(key: str) -> str:
+    """Refuse a key that could escape a store's root (absolute, ``..``, empty parts)."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise UsageError(f"unsafe object key {key!r}")
+    parts = PurePosixPath(key).parts
+    if any(part in ("", ".", "..") for part in parts) or len(parts) != key.count("/") + 1:
+        raise UsageError(f"unsafe object key {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One row of the ``file`` table, without its bytes."""
+
+    id: str
+    type: str
+    location: Location
+    created: datetime | None = None
+    updated: datetime | None = None
+    project_id: str | None = None
+    platform_id: str | None = None
+    file_name: str | None = None
+    size: int | None = None
+    metadata: dict | None = field(default=None, compare=False)
+    s3_key: str | None = None
+    compression: Compression = Compression.NONE
+
+    @property
+    def key(self) -> str:
+        """Where the bytes live in S3 or LOCAL: the row's own ``s3Key`` is always reused."""
+        return self.s3_key or object_key(self.id, self.type, self.project_id, self.platform_id)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "location": self.location.value,
+            "created": _iso(self.created),
+            "updated": _iso(self.updated),
+            "projectId": self.project_id,
+            "platformId": self.platform_id,
+            "fileName": self.file_name,
+            "size": self.size,
+            "s3Key": self.s3_key,
+            "compression": self.compression.value,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    from datetime import timezone
+
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

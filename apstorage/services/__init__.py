@@ -1,0 +1,1 @@
+"""Services: what each command does, as plain Python (no typer, no rendering)."""

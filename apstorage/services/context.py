@@ -1,0 +1,45 @@
+"""The handles a service works with: settings, the catalog, and the stores, opened lazily."""
+
+from __future__ import annotations
+
+from apstorage.catalog import Catalog, open_catalog
+from apstorage.config import Settings, load_settings
+from apstorage.model import Location
+from apstorage.stores import Store, open_store
+
+
+class Storage:
+    """One catalog and one store per location, opened on first use and closed together."""
+
+    def __init__(self, settings: Settings | None = None, *, workers: int = 10) -> None:
+        self.settings = settings or load_settings()
+        self.workers = workers
+        self._catalog: Catalog | None = None
+        self._stores: dict[Location, Store] = {}
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = open_catalog(self.settings)
+        return self._catalog
+
+    def store(self, location: Location) -> Store:
+        if location not in self._stores:
+            self._stores[location] = open_store(
+                location, self.settings, self.catalog, workers=self.workers
+            )
+        return self._stores[location]
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def __enter__(self) -> "Storage":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

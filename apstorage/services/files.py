@@ -1,0 +1,238 @@
+"""`put` and `get`: store a file where its type and the settings say, read it from wherever
+its row says it is.
+
+Write order (nothing half-made): the size limit is checked before anything is written;
+S3/LOCAL bytes are written first and the row inserted after, and an object whose row
+insert failed is removed; DB bytes go in with the row in one statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, Iterator
+
+from apstorage.errors import NotFoundError, PermissionDeniedError, TooLargeError, UsageError
+from apstorage.model import (
+    ZSTD_MAGIC,
+    Compression,
+    FileRow,
+    Location,
+    check_owner_id,
+    is_execution_type,
+    new_id,
+    object_key,
+    parse_type,
+)
+from apstorage.services.context import Storage
+from apstorage.stores.base import CHUNK
+
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+RETENTION_TAG = {"ap-retention": "execution"}
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    source: str  # a path, or "-" for stdin
+    file_type: str
+    project_id: str | None = None
+    platform_id: str | None = None
+    name: str | None = None
+    compress: bool = False
+
+
+def location_for(file_type: str, configured: Location) -> Location:
+    """Permanent files always live in DB; execution data follows the setting."""
+    return configured if is_execution_type(file_type) else Location.DB
+
+
+def validate_put(storage: Storage, req: PutRequest) -> tuple[str, Location, FileRow]:
+    """Check everything that can be checked before a byte is written."""
+    file_type = parse_type(req.file_type)
+    if not req.project_id and not req.platform_id:
+        raise UsageError("give --project ID or --platform ID: every file has an owner")
+    if req.project_id:
+        check_owner_id(req.project_id, "--project")
+    if req.platform_id:
+        check_owner_id(req.platform_id, "--platform")
+    location = location_for(file_type, storage.settings.storage_location)
+    file_id = new_id()
+    key = object_key(file_id, file_type, req.project_id, req.platform_id)
+    name = req.name if req.name is not None else (None if req.source == "-" else Path(req.source).name)
+    row = FileRow(
+        id=file_id,
+        type=file_type,
+        location=location,
+        project_id=req.project_id,
+        platform_id=req.platform_id,
+        file_name=name,
+        s3_key=None if location is Location.DB else key,
+        compression=Compression.ZSTD if req.compress else Compression.NONE,
+    )
+    return file_type, location, row
+
+
+def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False) -> FileRow:
+    file_type, location, row = validate_put(storage, req)
+    limit = storage.settings.max_file_size_bytes
+    with contextlib.ExitStack() as stack:
+        source, size = _open_source(req.source, limit, stdin, stack)
+        if req.compress:
+            source, size = _compress(source, stack)
+        row = FileRow(**{**row.__dict__, "size": size})
+        if dry_run:
+            return row
+        if location is Location.DB:
+            return storage.catalog.insert(row, source.read())
+        store = storage.store(location)
+        tags = RETENTION_TAG if is_execution_type(file_type) else None
+        store.put(row.key, source, size, tags=tags)
+        try:
+            return storage.catalog.insert(row)
+        except BaseException:
+            # The row never made it: remove the bytes so nothing points nowhere.
+            with contextlib.suppress(Exception):
+                store.delete(row.key)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_source(
+    source: str, limit: int, stdin: BinaryIO | None, stack: contextlib.ExitStack
+) -> tuple[BinaryIO, int]:
+    """The input, seekable, with its size known and within the limit."""
+    if source == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY))
+        size = 0
+        while chunk := stream.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large("standard input", size, limit, at_least=True)
+            spool.write(chunk)
+        spool.seek(0)
+        return spool, size  # type: ignore[return-value]
+    path = Path(source)
+    try:
+        stat = path.stat()
+        if path.is_dir():
+            raise UsageError(f"{source} is a directory; give a file or - for standard input")
+        fh = stack.enter_context(open(path, "rb"))
+    except FileNotFoundError:
+        raise NotFoundError(f"input file {source} does not exist") from None
+    except PermissionError:
+        raise PermissionDeniedError(f"cannot read input file {source}: permission denied") from None
+    if stat.st_size > limit:
+        raise _too_large(source, stat.st_size, limit)
+    return fh, stat.st_size
+
+
+def _too_large(what: str, size: int, limit: int, *, at_least: bool = False) -> TooLargeError:
+    mb = limit // (1024 * 1024)
+    amount = f"more than {limit}" if at_least else str(size)
+    return TooLargeError(
+        f"{what} is {amount} bytes, over AP_MAX_FILE_SIZE_MB={mb}; nothing was written",
+        hint="raise AP_MAX_FILE_SIZE_MB to accept larger files",
+    )
+
+
+def _compress(source: BinaryIO, stack: contextlib.ExitStack) -> tuple[BinaryIO, int]:
+    import zstandard
+
+    spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY))
+    zstandard.ZstdCompressor(level=3).copy_stream(source, spool)
+    size = spool.tell()
+    spool.seek(0)
+    return spool, size  # type: ignore[return-value]
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def open_file(storage: Storage, file_id: str) -> tuple[FileRow, Iterator[bytes]]:
+    """The row and its original bytes, streamed from wherever the row says they are."""
+    row = storage.catalog.get(file_id)
+    if row.location is Location.DB:
+        chunks = storage.store(Location.DB).open(row.id)
+    else:
+        chunks = storage.store(row.location).open(row.key)
+    return row, decompressed(chunks, force=row.compression is Compression.ZSTD)
+
+
+def decompressed(chunks: Iterator[bytes], *, force: bool) -> Iterator[bytes]:
+    """Undo zstd when the row says ZSTD, or when the bytes start with the zstd magic
+    (the platform writes such ``NONE`` rows and decompresses them the same way)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(ZSTD_MAGIC):
+            break
+    if not (force or head.startswith(ZSTD_MAGIC)):
+        if head:
+            yield head
+        yield from chunks
+        return
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    obj = dctx.decompressobj()
+    pending = [head]
+    for chunk in _chain(pending, chunks):
+        while chunk:
+            out = obj.decompress(chunk)
+            if out:
+                yield out
+            chunk = obj.unused_data if obj.eof else b""
+            if obj.eof:
+                obj = dctx.decompressobj()  # the next frame, if any
+
+
+def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+def write_file(storage: Storage, file_id: str, output: str) -> FileRow:
+    """Copy a file's bytes to ``output`` (a path or "-"). A path is written whole or not
+    at all: a temp file beside it is renamed into place once complete."""
+    row, chunks = open_file(storage, file_id)
+    if output == "-":
+        _copy(chunks, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return row
+    target = Path(output)
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    except FileNotFoundError:
+        raise NotFoundError(f"output folder {directory} does not exist") from None
+    except PermissionError:
+        raise PermissionDeniedError(f"cannot write to {directory}: permission denied") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _copy(chunks, out)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return row
+
+
+def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> None:
+    for chunk in chunks:
+        out.write(chunk)
+
+
+__all__ = [
+    "PutRequest",
+    "location_for",
+    "put_file",
+    "open_file",
+    "write_file",
+    "decompressed",
+]

@@ -1,0 +1,235 @@
+"""S3 store: the only module that imports boto3.
+
+Every S3 detail lives here: the lazily-built client (SigV4, path-style on custom
+endpoints, checksums only when required there, standard retries, a pool as large as the
+worker count), streaming transfers, and the translation of errors by HTTP status.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
+from urllib.parse import urlencode, urlsplit
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ConnectTimeoutError,
+)
+
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    TooLargeError,
+)
+from apstorage.model import Location
+from apstorage.stores.base import CHUNK, ObjectInfo, Store
+
+if TYPE_CHECKING:
+    from apstorage.config import Settings
+
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MULTIPART_CHUNK = 8 * 1024 * 1024
+
+
+class S3Store(Store):
+    location = Location.S3
+
+    def __init__(self, settings: Settings, *, workers: int = 10) -> None:
+        settings.require_s3()
+        self.settings = settings
+        self.bucket: str = settings.s3_bucket  # type: ignore[assignment]
+        self.workers = max(1, workers)
+        self.endpoint = settings.s3_endpoint
+        self.where = self.endpoint or f"AWS S3 ({settings.s3_region or 'default region'})"
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # -- client -----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> Any:
+        s = self.settings
+        options: dict[str, Any] = {
+            "signature_version": "s3v4",
+            "max_pool_connections": max(10, self.workers),
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        }
+        if self.endpoint:
+            options["s3"] = {"addressing_style": "path"}
+            options["request_checksum_calculation"] = "when_required"
+            options["response_checksum_validation"] = "when_required"
+        kwargs: dict[str, Any] = {
+            "region_name": s.s3_region or "us-east-1",
+            "endpoint_url": self.endpoint,
+            "config": Config(**options),
+        }
+        if not s.s3_use_irsa:
+            kwargs["aws_access_key_id"] = s.s3_access_key_id
+            kwargs["aws_secret_access_key"] = s.s3_secret_access_key.reveal()  # type: ignore[union-attr]
+        return boto3.session.Session().client("s3", **kwargs)
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNK,
+            max_concurrency=4,
+            max_io_queue=8,
+        )
+
+    # -- errors -----------------------------------------------------------------------
+    def translate(self, exc: Exception, key: str | None = None) -> ApStorageError:
+        """Map a boto error to ours by HTTP status, never a catch-all."""
+        what = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = err.get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            message = err.get("Message") or code
+            detail = f"{code}: {message}" if code and message != code else (code or message)
+            if code == "NoSuchBucket":
+                return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.where}")
+            if status == 404 or code in ("NoSuchKey", "NotFound"):
+                return NotFoundError(f"{what} does not exist")
+            if status in (401, 403):
+                return PermissionDeniedError(
+                    f"S3 at {self.where} refused access to {what} ({detail})"
+                )
+            if status == 400 and code == "EntityTooLarge":
+                return TooLargeError(f"S3 refused {what}: {detail}")
+            if status >= 500 or status == 0:
+                return BackendUnavailableError(f"S3 at {self.where} failed for {what}: {detail}")
+            return ApStorageError(f"S3 error for {what}: {detail} (HTTP {status})")
+        if isinstance(exc, NoCredentialsError):
+            return ConfigError(
+                "no AWS credentials found for AP_S3_USE_IRSA=true; set AP_S3_ACCESS_KEY_ID "
+                "and AP_S3_SECRET_ACCESS_KEY or provide a web identity"
+            )
+        if isinstance(
+            exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError)
+        ):
+            host = urlsplit(self.endpoint).netloc if self.endpoint else "AWS S3"
+            return BackendUnavailableError(f"cannot reach S3 at {host}: {exc}")
+        if isinstance(exc, BotoCoreError):
+            return ApStorageError(f"S3 error for {what}: {exc}")
+        if isinstance(exc, ApStorageError):
+            return exc
+        raise exc
+
+    # -- Store ------------------------------------------------------------------------
+    def put(self, key: str, source: BinaryIO, size: int, *, tags: dict[str, str] | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if tags:
+            extra["Tagging"] = urlencode(tags)
+        try:
+            if size < MULTIPART_THRESHOLD:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=source.read(), ContentLength=size, **extra
+                )
+            else:
+                self.client.upload_fileobj(
+                    source, self.bucket, key, ExtraArgs=extra or None, Config=self.transfer_config()
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc, key) from None
+        except Exception as exc:  # s3transfer wraps client errors in its own types
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                raise self.translate(cause, key) from None
+            raise
+
+    def open(self, key: str) -> Iterator[bytes]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc, key) from None
+        return self._iter_body(response["Body"], key)
+
+    def _iter_body(self, body: Any, key: str) -> Iterator[bytes]:
+        try:
+            with body:
+                yield from body.iter_chunks(CHUNK)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc, key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NotFound"):
+                return
+            raise self.translate(exc, key) from None
+        except BotoCoreError as exc:
+            raise self.translate(exc, key) from None
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """DeleteObjects in batches of ``AP_S3_DELETE_BATCH_SIZE``; returns refused keys."""
+        failed: dict[str, str] = {}
+        batch_size = self.settings.s3_delete_batch_size
+        keys = list(keys)
+        for start in range(0, len(keys), batch_size):
+            batch = keys[start : start + batch_size]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                reason = str(self.translate(exc))
+                failed.update({k: reason for k in batch})
+                continue
+            for err in response.get("Errors", []):
+                if err.get("Code") in ("NoSuchKey", "NotFound"):
+                    continue
+                failed[err["Key"]] = f"{err.get('Code')}: {err.get('Message', '')}".strip()
+        return failed
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return None
+            raise self.translate(exc, key) from None
+        except BotoCoreError as exc:
+            raise self.translate(exc, key) from None
+        return ObjectInfo(key, int(head["ContentLength"]))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc) from None
+
+    def check_bucket(self) -> None:
+        """A cheap request that fails early with the right exit code."""
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc) from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
