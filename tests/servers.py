@@ -240,7 +240,7 @@ def _wait_ready(
         if time.monotonic() >= deadline:
             tail = _log_tail(log_path) if log_path else ""
             raise RuntimeError(
-                f"{name} was not ready after {timeout:.0f}s (last error: {last!r});"
+                f"{name} was not ready after {timeout:g}s (last error: {last!r});"
                 f" log tail:\n{tail}"
             )
         time.sleep(delay)
@@ -401,6 +401,7 @@ def _weed_args(tmp: Path, data_dir: Path, config: Path | None, pool: _PortPool):
         *(f"-{flag}={port}" for flag, port in ports.items()),
         "-admin.ui=false",
         "-master.telemetry=false",  # 4.48 defaults to reporting home
+        "-volume.preStopSeconds=0",  # mini's default of 1 s only slows teardown
         # Unix sockets that would otherwise land in /tmp:
         f"-filer.localSocket={tmp / 'filer.sock'}",
         f"-s3.localSocket={tmp / 's3.sock'}",
@@ -472,9 +473,9 @@ def seaweedfs_server(
                 config=Config(
                     signature_version="s3v4",
                     s3={"addressing_style": "path"},
-                    connect_timeout=2,
-                    read_timeout=5,
-                    retries={"max_attempts": 1},
+                    connect_timeout=1,
+                    read_timeout=3,
+                    retries={"total_max_attempts": 1, "mode": "standard"},
                 ),
             )
             # cwd=tmp: weed also reads ./security.toml etc. from its cwd

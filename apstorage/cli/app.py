@@ -19,6 +19,9 @@ app = typer.Typer(
     "the Postgres database, local disk, or S3-compatible object storage.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals hold DSNs and keys
+    # Plain help: typer.rich_utils costs ~130 ms of imports (markdown-it, rich.syntax);
+    # bench/startup.py holds `--help` to a quarter of `aws --version`.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=True,
 )

@@ -1,0 +1,47 @@
+"""Ids, types and the one key-building function."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from apstorage.errors import UsageError
+from apstorage.model import FileRow, Location, new_id, object_key, parse_type, safe_relative_key
+
+
+def test_ids_are_21_characters_of_the_platform_alphabet() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9A-Za-z]{21}", i) for i in ids)
+
+
+def test_keys_use_the_platform_when_there_is_one_else_the_project() -> None:
+    assert object_key("F1", "FLOW_RUN_LOG", "P1", "PL1") == "platform/PL1/FLOW_RUN_LOG/F1"
+    assert object_key("F1", "FLOW_RUN_LOG", "P1", None) == "project/P1/FLOW_RUN_LOG/F1"
+
+
+def test_an_existing_s3_key_is_reused() -> None:
+    row = FileRow(id="F1", type="FLOW_RUN_LOG", location=Location.S3, project_id="P1", s3_key="legacy/x/F1")
+    assert row.key == "legacy/x/F1"
+    assert FileRow(id="F1", type="FLOW_RUN_LOG", location=Location.S3, project_id="P1").key == "project/P1/FLOW_RUN_LOG/F1"
+
+
+@pytest.mark.parametrize("owner", ["..", "../x", "a/b", "", "a b"])
+def test_owner_ids_cannot_shape_the_key(owner: str) -> None:
+    with pytest.raises(UsageError):
+        object_key("F1", "FLOW_RUN_LOG", owner or None, None)
+
+
+@pytest.mark.parametrize("key", ["../a", "/a", "a/../b", "a/./b", "a//b", "a\\b", ""])
+def test_unsafe_keys_are_refused(key: str) -> None:
+    with pytest.raises(UsageError):
+        safe_relative_key(key)
+
+
+def test_types_accept_any_case_and_legacy_names() -> None:
+    assert parse_type("flow_run_log") == "FLOW_RUN_LOG"
+    assert parse_type("STEP_FILE") == "FLOW_STEP_FILE"
+    assert parse_type("FILE") == "UNKNOWN"
+    with pytest.raises(UsageError, match="accepted"):
+        parse_type("NOPE")
