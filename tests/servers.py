@@ -187,7 +187,19 @@ def _spawn(
             env=dict(env),
             cwd=str(cwd),
             start_new_session=True,  # own process group, killed as a whole
+            preexec_fn=_die_with_parent,
         )
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the test process dies without cleaning up
+    (SIGKILL, a CI timeout), so no server outlives its run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:
@@ -400,6 +412,7 @@ def _weed_args(tmp: Path, data_dir: Path, config: Path | None, pool: _PortPool):
         f"-ip.bind={HOST}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         "-admin.ui=false",
+        "-s3.autoCreateBucket=false",  # a missing bucket is a 404, as on AWS
         "-master.telemetry=false",  # 4.48 defaults to reporting home
         "-volume.preStopSeconds=0",  # mini's default of 1 s only slows teardown
         # Unix sockets that would otherwise land in /tmp:

@@ -48,6 +48,7 @@ class Catalog(ABC):
     """The ``file`` table. Implementations translate driver errors to ApStorageError."""
 
     ph = "?"
+    dialect = ""  # "sqlite" | "postgres"
     target = ""
 
     # -- schema ---------------------------------------------------------------------
@@ -56,6 +57,11 @@ class Catalog(ABC):
         """Create the table and its indexes when missing; never alter an existing table."""
 
     # -- plumbing each dialect provides ---------------------------------------------------
+    @abstractmethod
+    def transaction(self) -> Any:
+        """A context manager yielding a DB-API cursor inside one short transaction
+        (placeholders are ``self.ph``); rolled back on any exception."""
+
     @abstractmethod
     def _execute(self, sql: str, params: tuple = (), *, binary: bool = False) -> list[tuple]:
         """Run one statement in its own short transaction and return its rows."""

@@ -43,6 +43,7 @@ CREATE TABLE "file" (
 
 class PostgresCatalog(Catalog):
     ph = "%s"
+    dialect = "postgres"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

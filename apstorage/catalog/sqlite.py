@@ -35,6 +35,7 @@ CREATE TABLE "file" (
 
 class SqliteCatalog(Catalog):
     ph = "?"
+    dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
