@@ -88,12 +88,15 @@ class S3Store(Store):
         return boto3.session.Session().client("s3", **kwargs)
 
     def transfer_config(self) -> TransferConfig:
-        return TransferConfig(
+        config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNK,
             max_concurrency=4,
-            max_io_queue=8,
         )
+        # Parts read from a file object are held in memory until sent (default 10):
+        # cap them so a 1 GiB upload stays flat (measured in tests/test_streaming.py).
+        config.max_in_memory_upload_chunks = 4
+        return config
 
     # -- errors -----------------------------------------------------------------------
     def translate(self, exc: Exception, key: str | None = None) -> ApStorageError:
