@@ -7,6 +7,8 @@ worker count), streaming transfers, and the translation of errors by HTTP status
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import urlencode, urlsplit
@@ -139,18 +141,14 @@ class S3Store(Store):
 
     # -- Store ------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO, size: int, *, tags: dict[str, str] | None = None) -> None:
-        extra: dict[str, Any] = {}
-        if tags:
-            extra["Tagging"] = urlencode(tags)
+        if size < MULTIPART_THRESHOLD:
+            self.put_bytes(key, source.read(), tags=tags)
+            return
+        extra: dict[str, Any] = {"Tagging": urlencode(tags)} if tags else {}
         try:
-            if size < MULTIPART_THRESHOLD:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=source.read(), ContentLength=size, **extra
-                )
-            else:
-                self.client.upload_fileobj(
-                    source, self.bucket, key, ExtraArgs=extra or None, Config=self.transfer_config()
-                )
+            self.client.upload_fileobj(
+                source, self.bucket, key, ExtraArgs=extra or None, Config=self.transfer_config()
+            )
         except (ClientError, BotoCoreError) as exc:
             raise self.translate(exc, key) from None
         except Exception as exc:  # s3transfer wraps client errors in its own types
@@ -158,6 +156,35 @@ class S3Store(Store):
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self.translate(cause, key) from None
             raise
+        info = self.stat(key)
+        if info is None or info.size != size:
+            raise ApStorageError(
+                f"s3://{self.bucket}/{key} holds {info.size if info else 'nothing'} bytes "
+                f"after uploading {size}"
+            )
+
+    def put_bytes(self, key: str, data: bytes, *, tags: dict[str, str] | None = None) -> None:
+        """One PutObject carrying Content-MD5, so the server refuses damaged bytes; the
+        returned ETag must equal that MD5 (it does for single-part, unencrypted objects)."""
+        digest = hashlib.md5(data)
+        extra: dict[str, Any] = {"Tagging": urlencode(tags)} if tags else {}
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentLength=len(data),
+                ContentMD5=base64.b64encode(digest.digest()).decode(),
+                **extra,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc, key) from None
+        etag = response.get("ETag", "").strip('"')
+        if etag and "-" not in etag and etag != digest.hexdigest():
+            raise ApStorageError(
+                f"s3://{self.bucket}/{key}: the server's ETag {etag} does not match the "
+                f"MD5 {digest.hexdigest()} of the bytes sent"
+            )
 
     def open(self, key: str) -> Iterator[bytes]:
         try:
