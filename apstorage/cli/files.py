@@ -69,7 +69,7 @@ def put(
             + (f" at {row.key}" if row.s3_key else ""), markup=False))
         return
     out.result(data, lambda c: c.print(row.id, markup=False))
-    if not json_out:
+    if not json_out and out.progress_enabled:  # a note for people, not for pipelines
         out.info(f"stored {human_size(row.size)} in {row.location.value}" + (f" at {row.s3_key}" if row.s3_key else ""))
 
 

@@ -65,6 +65,10 @@ class Output:
         if hint:
             self.err.print(f"hint: {hint}", markup=False)
 
+    @property
+    def progress_enabled(self) -> bool:
+        return sys.stderr.isatty()
+
     @contextmanager
     def progress(self, total: int | None, description: str, *, bytes_total: int | None = None) -> Iterator["Progress"]:
         """A progress bar on stderr when it is a TTY; otherwise a silent counter."""
@@ -78,19 +82,18 @@ class Output:
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         columns = [
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]
         with RichProgress(*columns, console=self.err, transient=True) as bar:
-            task = bar.add_task(description, total=total)
+            task = bar.add_task(description, total=total, rate="")
             yield Progress(bar, task)
 
 
@@ -104,6 +107,9 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.advance(self.task, n)
+            speed = self.bar.tasks[self.task].speed if hasattr(self.bar, "tasks") else None
+            if speed:
+                self.bar.update(self.task, rate=f"{speed:,.0f}/s")
 
     def update(self, **fields: Any) -> None:
         if self.bar is not None:

@@ -1,0 +1,140 @@
+"""`lifecycle apply` and `lifecycle show`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
+from apstorage.cli.output import Output
+
+lifecycle_app = typer.Typer(
+    help="Bucket lifecycle rules derived from the retention settings, merged by rule ID.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(lifecycle_app, name="lifecycle")
+
+_CHANGE_STYLE = {"added": "green", "updated": "yellow", "kept": "dim", "removed": "red"}
+
+
+@lifecycle_app.command("apply")
+@handle_errors
+def apply_cmd(
+    retention_days: Optional[int] = typer.Option(
+        None, "--retention-days", min=1, metavar="N",
+        help="Days execution data is kept (default: AP_EXECUTION_DATA_RETENTION_DAYS).",
+    ),
+    grace_days: int = typer.Option(
+        1, "--grace-days", min=0, metavar="N",
+        help="Extra days before the bucket expires tagged objects, so the catalog sweep "
+        "deletes them first.",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Remove rules apstorage did not create (default: keep them)."
+    ),
+    dry_run: bool = DRY_RUN_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Merge apstorage's lifecycle rules into the bucket's configuration.
+
+    Adds or updates two rules by ID: apstorage-expire-execution-data (objects tagged
+    ap-retention=execution expire after retention + grace days) and
+    apstorage-abort-incomplete-multipart (incomplete multipart uploads are aborted after
+    1 day). Rules with other IDs are kept unchanged unless --replace. Shows the diff;
+    writes only when something changed.
+    """
+    from apstorage.services.context import Storage
+    from apstorage.services.lifecycle import apply_lifecycle
+
+    out = Output(json_out)
+    with Storage() as storage:
+        plan = apply_lifecycle(
+            storage,
+            retention_days=retention_days,
+            grace_days=grace_days,
+            replace=replace,
+            dry_run=dry_run,
+        )
+
+    def render(console) -> None:
+        from rich.table import Table
+        from rich.text import Text
+
+        from apstorage.services.lifecycle import describe_actions, describe_filter
+
+        table = Table(title=f"s3://{plan.bucket}")
+        table.add_column("change")
+        table.add_column("rule", no_wrap=True)  # ids stay whole, greppable
+        table.add_column("ours")
+        table.add_column("filter")
+        table.add_column("action")
+        for c in plan.changes:
+            rule = c.after or c.before or {}
+            table.add_row(
+                Text(c.change, style=_CHANGE_STYLE[c.change]),
+                Text(c.id),
+                "yes" if c.ours else "",
+                Text(describe_filter(rule)),
+                Text(describe_actions(rule)),
+            )
+        console.print(table)
+
+    out.result(plan.to_json(), render)
+    if json_out:
+        return
+    counts = ", ".join(
+        f"{len(ids)} {name}"
+        for name, ids in (("added", plan.added), ("updated", plan.updated),
+                          ("kept", plan.kept), ("removed", plan.removed))
+        if ids
+    )
+    if not plan.changed:
+        out.info(f"no change: the lifecycle configuration of {plan.bucket} is up to date ({counts})")
+    elif dry_run:
+        out.info(f"dry run: would write {len(plan.rules)} rules to {plan.bucket} ({counts}); nothing written")
+    else:
+        out.info(f"wrote {len(plan.rules)} rules to {plan.bucket} ({counts})")
+
+
+@lifecycle_app.command("show")
+@handle_errors
+def show_cmd(json_out: bool = JSON_OPTION) -> None:
+    """List the bucket's lifecycle rules; apstorage's own are marked."""
+    from apstorage.services.context import Storage
+    from apstorage.services.lifecycle import show_lifecycle
+
+    out = Output(json_out)
+    with Storage() as storage:
+        view = show_lifecycle(storage)
+    data = view.to_json()
+
+    def render(console) -> None:
+        from rich.table import Table
+        from rich.text import Text
+
+        if not view.rules:
+            console.print(f"bucket {view.bucket} has no lifecycle rules", markup=False)
+            return
+        table = Table(title=f"s3://{view.bucket}")
+        table.add_column("rule", no_wrap=True)
+        table.add_column("ours")
+        table.add_column("status")
+        table.add_column("filter")
+        table.add_column("action")
+        for rule in data["rules"]:
+            table.add_row(
+                Text(rule["id"]),
+                "yes" if rule["ours"] else "",
+                "enabled" if rule["enabled"] else "disabled",
+                Text(rule["filter"]),
+                Text(rule["actions"]),
+            )
+        console.print(table)
+
+    out.result(data, render)
+    if not json_out and view.missing:
+        out.info(
+            f"missing apstorage rules: {', '.join(view.missing)}; run `apstorage lifecycle apply`"
+        )

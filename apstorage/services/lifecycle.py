@@ -1,0 +1,366 @@
+"""`lifecycle apply` / `lifecycle show`: bucket lifecycle rules derived from the retention
+settings, merged into the bucket's configuration by rule ID, never clobbering.
+
+S3's PutBucketLifecycleConfiguration replaces every rule on the bucket, so `apply` reads
+the current configuration, swaps in apstorage's two rules by ID, keeps every other rule
+exactly as the provider returned it (unless ``replace``), and writes only when the result
+differs from what is there. apstorage's rules:
+
+- ``apstorage-expire-execution-data``: objects tagged ``ap-retention=execution`` (``put``
+  tags execution data so) expire after retention + grace days. The catalog sweep normally
+  deletes them first; the rule catches objects whose rows were lost. The type sits in the
+  middle of the key (``project/{id}/FLOW_RUN_LOG/{file}``), so a prefix cannot select them.
+- ``apstorage-abort-incomplete-multipart``: the whole bucket; incomplete multipart uploads
+  are aborted one day after they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+from apstorage.errors import UsageError
+from apstorage.services.files import RETENTION_TAG
+
+if TYPE_CHECKING:
+    from apstorage.services.context import Storage
+    from apstorage.stores.s3 import S3Store
+
+EXPIRE_RULE_ID = "apstorage-expire-execution-data"
+ABORT_RULE_ID = "apstorage-abort-incomplete-multipart"
+OUR_RULE_IDS = (EXPIRE_RULE_ID, ABORT_RULE_ID)
+DEFAULT_GRACE_DAYS = 1
+ABORT_AFTER_DAYS = 1
+
+ADDED, UPDATED, KEPT, REMOVED = "added", "updated", "kept", "removed"
+
+
+# -- our rules --------------------------------------------------------------------------
+
+
+def our_rules(retention_days: int, grace_days: int = DEFAULT_GRACE_DAYS) -> list[dict[str, Any]]:
+    """apstorage's rules, as boto3 dicts, for a retention and a grace period in days."""
+    if retention_days < 1:
+        raise UsageError(f"--retention-days must be at least 1 (got {retention_days})")
+    if grace_days < 0:
+        raise UsageError(f"--grace-days must be 0 or more (got {grace_days})")
+    ((tag_key, tag_value),) = RETENTION_TAG.items()
+    return [
+        {
+            "ID": EXPIRE_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Tag": {"Key": tag_key, "Value": tag_value}},
+            "Expiration": {"Days": retention_days + grace_days},
+        },
+        {
+            "ID": ABORT_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_AFTER_DAYS},
+        },
+    ]
+
+
+def is_ours(rule: dict[str, Any]) -> bool:
+    return rule.get("ID") in OUR_RULE_IDS
+
+
+def _canonical(rule: dict[str, Any]) -> str:
+    """A comparable form: key order ignored, and the spellings of "every object" made one
+    (``Filter: {}``, ``Filter: {Prefix: ""}``, a legacy top-level ``Prefix``)."""
+    rule = dict(rule)
+    if "Filter" not in rule and "Prefix" in rule:
+        rule["Filter"] = {"Prefix": rule.pop("Prefix")}
+    if rule.get("Filter") == {}:
+        rule["Filter"] = {"Prefix": ""}
+    return json.dumps(rule, sort_keys=True, default=str)
+
+
+def same_rule(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return _canonical(a) == _canonical(b)
+
+
+# -- planning (pure) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    id: str  # the rule's ID, or "#N" (its 1-based position) for a rule without one
+    change: str  # added | updated | kept | removed
+    ours: bool
+    before: dict[str, Any] | None  # as the provider returned it
+    after: dict[str, Any] | None  # as it will be written
+
+
+@dataclass
+class LifecyclePlan:
+    bucket: str
+    where: str
+    changes: list[RuleChange]
+    rules: list[dict[str, Any]]  # the configuration to write, in order
+    had_configuration: bool = True
+    retention_days: int = 0
+    grace_days: int = DEFAULT_GRACE_DAYS
+    dry_run: bool = False
+    written: bool = False
+
+    def ids(self, change: str) -> list[str]:
+        return [c.id for c in self.changes if c.change == change]
+
+    @property
+    def added(self) -> list[str]:
+        return self.ids(ADDED)
+
+    @property
+    def updated(self) -> list[str]:
+        return self.ids(UPDATED)
+
+    @property
+    def kept(self) -> list[str]:
+        return self.ids(KEPT)
+
+    @property
+    def removed(self) -> list[str]:
+        return self.ids(REMOVED)
+
+    @property
+    def changed(self) -> bool:
+        return any(c.change != KEPT for c in self.changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "kept": self.kept,
+            "removed": self.removed,
+            "dryRun": self.dry_run,
+            "changed": self.changed,
+            "written": self.written,
+            "bucket": self.bucket,
+            "retentionDays": self.retention_days,
+            "graceDays": self.grace_days,
+            "expirationDays": self.retention_days + self.grace_days,
+            "rules": [jsonable(r) for r in self.rules],
+        }
+
+
+def plan_merge(
+    current: list[dict[str, Any]], desired: list[dict[str, Any]], *, replace: bool = False
+) -> tuple[list[dict[str, Any]], list[RuleChange]]:
+    """Merge ``desired`` (our rules) into ``current`` by rule ID.
+
+    Foreign rules keep their place and their exact dicts (or are removed with
+    ``replace``); ours replace a rule with the same ID in place, or are appended. A rule
+    of ours that already matches is kept as the provider returned it, so applying twice
+    changes nothing.
+    """
+    want = {rule["ID"]: rule for rule in desired}
+    merged: list[dict[str, Any]] = []
+    changes: list[RuleChange] = []
+    placed: dict[str, int] = {}  # our id -> index in changes
+    for index, rule in enumerate(current):
+        rule_id = rule.get("ID")
+        label = rule_id or f"#{index + 1}"
+        if rule_id in want:
+            if rule_id in placed:
+                # A second rule with one of our IDs: dropped; ours counts as updated.
+                i = placed[rule_id]
+                if changes[i].change == KEPT:
+                    changes[i] = RuleChange(rule_id, UPDATED, True, changes[i].before, changes[i].after)
+                continue
+            placed[rule_id] = len(changes)
+            if same_rule(rule, want[rule_id]):
+                merged.append(rule)
+                changes.append(RuleChange(rule_id, KEPT, True, rule, rule))
+            else:
+                merged.append(want[rule_id])
+                changes.append(RuleChange(rule_id, UPDATED, True, rule, want[rule_id]))
+        elif replace:
+            changes.append(RuleChange(label, REMOVED, False, rule, None))
+        else:
+            merged.append(rule)
+            changes.append(RuleChange(label, KEPT, False, rule, rule))
+    for rule_id, rule in want.items():
+        if rule_id not in placed:
+            merged.append(rule)
+            changes.append(RuleChange(rule_id, ADDED, True, None, rule))
+    return merged, changes
+
+
+# -- against the bucket -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _bucket_store(storage: Storage) -> Iterator[S3Store]:
+    """The S3 store alone: lifecycle concerns the bucket, so no catalog is opened."""
+    from apstorage.stores.s3 import S3Store
+
+    store = S3Store(storage.settings, workers=1)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def apply_lifecycle(
+    storage: Storage,
+    *,
+    retention_days: int | None = None,
+    grace_days: int = DEFAULT_GRACE_DAYS,
+    replace: bool = False,
+    dry_run: bool = False,
+) -> LifecyclePlan:
+    """Merge apstorage's rules into the bucket's lifecycle configuration; write only when
+    something changed, and never with ``dry_run``."""
+    from apstorage.stores.s3_lifecycle import get_lifecycle, put_lifecycle
+
+    retention = retention_days if retention_days is not None else storage.settings.execution_data_retention_days
+    desired = our_rules(retention, grace_days)
+    with _bucket_store(storage) as store:
+        config = get_lifecycle(store)
+        rules, changes = plan_merge(config.rules, desired, replace=replace)
+        plan = LifecyclePlan(
+            bucket=store.bucket,
+            where=store.where,
+            changes=changes,
+            rules=rules,
+            had_configuration=config.exists,
+            retention_days=retention,
+            grace_days=grace_days,
+            dry_run=dry_run,
+        )
+        if plan.changed and not dry_run:
+            put_lifecycle(
+                store,
+                rules,
+                transition_default_minimum_object_size=config.transition_default_minimum_object_size,
+            )
+            plan.written = True
+    return plan
+
+
+@dataclass
+class LifecycleView:
+    bucket: str
+    where: str
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    exists: bool = True
+
+    @property
+    def missing(self) -> list[str]:
+        present = {r.get("ID") for r in self.rules}
+        return [rule_id for rule_id in OUR_RULE_IDS if rule_id not in present]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "configured": self.exists,
+            "rules": [
+                {
+                    "id": rule.get("ID") or f"#{i + 1}",
+                    "ours": is_ours(rule),
+                    "enabled": rule.get("Status") == "Enabled",
+                    "filter": describe_filter(rule),
+                    "actions": describe_actions(rule),
+                    "rule": jsonable(rule),
+                }
+                for i, rule in enumerate(self.rules)
+            ],
+            "missing": self.missing,
+        }
+
+
+def show_lifecycle(storage: Storage) -> LifecycleView:
+    from apstorage.stores.s3_lifecycle import get_lifecycle
+
+    with _bucket_store(storage) as store:
+        config = get_lifecycle(store)
+        return LifecycleView(store.bucket, store.where, config.rules, config.exists)
+
+
+# -- describing rules -------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """boto3's rule dicts as JSON: datetimes as ISO-8601 UTC."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(_dt.timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value
+
+
+def _tags(tags: list[dict[str, str]]) -> str:
+    return ", ".join(f"{t.get('Key')}={t.get('Value')}" for t in tags)
+
+
+def describe_filter(rule: dict[str, Any]) -> str:
+    flt = rule.get("Filter")
+    if flt is None:
+        prefix = rule.get("Prefix", "")
+        return f"prefix {prefix!r}" if prefix else "all objects"
+    parts: list[str] = []
+    body = flt.get("And", flt)
+    if body.get("Prefix"):
+        parts.append(f"prefix {body['Prefix']!r}")
+    if "Tag" in body:
+        parts.append(f"tag {_tags([body['Tag']])}")
+    if body.get("Tags"):
+        parts.append(f"tags {_tags(body['Tags'])}")
+    if "ObjectSizeGreaterThan" in body:
+        parts.append(f"size > {body['ObjectSizeGreaterThan']} B")
+    if "ObjectSizeLessThan" in body:
+        parts.append(f"size < {body['ObjectSizeLessThan']} B")
+    return " and ".join(parts) or "all objects"
+
+
+def _days(n: Any) -> str:
+    return f"{n} day" if n == 1 else f"{n} days"
+
+
+def describe_actions(rule: dict[str, Any]) -> str:
+    parts: list[str] = []
+    exp = rule.get("Expiration") or {}
+    if "Days" in exp:
+        parts.append(f"expire after {_days(exp['Days'])}")
+    if "Date" in exp:
+        parts.append(f"expire on {jsonable(exp['Date'])}")
+    if exp.get("ExpiredObjectDeleteMarker"):
+        parts.append("remove expired delete markers")
+    for t in rule.get("Transitions") or []:
+        when = f"after {_days(t['Days'])}" if "Days" in t else f"on {jsonable(t.get('Date'))}"
+        parts.append(f"move to {t.get('StorageClass')} {when}")
+    nve = rule.get("NoncurrentVersionExpiration") or {}
+    if "NoncurrentDays" in nve:
+        parts.append(f"expire noncurrent versions after {_days(nve['NoncurrentDays'])}")
+    for t in rule.get("NoncurrentVersionTransitions") or []:
+        parts.append(f"move noncurrent versions to {t.get('StorageClass')} after {_days(t.get('NoncurrentDays'))}")
+    abort = rule.get("AbortIncompleteMultipartUpload") or {}
+    if "DaysAfterInitiation" in abort:
+        parts.append(f"abort incomplete multipart uploads after {_days(abort['DaysAfterInitiation'])}")
+    return "; ".join(parts) or "no action"
+
+
+__all__ = [
+    "ABORT_RULE_ID",
+    "EXPIRE_RULE_ID",
+    "OUR_RULE_IDS",
+    "LifecyclePlan",
+    "LifecycleView",
+    "RuleChange",
+    "apply_lifecycle",
+    "describe_actions",
+    "describe_filter",
+    "is_ours",
+    "our_rules",
+    "plan_merge",
+    "same_rule",
+    "show_lifecycle",
+]
