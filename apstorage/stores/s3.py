@@ -263,3 +263,70 @@ class S3Store(Store):
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+    # -- signing (a capability only S3 has) ---------------------------------------------
+    def presign_get(
+        self, key: str, expires: int, *, content_disposition: str | None = None
+    ) -> str:
+        """A SigV4 query-signed GET URL for ``key``, valid ``expires`` seconds.
+
+        ``content_disposition`` becomes ``response-content-disposition``, signed into the
+        URL, so the server answers with that header and a client cannot change it.
+        """
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if content_disposition:
+            params["ResponseContentDisposition"] = content_disposition
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=expires, HttpMethod="GET"
+            )
+        except BotoCoreError as exc:
+            raise self.translate(exc, key) from None
+
+    def presign_put(
+        self,
+        key: str,
+        expires: int,
+        *,
+        content_length: int | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> tuple[str, dict[str, str]]:
+        """A SigV4 query-signed PUT URL for ``key`` and the headers the client must send.
+
+        ``content_length`` and ``tags`` are signed headers (``content-length``,
+        ``x-amz-tagging``): an upload of another size, or without the tag, fails the
+        signature check on the server.
+        """
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        headers: dict[str, str] = {}
+        if content_length is not None:
+            params["ContentLength"] = content_length
+            headers["Content-Length"] = str(content_length)
+        if tags:
+            params["Tagging"] = urlencode(tags)
+            headers["x-amz-tagging"] = params["Tagging"]
+        try:
+            url = self.client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires, HttpMethod="PUT"
+            )
+        except BotoCoreError as exc:
+            raise self.translate(exc, key) from None
+        return url, headers
+
+    def credentials_expiry(self) -> Any:  # datetime | None
+        """When the credentials that sign requests expire (temporary STS/IRSA/SSO/process
+        credentials), or None for long-lived keys. A pre-signed URL dies with them."""
+        try:
+            credentials = self.client._get_credentials()  # botocore keeps no public accessor
+            if credentials is None:
+                return None
+            credentials.get_frozen_credentials()  # deferred providers load on first use
+        except (BotoCoreError, AttributeError):
+            return None
+        expiry = getattr(credentials, "_expiry_time", None)
+        if expiry is None:
+            return None
+        from datetime import timezone
+
+        # an aware UTC datetime
+        return expiry if expiry.tzinfo else expiry.replace(tzinfo=timezone.utc)
