@@ -1,0 +1,429 @@
+"""`sweep-expired`: delete expired execution data, bytes first, then exactly the rows whose
+bytes are gone.
+
+Order of work, one batch at a time:
+
+1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
+   (``created``, ``id``) — the (``type``, ``created``) index serves it;
+2. delete their bytes: S3 objects by DeleteObjects (``AP_S3_DELETE_BATCH_SIZE`` keys per
+   request), LOCAL files one by one; DB rows carry their bytes and need nothing;
+3. delete, in one short transaction, the rows whose bytes are gone. A key the store
+   refused keeps its row and is reported. A missing object counts as deleted.
+
+A batch that failed as a whole is split in halves and retried, so one bad key cannot
+keep a thousand rows alive; when both halves fail entirely the failure is not about a
+key (permissions, a bucket gone) and the batch gives up. After ``BROKEN_AFTER`` such
+batches in a row a location is left alone for the rest of the run (its rows are kept and
+reported) instead of hammering a store that refuses everything.
+
+Byte deletes of several batches run concurrently (``workers``) while the main thread
+selects the next page and deletes rows; nothing holds more than ``workers`` batches, so
+memory stays flat whatever the table size. Only one sweep runs at a time per catalog
+(a Postgres advisory lock, or a lock file beside the SQLite database); a second one
+returns at once with ``lock_held``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable, Iterator
+
+from apstorage.catalog import sweep as sql
+from apstorage.catalog.sweep import ExpiredRow
+from apstorage.errors import ApStorageError, UsageError
+from apstorage.model import EXECUTION_TYPES, PERMANENT_TYPES, Location, object_key, parse_type
+from apstorage.services.context import Storage
+from apstorage.stores.base import Store
+
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_WORKERS = 8
+FAILURES_KEPT = 100  # failures listed in the report; the count covers them all
+BROKEN_AFTER = 3  # batches in a row refused entirely before a location is left alone
+PROJECT_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: str
+    type: str
+    location: str
+    key: str | None
+    reason: str
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "location": self.location,
+            "key": self.key,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class SweepReport:
+    dry_run: bool
+    retention_days: int
+    cutoff: datetime
+    types: list[str]
+    deleted: int = 0
+    bytes: int = 0
+    failed: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    bytes_by_type: dict[str, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    lock_held: bool = False
+    max_delete_reached: bool = False
+    project_retention: bool = False
+    projects_with_shorter_retention: int = 0
+    abandoned_locations: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.types:
+            self.by_type.setdefault(t, 0)
+            self.bytes_by_type.setdefault(t, 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def count(self, file_type: str, size: int | None) -> None:
+        self.deleted += 1
+        self.bytes += size or 0
+        self.by_type[file_type] = self.by_type.get(file_type, 0) + 1
+        self.bytes_by_type[file_type] = self.bytes_by_type.get(file_type, 0) + (size or 0)
+
+    def fail(self, row: ExpiredRow, file_type: str, key: str | None, reason: str) -> None:
+        self.failed += 1
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append(Failure(row.id, file_type, row.location, key, reason))
+
+    def to_json(self) -> dict:
+        return {
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "failed": self.failed,
+            "byType": dict(self.by_type),
+            "bytesByType": dict(self.bytes_by_type),
+            "dryRun": self.dry_run,
+            "lockHeld": self.lock_held,
+            "maxDeleteReached": self.max_delete_reached,
+            "retentionDays": self.retention_days,
+            "cutoff": self.cutoff.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "projectRetention": self.project_retention,
+            "projectsWithShorterRetention": self.projects_with_shorter_retention,
+            "abandonedLocations": dict(self.abandoned_locations),
+            "failures": [f.to_json() for f in self.failures],
+        }
+
+
+def resolve_types(values: Iterable[str] | None) -> list[str]:
+    """The execution types to sweep (all by default); a permanent type is refused (exit 2)."""
+    names = [v for v in (values or []) if v.strip()]
+    if not names:
+        return sorted(EXECUTION_TYPES)
+    out: list[str] = []
+    for value in names:
+        name = parse_type(value, "--types")
+        if name in PERMANENT_TYPES:
+            raise UsageError(
+                f"--types: {name} is permanent data and is never swept; "
+                f"execution-data types: {', '.join(sorted(EXECUTION_TYPES))}"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def sweep_expired(
+    storage: Storage,
+    *,
+    retention_days: int | None = None,
+    types: Iterable[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_delete: int | None = None,
+    dry_run: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    now: datetime | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SweepReport:
+    """Delete (or, with ``dry_run``, count) expired execution data. ``on_batch(deleted,
+    failed)`` is called after each batch (for a progress bar)."""
+    sweep_types = resolve_types(types)
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if max_delete is not None and max_delete < 1:
+        raise UsageError("--max-delete must be at least 1")
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
+    if days < 1:
+        raise UsageError("--retention-days must be at least 1")
+    now = now or datetime.now(timezone.utc)
+    report = SweepReport(
+        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types
+    )
+    catalog = storage.catalog
+    lock = None if dry_run else sql.try_sweep_lock(catalog)
+    if not dry_run and lock is None:
+        report.lock_held = True
+        return report
+    try:
+        pages = _pages(storage, report, now, batch_size)
+        _Sweeper(storage, report, workers=workers, on_batch=on_batch).run(pages, max_delete)
+    finally:
+        if lock is not None:
+            lock.release()
+    return report
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def _pages(
+    storage: Storage, report: SweepReport, now: datetime, batch_size: int
+) -> Iterator[tuple[str, list[ExpiredRow]]]:
+    """(type, rows) pages: first every row older than the retention, type by type; then,
+    when projects carry their own shorter retention, the younger rows those projects
+    no longer keep (by the (projectId, type, created) index)."""
+    catalog = storage.catalog
+    for file_type in report.types:
+        for stored in sql.stored_type_names(file_type):
+            yield from _keyset(catalog, file_type, stored, report.cutoff, batch_size)
+    if not sql.has_project_retention(catalog):
+        return
+    report.project_retention = True
+    after = ""
+    while True:
+        projects = sql.projects_with_shorter_retention(
+            catalog, report.retention_days, after=after, limit=PROJECT_PAGE
+        )
+        for project_id, days in projects:
+            report.projects_with_shorter_retention += 1
+            cutoff = now - timedelta(days=days)
+            for file_type in report.types:
+                for stored in sql.stored_type_names(file_type):
+                    yield from _keyset(
+                        catalog, file_type, stored, cutoff, batch_size,
+                        project_id=project_id, not_before=report.cutoff,
+                    )
+        if len(projects) < PROJECT_PAGE:
+            return
+        after = projects[-1][0]
+
+
+def _keyset(catalog, file_type, stored, cutoff, batch_size, **scope) -> Iterator[tuple[str, list[ExpiredRow]]]:
+    after = None
+    while True:
+        rows = sql.select_expired(catalog, stored, cutoff, limit=batch_size, after=after, **scope)
+        if rows:
+            yield file_type, rows
+        if len(rows) < batch_size:
+            return
+        after = (rows[-1].created, rows[-1].id)
+
+
+# -- deleting --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    file_type: str
+    db_rows: list[ExpiredRow] = field(default_factory=list)
+    # location -> key -> rows (normally one row per key)
+    objects: dict[Location, dict[str, list[ExpiredRow]]] = field(default_factory=dict)
+    stores: dict[Location, Store] = field(default_factory=dict)
+
+
+class _Sweeper:
+    def __init__(
+        self,
+        storage: Storage,
+        report: SweepReport,
+        *,
+        workers: int,
+        on_batch: Callable[[int, int], None] | None,
+    ) -> None:
+        self.storage = storage
+        self.report = report
+        self.workers = workers
+        self.on_batch = on_batch
+        self.refused_in_a_row: dict[Location, int] = {}
+
+    def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
+        remaining = max_delete
+        if self.report.dry_run:
+            for file_type, rows in pages:
+                rows, remaining = self._cap(rows, remaining)
+                if not rows:
+                    break
+                for row in rows:
+                    self.report.count(file_type, row.size)
+            return
+        inflight: deque[tuple[_Batch, Future]] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-sweep")
+        try:
+            for file_type, rows in pages:
+                rows, remaining = self._cap(rows, remaining)
+                if not rows:
+                    break
+                batch = self._plan(file_type, rows)
+                inflight.append((batch, pool.submit(_delete_objects, batch)))
+                while len(inflight) >= self.workers:
+                    self._finish(*inflight.popleft())
+            while inflight:
+                self._finish(*inflight.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _cap(self, rows: list[ExpiredRow], remaining: int | None) -> tuple[list[ExpiredRow], int | None]:
+        if remaining is None:
+            return rows, None
+        if remaining <= 0:
+            self.report.max_delete_reached = True
+            return [], 0
+        return rows[:remaining], remaining - min(len(rows), remaining)
+
+    def _plan(self, file_type: str, rows: list[ExpiredRow]) -> _Batch:
+        """Sort a page by location, work out keys, open stores (main thread only)."""
+        batch = _Batch(file_type)
+        for row in rows:
+            try:
+                location = Location(row.location)
+            except ValueError:
+                self.report.fail(row, file_type, None, f"unknown location {row.location!r}; row kept")
+                continue
+            if location is Location.DB:
+                batch.db_rows.append(row)
+                continue
+            try:
+                key = row.s3_key or object_key(row.id, file_type, row.project_id, row.platform_id)
+            except ApStorageError as exc:
+                self.report.fail(row, file_type, row.s3_key, f"no usable object key: {exc}")
+                continue
+            abandoned = self.report.abandoned_locations.get(location.value)
+            if abandoned:
+                self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
+                continue
+            batch.objects.setdefault(location, {}).setdefault(key, []).append(row)
+        for location in list(batch.objects):
+            try:
+                batch.stores[location] = self._store(location)
+            except ApStorageError as exc:
+                for key, key_rows in batch.objects.pop(location).items():
+                    for row in key_rows:
+                        self.report.fail(row, file_type, key, str(exc))
+                self.report.abandoned_locations[location.value] = str(exc)
+        return batch
+
+    def _store(self, location: Location) -> Store:
+        store = self.storage.store(location)
+        root = getattr(store, "root", None)
+        if location is Location.LOCAL and root is not None and not root.is_dir():
+            # A wrong AP_LOCAL_STORAGE_PATH would make every file look already deleted.
+            raise ApStorageError(
+                f"AP_LOCAL_STORAGE_PATH {root} is not a directory; LOCAL rows are kept"
+            )
+        return store
+
+    def _finish(self, batch: _Batch, future: Future) -> None:
+        results: dict[Location, tuple[dict[str, str], bool]] = future.result()
+        report = self.report
+        gone: dict[str, list[str]] = {Location.DB.value: [r.id for r in batch.db_rows]}
+        failed_before = report.failed
+        for location, (refused, whole_batch) in results.items():
+            ids = gone.setdefault(location.value, [])
+            for key, rows in batch.objects[location].items():
+                if key in refused:
+                    for row in rows:
+                        report.fail(row, batch.file_type, key, refused[key])
+                else:
+                    ids.extend(r.id for r in rows)
+            if whole_batch:
+                count = self.refused_in_a_row.get(location, 0) + 1
+                self.refused_in_a_row[location] = count
+                if count >= BROKEN_AFTER and location.value not in report.abandoned_locations:
+                    reason = next(iter(refused.values()), "refused")
+                    report.abandoned_locations[location.value] = (
+                        f"{location.value} refused {count} batches in a row ({reason})"
+                    )
+            else:
+                self.refused_in_a_row[location] = 0
+        deleted_before = report.deleted
+        if any(gone.values()):
+            deleted = sql.delete_rows(self.storage.catalog, gone)
+            for row in batch.db_rows:
+                if row.id in deleted:
+                    report.count(batch.file_type, row.size)
+            for location in results:
+                for rows in batch.objects[location].values():
+                    for row in rows:
+                        if row.id in deleted:
+                            report.count(batch.file_type, row.size)
+        if self.on_batch is not None:
+            self.on_batch(report.deleted - deleted_before, report.failed - failed_before)
+
+
+def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]]:
+    """Worker thread: delete a batch's S3/LOCAL bytes. Per location: the refused keys
+    with reasons, and whether the store refused the whole batch."""
+    results = {}
+    for location, by_key in batch.objects.items():
+        keys = list(by_key)
+        store = batch.stores[location]
+        try:
+            results[location] = delete_keys(store, keys, split=location is Location.S3)
+        except ApStorageError as exc:
+            results[location] = ({k: str(exc) for k in keys}, True)
+    return results
+
+
+def delete_keys(store: Store, keys: list[str], *, split: bool = True) -> tuple[dict[str, str], bool]:
+    """Delete ``keys``; return ({refused key: reason}, whether the whole batch was refused).
+
+    With ``split`` (S3, where one request carries many keys) a batch that failed as a whole
+    is split in halves and each half retried, recursively, until the bad keys are found;
+    if both halves fail entirely, the cause is not a key and the batch gives up. Keys
+    refused one by one get one more try together (a transient refusal).
+    """
+    if not keys:
+        return {}, False
+    refused = store.delete_many(keys)
+    if not refused:
+        return {}, False
+    if not split:
+        again = store.delete_many([k for k in keys if k in refused])
+        return again, len(again) == len(keys)
+    return _retry(store, keys, refused)
+
+
+def _retry(store: Store, keys: list[str], refused: dict[str, str]) -> tuple[dict[str, str], bool]:
+    failed_keys = [k for k in keys if k in refused]
+    if len(failed_keys) < len(keys) or len(keys) == 1:
+        again = store.delete_many(failed_keys)
+        return again, len(keys) == 1 and bool(again)
+    mid = len(keys) // 2
+    left, right = keys[:mid], keys[mid:]
+    left_refused, right_refused = store.delete_many(left), store.delete_many(right)
+    if len(left_refused) == len(left) and len(right_refused) == len(right):
+        return {**left_refused, **right_refused}, True
+    out: dict[str, str] = {}
+    if left_refused:
+        out.update(_retry(store, left, left_refused)[0])
+    if right_refused:
+        out.update(_retry(store, right, right_refused)[0])
+    return out, False
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_WORKERS",
+    "Failure",
+    "SweepReport",
+    "delete_keys",
+    "resolve_types",
+    "sweep_expired",
+]
