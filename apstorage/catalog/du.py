@@ -1,0 +1,284 @@
+"""The SQL of `du`: one aggregate over the ``file`` table, and the row streams and
+lookups `du --verify` compares the stores against.
+
+The aggregate is a single ``GROUP BY`` over the chosen columns: the database does the
+counting, however many rows there are. The verify side never loads the table: rows come
+either as one sorted stream (read page by page from a server-side cursor) or by
+batched primary-key lookups, or by keyset pages in ``id`` order.
+
+The object key of a row is computed here in SQL exactly as ``FileRow.key`` computes it
+in Python (the row's own ``s3Key`` when set, else
+``platform/{platformId}/{TYPE}/{id}`` or ``project/{projectId}/{TYPE}/{id}``), so the
+database can sort rows in the order the stores list keys: byte order (``COLLATE "C"``
+on Postgres, SQLite's default ``BINARY``), or folder by folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from apstorage.errors import ApStorageError
+from apstorage.model import LEGACY_TYPES
+
+if TYPE_CHECKING:
+    from apstorage.catalog.base import Catalog
+
+# `--by` names → columns. The names are also the JSON keys of each group.
+GROUP_COLUMNS = {
+    "location": '"location"',
+    "type": '"type"',
+    "project": '"projectId"',
+    "platform": '"platformId"',
+}
+
+SQLITE_MAX_VARS = 500  # per IN (...) list: well under every SQLite build's limit
+STREAM_PAGE = 5000  # rows per fetch from the sorted stream
+
+# FileRow.key, in SQL. NULLIF: an empty s3Key counts as unset, as `s3_key or ...` does.
+KEY_SQL = (
+    "COALESCE(NULLIF(\"s3Key\", ''), "
+    "CASE WHEN COALESCE(\"platformId\", '') <> '' THEN 'platform/' || \"platformId\" "
+    "ELSE 'project/' || \"projectId\" END || '/' || \"type\" || '/' || \"id\")"
+)
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """What `du` counts. Empty means no restriction."""
+
+    types: tuple[str, ...] = ()  # canonical type names
+    project_ids: tuple[str, ...] = ()
+    platform_ids: tuple[str, ...] = ()
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    keys: tuple[Any, ...]  # one value per --by name, in order
+    files: int
+    bytes: int
+    unsized: int  # rows whose "size" is NULL (counted in files, not in bytes)
+
+
+@dataclass(frozen=True)
+class KeyedRow:
+    """What verify needs of a row: where its bytes should be and how many there are."""
+
+    id: str
+    key: str | None  # None when the row has neither an s3Key nor an owner
+    size: int | None
+
+
+def stored_type_names(file_type: str) -> tuple[str, ...]:
+    """The ``"type"`` values that hold rows of ``file_type`` (its legacy names too)."""
+    return (file_type, *sorted(old for old, new in LEGACY_TYPES.items() if new == file_type))
+
+
+def _in_list(catalog: Catalog, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    if catalog.dialect == "postgres":
+        return f"{column} = ANY({catalog.ph})", [list(values)]
+    return f"{column} IN ({', '.join([catalog.ph] * len(values))})", list(values)
+
+
+def usage(catalog: Catalog, by: Sequence[str], where: UsageFilter) -> list[UsageRow]:
+    """Files and bytes per group: one aggregate query, grouped by the ``by`` columns."""
+    unknown = [name for name in by if name not in GROUP_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown grouping {unknown}")
+    columns = [GROUP_COLUMNS[name] for name in by]
+    conditions: list[str] = []
+    params: list[Any] = []
+    if where.types:
+        names = [n for t in where.types for n in stored_type_names(t)]
+        sql, values = _in_list(catalog, '"type"', names)
+        conditions.append(sql)
+        params.extend(values)
+    if where.project_ids:
+        sql, values = _in_list(catalog, '"projectId"', where.project_ids)
+        conditions.append(sql)
+        params.extend(values)
+    if where.platform_ids:
+        sql, values = _in_list(catalog, '"platformId"', where.platform_ids)
+        conditions.append(sql)
+        params.extend(values)
+    if where.created_before is not None:
+        conditions.append(f'"created" < {catalog.ph}')
+        params.append(catalog._ts_in(where.created_before))
+    select = ", ".join(
+        [*columns, "COUNT(*)", 'COALESCE(SUM("size"), 0)', 'COUNT(*) - COUNT("size")']
+    )
+    sql = f'SELECT {select} FROM "file"'
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if columns:
+        sql += " GROUP BY " + ", ".join(columns)
+    n = len(columns)
+    out = []
+    for t in catalog._execute(sql, tuple(params)):
+        if not columns and t[n] == 0:
+            continue  # no grouping and no rows: no group at all
+        out.append(UsageRow(keys=tuple(t[:n]), files=int(t[n]), bytes=int(t[n + 1]), unsized=int(t[n + 2])))
+    return out
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def count_rows(catalog: Catalog, location: str) -> tuple[int, int]:
+    """(rows at ``location``, those whose key does not end in ``/{id}``).
+
+    The second number tells verify whether looking objects up by the id in their key
+    (the primary key) can miss a row, in which case it also looks them up by ``s3Key``.
+    """
+    p = catalog.ph
+    if catalog.dialect == "postgres":
+        suffix = f'right({KEY_SQL}, length("id") + 1)'
+    else:
+        suffix = f'substr({KEY_SQL}, -(length("id") + 1))'
+    rows = catalog._execute(
+        f"SELECT COUNT(*), COUNT(*) - COUNT(CASE WHEN {suffix} = '/' || \"id\" THEN 1 END) "
+        f'FROM "file" WHERE "location" = {p}',
+        (location,),
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def rows_by_ids(catalog: Catalog, location: str, ids: Sequence[str]) -> list[KeyedRow]:
+    """Rows at ``location`` with one of these ids, by primary key, in batches."""
+    return _lookup(catalog, location, '"id"', ids)
+
+
+def rows_by_keys(catalog: Catalog, location: str, keys: Sequence[str]) -> list[KeyedRow]:
+    """Rows at ``location`` whose ``s3Key`` is one of these keys (no index: a scan per
+    batch, so verify only asks when some row's key does not end in its id)."""
+    return _lookup(catalog, location, '"s3Key"', keys)
+
+
+def _lookup(catalog: Catalog, location: str, column: str, values: Sequence[str]) -> list[KeyedRow]:
+    out: list[KeyedRow] = []
+    if not values:
+        return out
+    step = 1000 if catalog.dialect == "postgres" else SQLITE_MAX_VARS
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), step):
+        chunk = values[start : start + step]
+        cond, params = _in_list(catalog, column, chunk)
+        rows = catalog._execute(
+            f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE {cond} AND "location" = {catalog.ph}',
+            (*params, location),
+        )
+        out.extend(KeyedRow(*t) for t in rows)
+    return out
+
+
+def iter_rows_by_id(catalog: Catalog, location: str, *, page: int = 1000) -> Iterator[KeyedRow]:
+    """Every row at ``location`` in ``id`` order, by keyset pages on the primary key."""
+    p = catalog.ph
+    last = ""
+    while True:
+        rows = catalog._execute(
+            f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE "location" = {p} AND "id" > {p} '
+            f'ORDER BY "id" LIMIT {int(page)}',
+            (location, last),
+        )
+        for t in rows:
+            yield KeyedRow(*t)
+        if len(rows) < page:
+            return
+        last = rows[-1][0]
+
+
+def iter_rows_by_key(catalog: Catalog, location: str, *, order: str = "bytes") -> Iterator[KeyedRow]:
+    """Every row at ``location`` sorted by object key, streamed: the database sorts, the
+    client holds one page at a time.
+
+    ``order`` is "bytes" (byte order: what S3 documents for listings) or "segments"
+    (folder by folder, as a directory walk lists: byte order with "/" below every other
+    character).
+
+    Postgres: a server-side cursor on a connection of its own, inside one read-only
+    transaction that lasts as long as the stream is read. SQLite: one statement read
+    with ``fetchmany``.
+    """
+    if order not in ("bytes", "segments"):
+        raise ValueError(f"unknown order {order!r}")
+    if catalog.dialect == "postgres":
+        sort = KEY_SQL if order == "bytes" else f"replace({KEY_SQL}, '/', chr(1))"
+        sort += ' COLLATE "C"'
+        return _pg_sorted(catalog, _sorted_sql(catalog, sort), location)
+    sort = KEY_SQL if order == "bytes" else f"replace({KEY_SQL}, '/', char(1))"
+    return _sqlite_sorted(catalog, _sorted_sql(catalog, sort), location)
+
+
+def _sorted_sql(catalog: Catalog, sort: str) -> str:
+    return (
+        f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE "location" = {catalog.ph} '
+        f'ORDER BY {sort}, "id"'
+    )
+
+
+def _pg_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow]:
+    import psycopg
+
+    try:
+        conn = catalog.connect()
+    except psycopg.Error as exc:  # connect() translates its own; belt and braces
+        raise catalog._translate(exc) from None
+    try:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            with conn.cursor(name="apstorage_du_verify") as cur:
+                cur.execute(query, (location,))
+                while True:
+                    batch = cur.fetchmany(STREAM_PAGE)
+                    for t in batch:
+                        yield KeyedRow(*t)
+                    if len(batch) < STREAM_PAGE:
+                        break
+    except psycopg.Error as exc:
+        raise catalog._translate(exc) from None
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+
+def _sqlite_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow]:
+    import sqlite3
+
+    lock = catalog._lock
+    try:
+        with lock:
+            cur = catalog.conn.execute(query, (location,))
+        try:
+            while True:
+                with lock:
+                    batch = cur.fetchmany(STREAM_PAGE)
+                for t in batch:
+                    yield KeyedRow(*t)
+                if len(batch) < STREAM_PAGE:
+                    break
+        finally:
+            with lock:
+                cur.close()
+    except sqlite3.Error as exc:
+        raise ApStorageError(f"SQLite error at {catalog.target}: {exc}") from None
+
+
+__all__ = [
+    "GROUP_COLUMNS",
+    "KEY_SQL",
+    "KeyedRow",
+    "UsageFilter",
+    "UsageRow",
+    "count_rows",
+    "iter_rows_by_id",
+    "iter_rows_by_key",
+    "rows_by_ids",
+    "rows_by_keys",
+    "stored_type_names",
+    "usage",
+]

@@ -1,0 +1,150 @@
+"""`du`."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from apstorage.cli.app import JSON_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size
+from apstorage.errors import UsageError
+
+SHOWN_ITEMS = 20  # problem keys printed per kind without --json
+
+
+@app.command()
+@handle_errors
+def du(
+    by: Optional[List[str]] = typer.Option(
+        None, "--by", metavar="KEY[,KEY..]",
+        help="Group by location, type, project and/or platform (default: location,type).",
+    ),
+    file_types: Optional[List[str]] = typer.Option(
+        None, "--type", "-t", metavar="T[,T..]", help="Only these file types."
+    ),
+    projects: Optional[List[str]] = typer.Option(None, "--project", metavar="ID", help="Only this project's files."),
+    platforms: Optional[List[str]] = typer.Option(None, "--platform", metavar="ID", help="Only this platform's files."),
+    older_than: Optional[str] = typer.Option(
+        None, "--older-than", metavar="DURATION", help="Only files created more than this long ago: 90, 15m, 12h, 30d."
+    ),
+    check: bool = typer.Option(
+        False, "--verify",
+        help="Also compare the catalog with the S3 and LOCAL stores: missing objects, orphans, "
+        "size mismatches. Exit 1 when anything is inconsistent. Never deletes.",
+    ),
+    csv_out: bool = typer.Option(False, "--csv", help="Print the groups as CSV with a header."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Files and bytes by location, type, project or platform, from the catalog.
+
+    One aggregate query answers however many objects the bucket holds. With --verify the
+    stores are listed (paginated, streaming) and compared with the catalog.
+    """
+    from apstorage.services.context import Storage
+    from apstorage.services.du import DuRequest, disk_usage, verify
+
+    if csv_out and json_out:
+        raise UsageError("give --json or --csv, not both")
+    if csv_out and check:
+        raise UsageError("--csv prints usage groups only; use --json with --verify to get the problem keys")
+    request = DuRequest.from_flags(by, file_types, projects, platforms, older_than)
+    if check and request.filtered:
+        raise UsageError(
+            "--verify checks the whole catalog against the stores; it does not take "
+            "--type, --project, --platform or --older-than"
+        )
+    out = Output(json_out)
+    with Storage() as storage:
+        report = disk_usage(storage, request)
+        if check:
+            with out.progress(None, "listing the stores") as progress:
+                report.verify = verify(
+                    storage, limit=None if json_out else SHOWN_ITEMS, on_listed=progress.advance
+                )
+
+    if csv_out:
+        _write_csv(report)
+    else:
+        out.result(report.to_json(), lambda console: _render(console, report))
+    if report.unsized and not json_out:
+        out.warn(f"{report.unsized} rows have no size recorded: counted as files, not bytes")
+    if report.verify is not None and not report.verify.ok:
+        if not json_out:
+            out.info("the catalog and the stores disagree (see above); nothing was changed")
+        raise typer.Exit(1)
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _write_csv(report) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([*report.by, "files", "bytes"])
+    for g in report.groups:
+        writer.writerow([*("" if k is None else k for k in g.keys), g.files, g.bytes])
+    sys.stdout.flush()
+
+
+def _render(console, report) -> None:
+    from rich.table import Table
+
+    table = Table(*report.by, "files", "bytes")
+    for column in table.columns[len(report.by):]:
+        column.justify = "right"
+    for g in report.groups:
+        table.add_row(*(_cell(k) for k in g.keys), f"{g.files:,}", human_size(g.bytes))
+    table.add_section()
+    label = ["total", *[""] * (len(report.by) - 1)] if report.by else []
+    table.add_row(*label, f"{report.files:,}", human_size(report.bytes), style="bold")
+    console.print(table)
+    if report.created_before is not None:
+        console.print(f"files created before {report.created_before:%Y-%m-%d %H:%M} UTC", markup=False)
+    if report.verify is not None:
+        _render_verify(console, report.verify)
+
+
+def _render_verify(console, result) -> None:
+    from rich.table import Table
+
+    from apstorage.services.du import CLEAN_SHORT
+
+    console.print()
+    for loc in result.locations:
+        if loc.checked:
+            console.print(
+                f"{loc.location} {loc.target}: {loc.objects:,} objects, {human_size(loc.bytes)} "
+                f"under platform/ and project/; {loc.rows:,} rows in the catalog ({loc.method})",
+                markup=False,
+            )
+            if loc.note:
+                console.print(f"  {loc.note}", markup=False, style="dim")
+        else:
+            console.print(f"{loc.location}: not checked ({loc.note})", markup=False)
+    table = Table("problem", "files", "bytes", "what cleans it")
+    table.columns[1].justify = table.columns[2].justify = "right"
+    names = {"missing": "missing objects", "orphans": "orphan objects", "sizeMismatches": "size mismatches"}
+    for kind in result.kinds():
+        table.add_row(names[kind.kind], f"{kind.files:,}", human_size(kind.bytes),
+                      CLEAN_SHORT[kind.kind] if kind.files else "")
+    console.print(table)
+    for kind in result.kinds():
+        if not kind.files:
+            continue
+        console.print(f"{names[kind.kind]}:", markup=False)
+        for item in kind.items:
+            line = f"  {item['location']} {item.get('key') or '(no key)'}"
+            if item.get("id"):
+                line += f"  id={item['id']}"
+            if "objectSize" in item:
+                line += f"  row size={item['size']} object size={item['objectSize']}"
+            elif item.get("size") is not None:
+                line += f"  size={item['size']}"
+            console.print(line, markup=False, soft_wrap=True)
+        if kind.files > len(kind.items):
+            console.print(f"  … and {kind.files - len(kind.items):,} more (--json lists them all)", markup=False)
+    console.print("consistent" if result.ok else "inconsistent", style="bold green" if result.ok else "bold red")
