@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apstorage.cli.app import app
-from apstorage.cli import admin, files, lifecycle, migrate, presign, sweep, du  # noqa: F401  (register commands)
+from apstorage.cli import admin, check_iam, files, lifecycle, migrate, presign, sweep, du  # noqa: F401  (register commands)
 
 __all__ = ["app", "main"]
 

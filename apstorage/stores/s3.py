@@ -330,3 +330,61 @@ class S3Store(Store):
 
         # an aware UTC datetime
         return expiry if expiry.tzinfo else expiry.replace(tzinfo=timezone.utc)
+
+    # -- what check-iam exercises ---------------------------------------------------------
+    def list_page(self, prefix: str = "", max_keys: int = 1) -> list[ObjectInfo]:
+        """One ListObjectsV2 request (``s3:ListBucket``) — unlike HeadBucket/ListBuckets,
+        allowed to object-scoped tokens such as R2's."""
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=max_keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.translate(exc) from None
+        return [ObjectInfo(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
+
+    def unsigned_url(self, key: str) -> str:
+        """The plain (unsigned) URL of ``key``, addressed as this store addresses it."""
+        from botocore import UNSIGNED
+
+        options: dict[str, Any] = {"signature_version": UNSIGNED}
+        if self.endpoint:
+            options["s3"] = {"addressing_style": "path"}
+        client = boto3.session.Session().client(
+            "s3",
+            region_name=self.settings.s3_region or "us-east-1",
+            endpoint_url=self.endpoint,
+            config=Config(**options),
+        )
+        try:
+            return client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=60
+            )
+        finally:
+            client.close()
+
+    def public_access_status(self) -> dict[str, Any]:
+        """Block Public Access and bucket-policy status, where the provider supports them.
+
+        Each value is a dict of settings/flags, or a word: ``"none"`` (not configured),
+        ``"unsupported"`` (the server does not implement it) or ``"denied"``.
+        """
+        out: dict[str, Any] = {}
+        calls = (
+            ("publicAccessBlock", "get_public_access_block", "PublicAccessBlockConfiguration"),
+            ("policyStatus", "get_bucket_policy_status", "PolicyStatus"),
+        )
+        for name, operation, field in calls:
+            try:
+                response = getattr(self.client, operation)(Bucket=self.bucket)
+                out[name] = dict(response.get(field, {}))
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in ("NoSuchPublicAccessBlockConfiguration", "NoSuchBucketPolicy"):
+                    out[name] = "none"
+                elif status in (401, 403):
+                    out[name] = "denied"
+                else:  # NotImplemented, 501, 400 from servers without the feature
+                    out[name] = "unsupported"
+            except BotoCoreError:
+                out[name] = "unsupported"
+        return out

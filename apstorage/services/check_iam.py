@@ -1,0 +1,640 @@
+"""`check-iam`: exercise the configured bucket credentials the way the platform uses them.
+
+Each named check performs the real request and reports the IAM permission it needs, so
+CI can gate on the result: list, put (with the execution-data tag), get, a pre-signed GET
+and PUT fetched with no credentials, an unsigned GET that must be refused, delete (one
+and a DeleteObjects batch of one, then a 404), and the server's clock.
+
+Probe objects are always removed, also when a check fails or the run is interrupted
+(Ctrl-C or SIGTERM); a probe the credentials cannot delete is reported, never hidden.
+Raw HTTP (pre-signed and unsigned requests, the Date header) goes through urllib: those
+requests must carry no credentials at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
+
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+)
+from apstorage.model import safe_relative_key
+
+CHECKS = (
+    "list",
+    "put",
+    "get",
+    "presign-get",
+    "presign-put",
+    "anonymous-denied",
+    "delete",
+    "clock",
+)
+PERMISSIONS = {
+    "list": "s3:ListBucket",
+    "put": "s3:PutObject, s3:PutObjectTagging",
+    "get": "s3:GetObject",
+    "presign-get": "s3:GetObject (pre-signed)",
+    "presign-put": "s3:PutObject (pre-signed)",
+    "anonymous-denied": "no public s3:GetObject",
+    "delete": "s3:DeleteObject",
+    "clock": "-",
+}
+MAX_SKEW = 300  # seconds: SigV4 requests further off than 5 minutes are refused
+PRESIGN_EXPIRES = 300
+HTTP_TIMEOUT = 15
+RETENTION_TAG = {"ap-retention": "execution"}  # the tag `put` gives execution data
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str
+    detail: str
+    permission: str = ""
+    hint: str | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool | None:
+        """True passed, False failed, None skipped."""
+        return None if self.status == SKIPPED else self.status == PASSED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "status": self.status,
+            "permission": self.permission,
+            "detail": self.detail,
+            "hint": self.hint,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+
+@dataclass
+class CheckReport:
+    bucket: str
+    prefix: str
+    endpoint: str
+    checks: list[CheckResult] = field(default_factory=list)
+    leftover: list[str] = field(default_factory=list)
+    unreachable: str | None = None  # why the endpoint could not be reached
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def ok(self) -> bool:
+        return self.unreachable is None and all(c.status != FAILED for c in self.checks)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == FAILED]
+
+    @property
+    def exit_code(self) -> int:
+        if self.unreachable is not None:
+            return BackendUnavailableError.exit_code
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "endpoint": self.endpoint,
+            "checks": [c.to_json() for c in self.checks],
+            "leftover": self.leftover,
+        }
+
+
+def parse_skip(value: str | None) -> set[str]:
+    """``--skip NAME,..`` → check names; unknown names are a usage error (exit 2)."""
+    if not value:
+        return set()
+    names = {part.strip().lower() for part in value.split(",") if part.strip()}
+    unknown = sorted(names - set(CHECKS))
+    if unknown:
+        raise UsageError(
+            f"--skip: unknown check {', '.join(unknown)}; accepted: {', '.join(CHECKS)}"
+        )
+    return names
+
+
+# -- raw HTTP (no credentials) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def error_code(self) -> str:
+        """The S3 error code from an XML error body, or ''."""
+        match = re.search(rb"<Code>([^<]+)</Code>", self.body)
+        return match.group(1).decode("utf-8", "replace") if match else ""
+
+    def describe(self) -> str:
+        message = re.search(rb"<Message>([^<]*)</Message>", self.body)
+        code = self.error_code
+        text = f"HTTP {self.status}"
+        if code:
+            text += f" {code}"
+        if message and message.group(1):
+            text += f": {message.group(1).decode('utf-8', 'replace')}"
+        return text
+
+
+class Unreachable(Exception):
+    pass
+
+
+def http(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> HttpResult:
+    """One request with no credentials; any HTTP answer is returned, a network failure raises."""
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None and not request.has_header("Content-type"):
+        request.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            return HttpResult(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return HttpResult(exc.code, exc.headers, exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Unreachable(str(reason)) from None
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+class _Run:
+    """State shared by the checks of one run: the store, the probes and what exists."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store = store
+        self.bucket = store.bucket
+        self.prefix = prefix
+        token = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
+        self.probe = safe_relative_key(f"{prefix}apstorage-check-iam-{token}.probe")
+        self.probe2 = safe_relative_key(f"{prefix}apstorage-check-iam-{token}-presigned.probe")
+        self.payload = b"apstorage check-iam probe\n" + secrets.token_bytes(64)
+        self.payload2 = b"apstorage check-iam pre-signed probe\n" + secrets.token_bytes(64)
+        self.created: set[str] = set()  # keys that may exist and must be removed
+        self.readable: set[str] = set()  # keys known to hold their payload
+        self.put_outcome = "not run"
+
+    def arn(self, objects: bool = True) -> str:
+        return f"arn:aws:s3:::{self.bucket}/{self.prefix}*" if objects else f"arn:aws:s3:::{self.bucket}"
+
+    # -- checks -------------------------------------------------------------------------
+    def check_list(self) -> CheckResult:
+        try:
+            page = self.store.list_page(self.prefix, 1)
+        except ApStorageError as exc:
+            return self.failure("list", exc, "s3:ListBucket", objects=False)
+        where = f"prefix {self.prefix!r}" if self.prefix else "the bucket"
+        return CheckResult("list", PASSED, f"ListObjectsV2 (MaxKeys=1) on {where}: {len(page)} key(s) returned")
+
+    def check_put(self) -> CheckResult:
+        tag = "&".join(f"{k}={v}" for k, v in RETENTION_TAG.items())
+        self.created.add(self.probe)
+        try:
+            self.store.put(self.probe, io.BytesIO(self.payload), len(self.payload), tags=RETENTION_TAG)
+        except PermissionDeniedError as exc:
+            if _credential_problem(str(exc)):
+                self.put_outcome = "put failed"
+                self.forget_if_refused(self.probe, exc)
+                return self.failure("put", exc, "s3:PutObject")
+            # Tell a missing s3:PutObjectTagging apart from a missing s3:PutObject.
+            try:
+                self.store.put(self.probe, io.BytesIO(self.payload), len(self.payload))
+            except ApStorageError as second:
+                self.put_outcome = "put failed"
+                self.forget_if_refused(self.probe, second)
+                return self.failure("put", exc, "s3:PutObject")
+            self.readable.add(self.probe)
+            self.put_outcome = "ok"
+            return CheckResult(
+                "put", FAILED,
+                f"PutObject works, but not with the tag {tag} that execution data gets: {exc}",
+                hint=f"grant s3:PutObjectTagging on {self.arn()}",
+            )
+        except ApStorageError as exc:
+            self.put_outcome = "put failed"
+            self.forget_if_refused(self.probe, exc)
+            return self.failure("put", exc, "s3:PutObject")
+        self.readable.add(self.probe)
+        self.put_outcome = "ok"
+        return CheckResult("put", PASSED, f"wrote s3://{self.bucket}/{self.probe} ({len(self.payload)} bytes, tag {tag})")
+
+    def check_get(self) -> CheckResult:
+        if self.probe not in self.readable:
+            return self.no_probe("get")
+        try:
+            data = self.store.get(self.probe)
+        except ApStorageError as exc:
+            return self.failure("get", exc, "s3:GetObject")
+        if data != self.payload:
+            return CheckResult("get", FAILED, f"read {len(data)} bytes back, but they differ from the {len(self.payload)} written")
+        return CheckResult("get", PASSED, f"read the {len(data)} bytes back, identical")
+
+    def check_presign_get(self) -> CheckResult:
+        if self.probe not in self.readable:
+            return self.no_probe("presign-get")
+        try:
+            url = self.store.presign_get(self.probe, PRESIGN_EXPIRES)
+            answer = http("GET", url)
+        except (ApStorageError, Unreachable) as exc:
+            return CheckResult("presign-get", FAILED, f"could not fetch the pre-signed URL: {exc}")
+        if answer.status != 200:
+            return self.http_failure("presign-get", answer, "s3:GetObject")
+        if answer.body != self.payload:
+            return CheckResult("presign-get", FAILED, f"the pre-signed GET returned {len(answer.body)} bytes that differ from the probe")
+        return CheckResult("presign-get", PASSED, f"a SigV4 pre-signed GET with no credentials returned the {len(answer.body)} bytes")
+
+    def check_presign_put(self) -> CheckResult:
+        self.created.add(self.probe2)
+        try:
+            url, headers = self.store.presign_put(
+                self.probe2, PRESIGN_EXPIRES, content_length=len(self.payload2), tags=RETENTION_TAG
+            )
+            answer = http("PUT", url, self.payload2, {k: v for k, v in headers.items() if k != "Content-Length"})
+        except (ApStorageError, Unreachable) as exc:
+            return CheckResult("presign-put", FAILED, f"could not upload to the pre-signed URL: {exc}")
+        if answer.status not in (200, 201, 204):
+            if 400 <= answer.status < 500:  # refused: nothing was written
+                self.created.discard(self.probe2)
+            return self.http_failure("presign-put", answer, "s3:PutObject")
+        try:
+            data = self.store.get(self.probe2)
+        except ApStorageError as exc:
+            return CheckResult("presign-put", FAILED, f"the pre-signed PUT was accepted but the object cannot be read back: {exc}")
+        if data != self.payload2:
+            return CheckResult("presign-put", FAILED, "the pre-signed PUT was accepted but the object reads back different bytes")
+        self.readable.add(self.probe2)
+        return CheckResult(
+            "presign-put", PASSED,
+            f"a pre-signed PUT bound to {len(self.payload2)} bytes and the retention tag was accepted and reads back",
+        )
+
+    def check_anonymous(self) -> CheckResult:
+        target = next((k for k in (self.probe, self.probe2) if k in self.readable), None)
+        key = target or f"{self.prefix}apstorage-check-iam-absent-{secrets.token_hex(6)}"
+        try:
+            answer = http("GET", self.store.unsigned_url(key))
+        except Unreachable as exc:
+            return CheckResult("anonymous-denied", FAILED, f"the unsigned GET did not get an answer: {exc}")
+        public = self.store.public_access_status()
+        extra = {"publicAccess": public}
+        summary = _public_summary(public)
+        what = "the probe" if target else "a missing key (no probe object exists)"
+        if answer.status in (401, 403):
+            return CheckResult(
+                "anonymous-denied", PASSED,
+                f"an unsigned GET of {what} was refused ({answer.describe()}); {summary}", extra=extra,
+            )
+        if answer.status == 200:
+            detail = f"an unsigned GET of s3://{self.bucket}/{key} returned the object: anyone can read it; {summary}"
+        else:
+            detail = (
+                f"an unsigned GET of {what} got {answer.describe()} instead of 403: anonymous "
+                f"requests reach the objects; {summary}"
+            )
+        return CheckResult(
+            "anonymous-denied", FAILED, detail, extra=extra,
+            hint=f"remove grants to everyone (\"Principal\": \"*\" or public-read ACLs) on {self.arn()}, "
+            "or turn on Block Public Access",
+        )
+
+    def check_delete(self) -> CheckResult:
+        absent = f"{self.prefix}apstorage-check-iam-absent-{secrets.token_hex(6)}"
+        first = self.probe if self.probe in self.created else absent
+        second = self.probe2 if self.probe2 in self.created else first
+        problems: list[str] = []
+        failure: ApStorageError | None = None
+        try:
+            self.store.delete(first)
+            self.created.discard(first)
+            self.readable.discard(first)
+        except ApStorageError as exc:
+            failure = exc
+            problems.append(f"DeleteObject: {exc}")
+        refused = self.store.delete_many([second])
+        if refused:
+            problems.append(f"DeleteObjects (a batch of one): {refused[second]}")
+        else:
+            self.created.discard(second)
+            self.readable.discard(second)
+        if problems:
+            if failure is not None and _credential_problem(str(failure)):
+                return self.failure("delete", failure, "s3:DeleteObject")
+            return CheckResult(
+                "delete", FAILED, "s3:DeleteObject refused. " + "; ".join(problems),
+                hint=f"grant s3:DeleteObject on {self.arn()}",
+            )
+        try:
+            still = self.store.stat(first)
+        except ApStorageError as exc:
+            return CheckResult("delete", FAILED, f"deleted, but the 404 could not be confirmed: {exc}")
+        if still is not None:
+            self.created.add(first)
+            return CheckResult("delete", FAILED, f"DeleteObject answered success but s3://{self.bucket}/{first} is still there")
+        return CheckResult("delete", PASSED, "DeleteObject and a DeleteObjects batch of one succeeded; HEAD then gives 404")
+
+    def check_clock(self) -> CheckResult:
+        url = self.store.unsigned_url(f"{self.prefix}apstorage-check-iam-clock")
+        before = time.time()
+        try:
+            answer = http("HEAD", url)
+        except Unreachable as exc:
+            return CheckResult("clock", FAILED, f"no answer to read the Date header from: {exc}")
+        local = (before + time.time()) / 2
+        date = answer.headers.get("Date") if answer.headers is not None else None
+        if not date:
+            return CheckResult("clock", SKIPPED, "the server sent no Date header; the clock cannot be compared")
+        try:
+            server = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return CheckResult("clock", SKIPPED, f"the server's Date header {date!r} cannot be parsed")
+        skew = server - local
+        direction = "ahead of" if skew > 0 else "behind"
+        detail = f"the server's clock is {abs(skew):.0f} s {direction} this machine's (Date: {date})"
+        if abs(skew) > MAX_SKEW:
+            return CheckResult(
+                "clock", FAILED, detail + "; SigV4 signatures more than 5 minutes off are refused "
+                "(RequestTimeTooSkewed, or a confusing SignatureDoesNotMatch)",
+                hint="synchronise this machine's clock (NTP)", extra={"skewSeconds": round(skew, 1)},
+            )
+        return CheckResult("clock", PASSED, detail, extra={"skewSeconds": round(skew, 1)})
+
+    # -- shared -------------------------------------------------------------------------
+    def no_probe(self, name: str) -> CheckResult:
+        reason = "put was skipped" if self.put_outcome == "not run" else "put failed"
+        return CheckResult(name, SKIPPED, f"no probe object to read ({reason})")
+
+    def failure(self, name: str, exc: ApStorageError, permission: str, *, objects: bool = True) -> CheckResult:
+        message = str(exc)
+        hint = _credential_hint(message)
+        if hint is None:
+            if isinstance(exc, NotFoundError) and "bucket" in message:
+                hint = "check AP_S3_BUCKET (and AP_S3_ENDPOINT / AP_S3_REGION)"
+            elif isinstance(exc, PermissionDeniedError):
+                hint = f"grant {permission} on {self.arn(objects)}"
+        if _credential_problem(message):
+            detail = f"authentication failed: {message}"
+        elif isinstance(exc, PermissionDeniedError):
+            detail = f"{permission} refused: {message}"
+        else:
+            detail = message
+        return CheckResult(name, FAILED, detail, hint=hint)
+
+    def http_failure(self, name: str, answer: HttpResult, permission: str) -> CheckResult:
+        method = "PUT" if name == "presign-put" else "GET"
+        detail = f"the pre-signed {method} got {answer.describe()}"
+        hint = _credential_hint(detail)
+        if hint is None and answer.status in (401, 403):
+            hint = f"grant {permission} on {self.arn()}"
+        return CheckResult(name, FAILED, detail, hint=hint)
+
+    def forget_if_refused(self, key: str, exc: ApStorageError) -> None:
+        """A refused write (4xx) created nothing; after a 5xx or a lost connection the
+        object may exist, so it stays on the clean-up list."""
+        if not isinstance(exc, BackendUnavailableError):
+            self.created.discard(key)
+
+    def cleanup(self) -> list[str]:
+        """Remove every probe that may exist; return the ones still there afterwards."""
+        leftover = []
+        for key in sorted(self.created):
+            try:
+                self.store.delete(key)
+                continue
+            except Exception:  # noqa: BLE001 - checked below, reported, never hidden
+                pass
+            try:
+                if self.store.stat(key) is None:
+                    continue  # never written: nothing to remove
+            except Exception:  # noqa: BLE001 - cannot tell: report it as possibly there
+                pass
+            leftover.append(f"s3://{self.bucket}/{key}")
+        self.created.clear()
+        return leftover
+
+
+_CREDENTIAL_HINTS = (
+    ("SignatureDoesNotMatch", "the secret does not match the access key: check AP_S3_SECRET_ACCESS_KEY (and AP_S3_REGION)"),
+    ("InvalidAccessKeyId", "the server does not know this access key: check AP_S3_ACCESS_KEY_ID"),
+    ("RequestTimeTooSkewed", "this machine's clock is too far off: synchronise it (see the clock check)"),
+    ("ExpiredToken", "the session token has expired: refresh the credentials"),
+    ("InvalidToken", "the session token is not valid: refresh the credentials"),
+    ("AuthorizationHeaderMalformed", "the request was signed for the wrong region: check AP_S3_REGION"),
+)
+
+
+def _credential_hint(message: str) -> str | None:
+    for code, hint in _CREDENTIAL_HINTS:
+        if code in message:
+            return hint
+    return None
+
+
+def _credential_problem(message: str) -> bool:
+    return _credential_hint(message) is not None
+
+
+def _public_summary(status: dict[str, Any]) -> str:
+    block = status.get("publicAccessBlock")
+    if isinstance(block, dict):
+        on = [k for k, v in block.items() if v]
+        block_text = f"Block Public Access: {len(on)} of {len(block)} settings on"
+    else:
+        block_text = {
+            "none": "Block Public Access: not configured",
+            "denied": "Block Public Access: not readable with these credentials",
+        }.get(str(block), "Block Public Access: not supported by this server")
+    policy = status.get("policyStatus")
+    if isinstance(policy, dict):
+        policy_text = "bucket policy: public" if policy.get("IsPublic") else "bucket policy: not public"
+    else:
+        policy_text = {
+            "none": "bucket policy: none",
+            "denied": "bucket policy status: not readable with these credentials",
+        }.get(str(policy), "bucket policy status: not supported by this server")
+    return f"{block_text}; {policy_text}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so the probes are removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_checks(
+    settings: Any,
+    *,
+    prefix: str = "",
+    skip: Sequence[str] = (),
+    on_result: Callable[[CheckResult], None] | None = None,
+    store: Any = None,
+) -> CheckReport:
+    """Run every check in order against the configured bucket; never raises for a
+    failed check (that is in the report). ConfigError when S3 is not configured."""
+    if prefix.startswith("/") or "\\" in prefix or "\x00" in prefix:
+        raise UsageError(f"--prefix: {prefix!r} is not a key prefix (no leading /, no backslash)")
+    owned = store is None
+    if store is None:
+        from apstorage.stores.s3 import S3Store
+
+        store = S3Store(settings, workers=1)  # ConfigError (exit 3) when settings are missing
+    skipped = set(skip)
+    endpoint = store.endpoint or f"AWS S3 ({settings.s3_region or 'us-east-1'})"
+    report = CheckReport(bucket=store.bucket, prefix=prefix, endpoint=endpoint)
+    run = _Run(store, prefix)
+    steps: dict[str, Callable[[], CheckResult]] = {
+        "list": run.check_list,
+        "put": run.check_put,
+        "get": run.check_get,
+        "presign-get": run.check_presign_get,
+        "presign-put": run.check_presign_put,
+        "anonymous-denied": run.check_anonymous,
+        "delete": run.check_delete,
+        "clock": run.check_clock,
+    }
+    try:
+        with _sigterm_as_interrupt():
+            try:
+                http("HEAD", store.unsigned_url(run.probe))
+            except Unreachable as exc:
+                host = urlsplit(store.unsigned_url(run.probe)).netloc
+                report.unreachable = f"cannot reach S3 at {host}: {exc}"
+            for name in CHECKS:
+                started = time.perf_counter()
+                if name in skipped:
+                    result = CheckResult(name, SKIPPED, "skipped (--skip)")
+                elif report.unreachable is not None:
+                    if any(c.status == FAILED for c in report.checks):
+                        result = CheckResult(name, SKIPPED, "not run: the endpoint cannot be reached")
+                    else:
+                        result = CheckResult(name, FAILED, report.unreachable, hint="check AP_S3_ENDPOINT and the network")
+                else:
+                    try:
+                        result = steps[name]()
+                    except BackendUnavailableError as exc:
+                        result = CheckResult(name, FAILED, str(exc))
+                result.permission = result.permission or PERMISSIONS[name]
+                result.seconds = time.perf_counter() - started
+                report.checks.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        report.leftover = run.cleanup()
+        if owned:
+            store.close()
+    return report
+
+
+def junit_xml(report: CheckReport) -> bytes:
+    """One <testcase> per check, so CI systems show each check natively."""
+    import xml.etree.ElementTree as ET
+
+    failures = sum(1 for c in report.checks if c.status == FAILED)
+    skipped = sum(1 for c in report.checks if c.status == SKIPPED)
+    total = sum(c.seconds for c in report.checks)
+    counts = {
+        "tests": str(len(report.checks)),
+        "failures": str(failures),
+        "errors": "0",
+        "skipped": str(skipped),
+        "time": f"{total:.3f}",
+    }
+    root = ET.Element("testsuites", {"name": "apstorage check-iam", **counts})
+    suite = ET.SubElement(
+        root, "testsuite",
+        {"name": "apstorage check-iam", **counts, "timestamp": report.started.strftime("%Y-%m-%dT%H:%M:%S")},
+    )
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("bucket", report.bucket), ("prefix", report.prefix), ("endpoint", report.endpoint)):
+        ET.SubElement(props, "property", {"name": name, "value": value})
+    for check in report.checks:
+        case = ET.SubElement(
+            suite, "testcase",
+            {"classname": "apstorage.check-iam", "name": check.name, "time": f"{check.seconds:.3f}"},
+        )
+        if check.status == FAILED:
+            failure = ET.SubElement(case, "failure", {"message": check.detail, "type": check.permission})
+            failure.text = f"permission: {check.permission}\n{check.detail}" + (
+                f"\nhint: {check.hint}" if check.hint else ""
+            )
+        elif check.status == SKIPPED:
+            ET.SubElement(case, "skipped", {"message": check.detail})
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"permission: {check.permission}\n{check.detail}"
+    if report.leftover:
+        err = ET.SubElement(suite, "system-err")
+        err.text = "probe objects left behind: " + ", ".join(report.leftover)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def write_junit(report: CheckReport, path: str) -> None:
+    data = junit_xml(report)
+    target = os.path.abspath(path)
+    try:
+        with open(target, "wb") as fh:
+            fh.write(data)
+    except FileNotFoundError:
+        raise NotFoundError(f"--junit-xml: folder {os.path.dirname(target)} does not exist") from None
+    except PermissionError:
+        raise PermissionDeniedError(f"--junit-xml: cannot write {target}: permission denied") from None
+
+
+__all__ = [
+    "CHECKS",
+    "PERMISSIONS",
+    "CheckReport",
+    "CheckResult",
+    "junit_xml",
+    "parse_skip",
+    "run_checks",
+    "write_junit",
+]
