@@ -343,23 +343,23 @@ class S3Store(Store):
 
     def unsigned_url(self, key: str) -> str:
         """The plain (unsigned) URL of ``key``, addressed as this store addresses it."""
-        from botocore import UNSIGNED
+        client = getattr(self, "_unsigned_client", None)
+        if client is None:  # only builds URLs, never sends: no connections to close
+            from botocore import UNSIGNED
 
-        options: dict[str, Any] = {"signature_version": UNSIGNED}
-        if self.endpoint:
-            options["s3"] = {"addressing_style": "path"}
-        client = boto3.session.Session().client(
-            "s3",
-            region_name=self.settings.s3_region or "us-east-1",
-            endpoint_url=self.endpoint,
-            config=Config(**options),
-        )
-        try:
-            return client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=60
+            options: dict[str, Any] = {"signature_version": UNSIGNED}
+            if self.endpoint:
+                options["s3"] = {"addressing_style": "path"}
+            client = boto3.session.Session().client(
+                "s3",
+                region_name=self.settings.s3_region or "us-east-1",
+                endpoint_url=self.endpoint,
+                config=Config(**options),
             )
-        finally:
-            client.close()
+            self._unsigned_client = client
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=60
+        )
 
     def public_access_status(self) -> dict[str, Any]:
         """Block Public Access and bucket-policy status, where the provider supports them.
