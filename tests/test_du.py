@@ -185,7 +185,7 @@ def test_key_sql_computes_what_filerow_key_computes(catalog_env, storage_factory
     got = {r.id: r.key for r in du_sql.iter_rows_by_key(storage.catalog, "S3")}
     assert got == {r.id: r.key for r in rows}
     assert [r.key for r in du_sql.iter_rows_by_key(storage.catalog, "S3")] == sorted(got.values())
-    assert du_sql.count_rows(storage.catalog, "S3") == (5, 1)
+    assert du_sql.count_rows(storage.catalog) == {"S3": (5, 1), "LOCAL": (0, 0)}
 
 
 # -- verify -----------------------------------------------------------------------------------
@@ -345,15 +345,26 @@ def test_verify_against_a_missing_bucket_exits_4(catalog_env, s3_env, set_env) -
     assert "no-such-bucket-du" in err
 
 
-def test_verify_pages_through_more_than_one_listing_page(verify_env, storage_factory) -> None:
-    """Over a thousand objects: several S3 pages, several lookup batches, one orphan and
-    one missing object in the middle."""
+@pytest.fixture
+def small_pages(monkeypatch) -> int:
+    """Pages of 40 instead of thousands, so a few hundred objects span many pages of
+    every kind: listing hand-offs, sorted-row fetches, lookups, keyset row pages."""
+    import apstorage.services.du as du_service
+
+    for module, name in ((du_service, "LIST_PAGE"), (du_service, "LOOKUP_BATCH"), (du_sql, "STREAM_PAGE")):
+        monkeypatch.setattr(module, name, 40)
+    monkeypatch.setattr(du_service, "LIST_QUEUE_PAGES", 2)
+    return 40
+
+
+def test_verify_pages_through_many_pages(verify_env, storage_factory, small_pages) -> None:
+    """Many pages of everything, one orphan and one missing object in the middle."""
     from concurrent.futures import ThreadPoolExecutor
 
     storage = storage_factory(verify_env)
     s3_store = storage.store(Location.S3)
     rows = [FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3,
-                    project_id=f"p{i % 7}", size=1) for i in range(1300)]
+                    project_id=f"p{i % 7}", size=1) for i in range(300)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda r: s3_store.put(r.key, io.BytesIO(b"z"), 1), rows))
     for row in rows[1:]:  # rows[0] has an object but no row: an orphan
@@ -363,21 +374,21 @@ def test_verify_pages_through_more_than_one_listing_page(verify_env, storage_fac
     assert [i["key"] for i in result.orphans.items] == [rows[0].key]
     assert result.missing.files == 1 and result.missing.bytes == 9
     s3_check = next(c for c in result.locations if c.location == "S3")
-    assert s3_check.objects == 1300 and s3_check.rows == 1300
+    assert s3_check.objects == 300 and s3_check.rows == 300
     assert s3_check.method == "merge in bytes order"  # letters and digits: the orders agree
 
 
 def test_verify_falls_back_to_lookups_when_the_listing_follows_neither_order(
-    verify_env, storage_factory, tmp_path
+    verify_env, storage_factory, tmp_path, small_pages
 ) -> None:
     """The LOCAL store lists a folder's files before its subfolders: a stray file beside
     the type folders breaks both orders, and the lookups still find everything."""
     storage = storage_factory(dict(verify_env, AP_FILE_STORAGE_LOCATION="LOCAL"))
-    rows = put_many(storage, tmp_path, "LOCAL", [("p", None)] * 6 + [("q", None)] * 1200)
+    rows = put_many(storage, tmp_path, "LOCAL", [("p", None)] * 6 + [("q", None)] * 150)
     local_store = storage.store(Location.LOCAL)
     local_store.put("project/p/stray", io.BytesIO(b"stray"), 5)  # next to p's type folders
     local_store.delete(rows[2].key)
-    local_store.delete(rows[-1].key)  # the last id page: the row scan goes to the end
+    local_store.delete(rows[-1].key)  # another one, anywhere in id order
     local_store.put(rows[4].key, io.BytesIO(b"different"), 9)
     result = verify(storage)
     local = next(c for c in result.locations if c.location == "LOCAL")

@@ -126,23 +126,26 @@ def usage(catalog: Catalog, by: Sequence[str], where: UsageFilter) -> list[Usage
 # -- verify ----------------------------------------------------------------------------------
 
 
-def count_rows(catalog: Catalog, location: str) -> tuple[int, int]:
-    """(rows at ``location``, those whose key does not end in ``/{id}``).
+def count_rows(catalog: Catalog, locations: Sequence[str] = ("S3", "LOCAL")) -> dict[str, tuple[int, int]]:
+    """{location: (rows there, those whose key does not end in ``/{id}``)}, in one scan.
 
     The second number tells verify whether looking objects up by the id in their key
     (the primary key) can miss a row, in which case it also looks them up by ``s3Key``.
     """
-    p = catalog.ph
     if catalog.dialect == "postgres":
         suffix = f'right({KEY_SQL}, length("id") + 1)'
     else:
         suffix = f'substr({KEY_SQL}, -(length("id") + 1))'
+    cond, params = _in_list(catalog, '"location"', list(locations))
     rows = catalog._execute(
-        f"SELECT COUNT(*), COUNT(*) - COUNT(CASE WHEN {suffix} = '/' || \"id\" THEN 1 END) "
-        f'FROM "file" WHERE "location" = {p}',
-        (location,),
+        f'SELECT "location", COUNT(*), '
+        f"COUNT(*) - COUNT(CASE WHEN {suffix} = '/' || \"id\" THEN 1 END) "
+        f'FROM "file" WHERE {cond} GROUP BY "location"',
+        tuple(params),
     )
-    return int(rows[0][0]), int(rows[0][1])
+    counts = {location: (0, 0) for location in locations}
+    counts.update({t[0]: (int(t[1]), int(t[2])) for t in rows})
+    return counts
 
 
 def rows_by_ids(catalog: Catalog, location: str, ids: Sequence[str]) -> list[KeyedRow]:

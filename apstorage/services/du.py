@@ -345,7 +345,8 @@ def verify(
     catalog = storage.catalog
     settings = storage.settings
 
-    s3_rows, s3_odd = sql.count_rows(catalog, Location.S3.value)
+    counts = sql.count_rows(catalog, (Location.S3.value, Location.LOCAL.value))
+    s3_rows, s3_odd = counts[Location.S3.value]
     if settings.s3_bucket:
         check = LocationCheck("S3", f"s3://{settings.s3_bucket}", rows=s3_rows)
         report.locations.append(check)
@@ -360,7 +361,7 @@ def verify(
             LocationCheck("S3", "", checked=False, note="AP_S3_BUCKET not set and no S3 rows")
         )
 
-    local_rows, local_odd = sql.count_rows(catalog, Location.LOCAL.value)
+    local_rows, local_odd = counts[Location.LOCAL.value]
     root = settings.local_storage_path
     check = LocationCheck("LOCAL", str(root), rows=local_rows)
     report.locations.append(check)
@@ -578,7 +579,7 @@ def _lookups(catalog, store: Store, prefixes: Sequence[str], tally: _Tally,
     seen = 0
     page: list[KeyedRow] = []
     with ThreadPoolExecutor(STAT_WORKERS) as pool:
-        for row in sql.iter_rows_by_id(catalog, tally.where):
+        for row in sql.iter_rows_by_id(catalog, tally.where, page=LOOKUP_BATCH):
             page.append(row)
             if len(page) < LOOKUP_BATCH:
                 continue
