@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import http.client
 import threading
+import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -55,7 +58,8 @@ class S3Store(Store):
         self.endpoint = settings.s3_endpoint
         self.where = self.endpoint or f"AWS S3 ({settings.s3_region or 'default region'})"
         self._client: Any = None
-        self._lock = threading.Lock()
+        self._fast_put: _FastPut | None = None
+        self._lock = threading.RLock()
 
     # -- client -----------------------------------------------------------------------
     @property
@@ -165,26 +169,31 @@ class S3Store(Store):
 
     def put_bytes(self, key: str, data: bytes, *, tags: dict[str, str] | None = None) -> None:
         """One PutObject carrying Content-MD5, so the server refuses damaged bytes; the
-        returned ETag must equal that MD5 (it does for single-part, unencrypted objects)."""
+        returned ETag must equal that MD5 (it does for single-part, unencrypted objects).
+
+        Sent through ``_FastPut`` (botocore's SigV4 signer over a pooled urllib3
+        connection) rather than ``client.put_object``: for small objects botocore's
+        per-call machinery (endpoint rules, event hooks, 100-continue) costs more than the
+        request itself — see the profile in bench/migrate.py's docstring.
+        """
         digest = hashlib.md5(data)
-        extra: dict[str, Any] = {"Tagging": urlencode(tags)} if tags else {}
-        try:
-            response = self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentLength=len(data),
-                ContentMD5=base64.b64encode(digest.digest()).decode(),
-                **extra,
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise self.translate(exc, key) from None
-        etag = response.get("ETag", "").strip('"')
+        headers = {"Content-MD5": base64.b64encode(digest.digest()).decode()}
+        if tags:
+            headers["x-amz-tagging"] = urlencode(tags)
+        etag = self.fast_put.put(key, data, headers)
         if etag and "-" not in etag and etag != digest.hexdigest():
             raise ApStorageError(
                 f"s3://{self.bucket}/{key}: the server's ETag {etag} does not match the "
                 f"MD5 {digest.hexdigest()} of the bytes sent"
             )
+
+    @property
+    def fast_put(self) -> "_FastPut":
+        if self._fast_put is None:
+            with self._lock:
+                if self._fast_put is None:
+                    self._fast_put = _FastPut(self)
+        return self._fast_put
 
     def open(self, key: str) -> Iterator[bytes]:
         try:
@@ -388,3 +397,168 @@ class S3Store(Store):
             except BotoCoreError:
                 out[name] = "unsupported"
         return out
+
+
+class _FastPut:
+    """PutObject without botocore's per-call overhead, for many small objects.
+
+    Profiled on a 10 KiB PutObject against SeaweedFS on this 2-core machine (CPU per call,
+    single thread): ``client.put_object`` 2.2 ms — endpoint-rule resolution, event hooks,
+    an ``Expect: 100-continue`` round trip; botocore's signer over urllib3 0.93 ms; this
+    class 0.22 ms. So: the object URL comes from botocore (a pre-signed URL's scheme, host
+    and path, so addressing style and endpoint rules are botocore's own), each request is
+    signed with SigV4 here (``sigv4_headers``; tests check it against botocore's signer
+    byte for byte), with the client's own credentials (refreshable ones refresh), and sent
+    on one keep-alive ``http.client`` connection per thread. Errors are parsed into the
+    shape of a ``ClientError`` and translated by ``S3Store.translate``; 5xx, 429 and
+    connection errors are retried with backoff, as botocore's standard mode does.
+    """
+
+    ATTEMPTS = 3
+
+    def __init__(self, store: S3Store) -> None:
+        client = store.client
+        self.store = store
+        probe = urlsplit(
+            client.generate_presigned_url(
+                "put_object", Params={"Bucket": store.bucket, "Key": "k"}, ExpiresIn=60
+            )
+        )
+        self.scheme = probe.scheme
+        self.host = probe.netloc
+        self.prefix = probe.path[:-1]  # the path up to the key
+        self.region = client.meta.region_name
+        self.credentials = client._request_signer._credentials
+        self.local = threading.local()
+        self.ssl_context = None
+        if self.scheme == "https":
+            import ssl
+
+            from botocore.httpsession import get_cert_path
+
+            self.ssl_context = ssl.create_default_context(cafile=get_cert_path(True))
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, timeout=60, context=self.ssl_context)
+            else:
+                conn = http.client.HTTPConnection(self.host, timeout=60)
+            self.local.conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self.local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.local.conn = None
+
+    def put(self, key: str, data: bytes, headers: dict[str, str]) -> str:
+        path = self.prefix + quote(key, safe="/~")
+        last_error: Exception | None = None
+        for attempt in range(self.ATTEMPTS):
+            frozen = self.credentials.get_frozen_credentials()
+            signed = sigv4_headers(
+                "PUT", self.host, path, headers, data, self.region,
+                frozen.access_key, frozen.secret_key, frozen.token,
+            )
+            try:
+                conn = self._connection()
+                conn.request("PUT", path, body=data, headers=signed)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                # A keep-alive connection the server closed, or a network error: retry.
+                self._drop_connection()
+                last_error = EndpointConnectionError(endpoint_url=f"{self.scheme}://{self.host}", error=exc)
+                if attempt:
+                    time.sleep(0.05 * 2**attempt)
+                continue
+            if response.status == 200:
+                return (response.getheader("ETag") or "").strip('"')
+            error = ClientError(_error_response(response.status, body), "PutObject")
+            if response.status >= 500 or response.status == 429:
+                last_error = error
+                time.sleep(0.05 * 2**attempt)
+                continue
+            raise self.store.translate(error, key)
+        raise self.store.translate(last_error, key)  # type: ignore[arg-type]
+
+
+_SIGNING_KEYS: dict[tuple[str, str, str], bytes] = {}
+
+
+def _signing_key(secret: str, date: str, region: str) -> bytes:
+    cache_key = (secret, date, region)
+    key = _SIGNING_KEYS.get(cache_key)
+    if key is None:
+        key = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+        for part in (region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        _SIGNING_KEYS.clear()  # one live key at a time: the secret is not kept around
+        _SIGNING_KEYS[cache_key] = key
+    return key
+
+
+def sigv4_headers(
+    method: str,
+    host: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    region: str,
+    access_key: str,
+    secret_key: str,
+    token: str | None = None,
+    now: float | None = None,
+) -> dict[str, str]:
+    """AWS Signature Version 4 for one S3 request with no query string; returns the
+    headers to send (``path`` is already URI-encoded, as S3 signs it: no double encoding)."""
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    date = amz_date[:8]
+    payload_hash = hashlib.sha256(body).hexdigest()
+    signed = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
+    signed.update({"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date})
+    if token:
+        signed["x-amz-security-token"] = token
+    names = sorted(signed)
+    canonical = "\n".join(
+        (
+            method,
+            path,
+            "",
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            payload_hash,
+        )
+    )
+    scope = f"{date}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+    )
+    signature = hmac.new(_signing_key(secret_key, date, region), to_sign.encode(), hashlib.sha256).hexdigest()
+    out = {**headers, **{k: v for k, v in signed.items() if k.startswith("x-amz-")}}
+    out["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    out["Content-Length"] = str(len(body))
+    return out
+
+
+def _error_response(status: int, body: bytes) -> dict[str, Any]:
+    """An S3 XML error body in the shape botocore gives ClientError."""
+    import xml.etree.ElementTree as ET
+
+    code, message = "", ""
+    try:
+        root = ET.fromstring(body or b"<Error/>")
+        code = root.findtext("Code") or ""
+        message = root.findtext("Message") or ""
+    except ET.ParseError:
+        message = body[:200].decode("utf-8", "replace")
+    return {
+        "Error": {"Code": code or str(status), "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
