@@ -354,6 +354,40 @@ def test_two_sweeps_started_together_delete_each_file_once(full_env, storage_fac
         assert not row_exists(storage, row.id) and not bytes_exist(storage, row)
 
 
+# -- memory ----------------------------------------------------------------------------------
+
+
+def _sweep_peak(storage: Storage, count: int) -> int:
+    import tracemalloc
+
+    storage.catalog._execute(
+        """
+        INSERT INTO "file" ("id", "created", "updated", "projectId", "location", "type", "size", "data")
+        SELECT md5(g::text || clock_timestamp()::text)::varchar(21), now() - interval '40 days',
+               now(), 'p', 'DB', 'FLOW_RUN_LOG', 3, 'abc'::bytea
+        FROM generate_series(1, %s) AS g
+        """,
+        (count,),
+    )
+    tracemalloc.start()
+    try:
+        report = sweep_expired(storage, batch_size=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.deleted == count and report.failed == 0
+    return peak
+
+
+def test_memory_stays_flat_as_the_table_grows(pg_url, make_env, storage_factory) -> None:
+    storage = storage_factory(make_env(AP_POSTGRES_URL=pg_url))
+    storage.catalog.init_schema()
+    _sweep_peak(storage, 200)  # one-time allocations (type caches, imports) happen here
+    small = _sweep_peak(storage, 2_000)  # more than the 8 x 100 rows ever in flight
+    large = _sweep_peak(storage, 10_000)
+    assert large < small * 1.25 + 64 * 1024, (small, large)
+
+
 # -- the index serves every page -------------------------------------------------------------
 
 

@@ -25,8 +25,7 @@ returns at once with ``lock_held``.
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Iterator
@@ -263,21 +262,37 @@ class _Sweeper:
                 for row in rows:
                     self.report.count(file_type, row.size)
             return
-        inflight: deque[tuple[_Batch, Future]] = deque()
+        # Batches whose bytes are being deleted; each is finished (rows deleted) as soon
+        # as its own bytes are done, in whatever order that happens.
+        inflight: dict[Future, _Batch] = {}
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-sweep")
+        self._warm_s3(pool)
         try:
             for file_type, rows in pages:
                 rows, remaining = self._cap(rows, remaining)
                 if not rows:
                     break
                 batch = self._plan(file_type, rows)
-                inflight.append((batch, pool.submit(_delete_objects, batch)))
+                inflight[pool.submit(_delete_objects, batch)] = batch
                 while len(inflight) >= self.workers:
-                    self._finish(*inflight.popleft())
-            while inflight:
-                self._finish(*inflight.popleft())
+                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        self._finish(inflight.pop(future), future)
+            for future in as_completed(list(inflight)):
+                self._finish(inflight.pop(future), future)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _warm_s3(self, pool: ThreadPoolExecutor) -> None:
+        """Build the S3 client (~0.2 s of botocore set-up) in a worker while the main
+        thread selects the first page. Errors surface later, per batch."""
+        if not self.storage.settings.s3_bucket:
+            return
+        try:
+            store = self.storage.store(Location.S3)
+        except ApStorageError:
+            return
+        pool.submit(getattr, store, "client")
 
     def _cap(self, rows: list[ExpiredRow], remaining: int | None) -> tuple[list[ExpiredRow], int | None]:
         if remaining is None:
@@ -372,7 +387,9 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
     with reasons, and whether the store refused the whole batch."""
     results = {}
     for location, by_key in batch.objects.items():
-        keys = list(by_key)
+        # In key order: stores keep keys sorted, and a request whose keys sit together
+        # (same project, same type) is measurably cheaper for them than one in date order.
+        keys = sorted(by_key)
         store = batch.stores[location]
         try:
             results[location] = delete_keys(store, keys, split=location is Location.S3)

