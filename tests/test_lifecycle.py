@@ -362,14 +362,22 @@ def test_moto_missing_bucket_and_empty_configuration(runner, moto_bucket, set_en
     assert result.exit_code == 4 and "absent-bucket" in result.stderr
 
 
-def test_moto_put_tags_execution_data(runner, moto_bucket, set_env, tmp_path) -> None:
-    set_env(AP_S3_BUCKET=moto_bucket, AP_S3_REGION="us-east-1", AP_FILE_STORAGE_LOCATION="S3",
-            AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
-    src = tmp_path / "payload.json"
-    src.write_bytes(b"{}")
-    data = run_json(runner, "put", str(src), "-t", "WEBHOOK_PAYLOAD", "--platform", "plat1")
-    client = boto3.client("s3", region_name="us-east-1")
-    assert client.get_object_tagging(Bucket=moto_bucket, Key=data["s3Key"])["TagSet"] == TAG_SET
+def test_moto_server_put_tags_execution_data(runner, set_env, tmp_path) -> None:
+    """`put` sends small objects over its own signed HTTP path (not botocore), so this uses
+    moto's HTTP server rather than the in-process mock."""
+    from tests.servers import moto_server
+
+    with moto_server() as moto:
+        client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                              aws_access_key_id="AKIAFAKEFAKEFAKE", aws_secret_access_key="fake-secret")
+        client.create_bucket(Bucket="moto-bucket")
+        set_env(AP_S3_BUCKET="moto-bucket", AP_S3_REGION="us-east-1", AP_FILE_STORAGE_LOCATION="S3",
+                AP_S3_ENDPOINT=moto.endpoint,
+                AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
+        src = tmp_path / "payload.json"
+        src.write_bytes(b"{}")
+        data = run_json(runner, "put", str(src), "-t", "WEBHOOK_PAYLOAD", "--platform", "plat1")
+        assert client.get_object_tagging(Bucket="moto-bucket", Key=data["s3Key"])["TagSet"] == TAG_SET
 
 
 # -- the merge itself (pure) -----------------------------------------------------------------
