@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from apstorage.cli.app import app
-from apstorage.cli import admin, check_iam, files, lifecycle, migrate, presign, sweep, du  # noqa: F401  (register commands)
+# Registration order is the order `--help` lists the commands in.
+from apstorage.cli import files, presign, migrate, sweep, du, lifecycle, check_iam, admin  # noqa: F401,E402,I001
 
 __all__ = ["app", "main"]
 

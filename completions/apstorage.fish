@@ -1,0 +1,1 @@
+complete --command apstorage --no-files --arguments "(env _APSTORAGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) apstorage)" --condition "env _APSTORAGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) apstorage"
