@@ -61,9 +61,9 @@ class Output:
         self.err.print(f"warning: {message}", style="yellow", markup=False)
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.err.print(f"error: {message}", style="bold red", markup=False)
-        if hint:
-            self.err.print(f"hint: {hint}", markup=False)
+        """One line: what went wrong and, when there is one, what to do about it."""
+        line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
+        self.err.print(line, style="bold red", markup=False, soft_wrap=True)
 
     @property
     def progress_enabled(self) -> bool:
