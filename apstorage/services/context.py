@@ -25,9 +25,10 @@ class Storage:
 
     def store(self, location: Location) -> Store:
         if location not in self._stores:
-            self._stores[location] = open_store(
-                location, self.settings, self.catalog, workers=self.workers
-            )
+            # Only DB needs the catalog: S3 and LOCAL commands (lifecycle, check-iam) never
+            # open it, so they neither create the SQLite file nor need Postgres up.
+            catalog = self.catalog if location is Location.DB else None
+            self._stores[location] = open_store(location, self.settings, catalog, workers=self.workers)
         return self._stores[location]
 
     def close(self) -> None:

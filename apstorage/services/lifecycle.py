@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 from apstorage.errors import UsageError
+from apstorage.model import Location
 from apstorage.services.files import RETENTION_TAG
 
 if TYPE_CHECKING:
@@ -196,13 +197,7 @@ def plan_merge(
 @contextlib.contextmanager
 def _bucket_store(storage: Storage) -> Iterator[S3Store]:
     """The S3 store alone: lifecycle concerns the bucket, so no catalog is opened."""
-    from apstorage.stores.s3 import S3Store
-
-    store = S3Store(storage.settings, workers=1)
-    try:
-        yield store
-    finally:
-        store.close()
+    yield storage.store(Location.S3)  # type: ignore[misc]
 
 
 def apply_lifecycle(

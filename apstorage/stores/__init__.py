@@ -14,11 +14,16 @@ if TYPE_CHECKING:
 __all__ = ["ObjectInfo", "Store", "open_store"]
 
 
-def open_store(location: Location, settings: Settings, catalog: Catalog, *, workers: int = 10) -> Store:
-    """The store for ``location``; S3 (and boto3) is only imported when used."""
+def open_store(
+    location: Location, settings: Settings, catalog: Catalog | None = None, *, workers: int = 10
+) -> Store:
+    """The store for ``location``; S3 (and boto3) is only imported when used. Only the DB
+    store needs the catalog (its bytes live in the rows)."""
     if location is Location.DB:
         from apstorage.stores.db import DbStore
 
+        if catalog is None:
+            raise ValueError("the DB store needs the catalog")
         return DbStore(catalog)
     if location is Location.LOCAL:
         from apstorage.stores.local import LocalStore
