@@ -1,4 +1,4 @@
-"""S3 store: the only module that imports boto3.
+"""S3 store: the only module that imports boto3/botocore.
 
 Every S3 detail lives here: the lazily-built client (SigV4, path-style on custom
 endpoints, checksums only when required there, standard retries, a pool as large as the
@@ -16,8 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
-import boto3
-from boto3.s3.transfer import TransferConfig
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -91,9 +90,13 @@ class S3Store(Store):
         if not s.s3_use_irsa:
             kwargs["aws_access_key_id"] = s.s3_access_key_id
             kwargs["aws_secret_access_key"] = s.s3_secret_access_key.reveal()  # type: ignore[union-attr]
-        return boto3.session.Session().client("s3", **kwargs)
+        return _session().create_client("s3", **kwargs)
 
-    def transfer_config(self) -> TransferConfig:
+    def transfer_config(self) -> Any:
+        # boto3 (and s3transfer) load only for multipart transfers: importing them costs
+        # ~0.2 s on every command otherwise.
+        from boto3.s3.transfer import TransferConfig
+
         config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNK,
@@ -149,9 +152,12 @@ class S3Store(Store):
             self.put_bytes(key, source.read(), tags=tags)
             return
         extra: dict[str, Any] = {"Tagging": urlencode(tags)} if tags else {}
+        from boto3.s3.inject import upload_fileobj
+
         try:
-            self.client.upload_fileobj(
-                source, self.bucket, key, ExtraArgs=extra or None, Config=self.transfer_config()
+            upload_fileobj(
+                self.client, source, self.bucket, key, ExtraArgs=extra or None,
+                Config=self.transfer_config(),
             )
         except (ClientError, BotoCoreError) as exc:
             raise self.translate(exc, key) from None
@@ -359,7 +365,7 @@ class S3Store(Store):
             options: dict[str, Any] = {"signature_version": UNSIGNED}
             if self.endpoint:
                 options["s3"] = {"addressing_style": "path"}
-            client = boto3.session.Session().client(
+            client = _session().create_client(
                 "s3",
                 region_name=self.settings.s3_region or "us-east-1",
                 endpoint_url=self.endpoint,
@@ -397,6 +403,12 @@ class S3Store(Store):
             except BotoCoreError:
                 out[name] = "unsupported"
         return out
+
+
+def _session() -> Any:
+    """A fresh botocore session (clients are built from botocore directly; boto3's
+    resource layer is not used)."""
+    return botocore.session.get_session()
 
 
 class _FastPut:
