@@ -42,3 +42,21 @@ def test_signature_matches_botocore(monkeypatch, token, path, extra) -> None:
     assert ours["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
     if token:
         assert ours["x-amz-security-token"] == token
+
+
+def test_signature_with_a_query_string_matches_botocore(monkeypatch) -> None:
+    from urllib.parse import quote, urlencode
+
+    from apstorage.stores.s3 import canonical_query
+
+    query = {"list-type": "2", "prefix": "project/p 1/", "continuation-token": "a+b/c=", "max-keys": "1000"}
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda *a, **k: FIXED)
+    url = "http://127.0.0.1:8333/bucket?" + urlencode(query, quote_via=quote, safe="-_.~")
+    request = AWSRequest(method="GET", url=url, data=b"", headers={})
+    request.context["payload_signing_enabled"] = True
+    S3SigV4Auth(Credentials("AKIDEXAMPLE", "secret"), "s3", "us-east-1").add_auth(request)
+    ours = sigv4_headers("GET", "127.0.0.1:8333", "/bucket", {}, b"", "us-east-1", "AKIDEXAMPLE", "secret",
+                         now=FIXED.replace(tzinfo=datetime.timezone.utc).timestamp(), query=query)
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert "Content-Length" not in ours
+    assert canonical_query(query).startswith("continuation-token=a%2Bb%2Fc%3D&list-type=2")
