@@ -139,8 +139,8 @@ class FileRow:
             "id": self.id,
             "type": self.type,
             "location": self.location.value,
-            "created": _iso(self.created),
-            "updated": _iso(self.updated),
+            "created": iso_utc(self.created),
+            "updated": iso_utc(self.updated),
             "projectId": self.project_id,
             "platformId": self.platform_id,
             "fileName": self.file_name,
@@ -150,7 +150,8 @@ class FileRow:
         }
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a ``Z``, as every --json output gives times (naive = UTC)."""
     if value is None:
         return None
     from datetime import timezone

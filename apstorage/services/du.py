@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from apstorage.catalog import du as sql
 from apstorage.catalog.du import KeyedRow, UsageFilter, UsageRow
 from apstorage.errors import ConfigError, UsageError
-from apstorage.model import Location, check_owner_id, parse_type
+from apstorage.model import Location, check_owner_id, parse_type, iso_utc
 from apstorage.services.context import Storage
 from apstorage.stores.base import ObjectInfo, Store
 
@@ -166,7 +166,7 @@ class DuReport:
             "groups": self.group_dicts(),
         }
         if self.created_before is not None:
-            data["createdBefore"] = _iso(self.created_before)
+            data["createdBefore"] = iso_utc(self.created_before)
         if self.verify is not None:
             data["verify"] = self.verify.to_json()
         return data
@@ -631,9 +631,6 @@ def _lookup_batch(catalog, batch: list[ObjectInfo], tally: _Tally, *, odd: int) 
             tally.compare(r, info)
     return matched
 
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 __all__ = [

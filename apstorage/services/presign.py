@@ -26,6 +26,7 @@ from urllib.parse import quote
 from apstorage.durations import format_duration, parse_duration
 from apstorage.errors import NotSupportedError, TooLargeError, UsageError
 from apstorage.model import (
+    iso_utc,
     EXECUTION_TYPES,
     Compression,
     FileRow,
@@ -67,7 +68,7 @@ class Presigned:
             "fileName": self.file_name,
             "url": self.url,
             "method": self.method,
-            "expiresAt": _iso(self.expires_at),
+            "expiresAt": iso_utc(self.expires_at),
             "headers": self.headers,
             "size": self.size,
             "s3Key": self.s3_key,
@@ -349,8 +350,8 @@ def _credential_warnings(store: Any, expires_at: datetime) -> list[str]:
         return []
     left = max(0, int((expiry - _now()).total_seconds()))
     return [
-        f"the credentials signing this URL are temporary and expire at {_iso(expiry)} "
-        f"(in {format_duration(left)}), before the URL would ({_iso(expires_at)}): "
+        f"the credentials signing this URL are temporary and expire at {iso_utc(expiry)} "
+        f"(in {format_duration(left)}), before the URL would ({iso_utc(expires_at)}): "
         "S3 refuses the URL from then on. Use --expires shorter than that, or long-lived "
         "keys (AP_S3_ACCESS_KEY_ID / AP_S3_SECRET_ACCESS_KEY)"
     ]
@@ -365,9 +366,6 @@ def _tagging(tags: dict[str, str]) -> str:
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 __all__ = [
