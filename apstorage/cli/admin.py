@@ -11,7 +11,11 @@ from apstorage.cli.output import Output
 @app.command("config")
 @handle_errors
 def config_cmd(json_out: bool = JSON_OPTION) -> None:
-    """Print the effective settings (secrets redacted) and where each came from."""
+    """Show the effective settings, secrets redacted.
+
+    Each AP_* variable that was set is listed with where it came from (the environment or
+    a .env file).
+    """
     from apstorage.config import load_settings
 
     settings = load_settings()
@@ -33,7 +37,10 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
 @app.command()
 @handle_errors
 def init(json_out: bool = JSON_OPTION) -> None:
-    """Create the file table and its indexes when missing; never alters an existing table."""
+    """Create the file table and its indexes when missing.
+
+    An existing table is never altered; missing indexes are reported.
+    """
     from apstorage.catalog import open_catalog
     from apstorage.config import load_settings
 

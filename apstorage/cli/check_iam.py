@@ -28,7 +28,9 @@ def check_iam(
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Smoke-test the configured bucket and credentials; exit 1 if any check fails.
+    """Smoke-test the bucket credentials (a CI gate).
+
+    Exit 1 if any check fails.
 
     Runs list, put, get, presign-get, presign-put, anonymous-denied, delete and clock in
     order, each naming the IAM permission it exercises, with a hint for each failure.

@@ -36,7 +36,9 @@ def du(
     csv_out: bool = typer.Option(False, "--csv", help="Print the groups as CSV with a header."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Files and bytes by location, type, project or platform, from the catalog.
+    """Show usage by location, type, project or platform.
+
+    Files and bytes come from the catalog.
 
     One aggregate query answers however many objects the bucket holds. With --verify the
     stores are listed (paginated, streaming) and compared with the catalog.

@@ -24,7 +24,7 @@ def migrate_to_s3(
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Move DB and LOCAL bytes into S3: verified, crash-safe, resumable.
+    """Move DB and LOCAL bytes into S3, verified and resumable.
 
     Each file is uploaded with Content-MD5 (the server checks it), then its row is switched
     to S3 in the batch's transaction; LOCAL files are removed only after that commit. Safe

@@ -58,7 +58,9 @@ def presign(
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Print a SigV4 pre-signed URL, so bytes go to and from S3 without passing through here.
+    """Print a pre-signed S3 URL (GET, PUT, or a worker upload).
+
+    A SigV4 URL lets bytes go to and from S3 without passing through here.
 
     GET URLs download the file as an attachment under its recorded name. With --upload
     (or --from-json), create the file's row and print a PUT URL that only accepts an

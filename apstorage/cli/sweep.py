@@ -39,7 +39,9 @@ def sweep_expired_cmd(
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Delete expired execution data: bytes first, then exactly the rows whose bytes are gone.
+    """Delete expired execution data (the cron job).
+
+    Bytes go first, then exactly the rows whose bytes are gone.
 
     Only execution-data types are swept; permanent files are never touched. A file its
     store refuses to delete keeps its row and makes the run exit 1. Safe in cron: a run
