@@ -10,7 +10,11 @@ from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
 from apstorage.cli.output import Output
 
 lifecycle_app = typer.Typer(
-    help="Bucket lifecycle rules from the retention settings.\n\nRules are derived from the retention settings and merged into the bucket's configuration by rule ID.",
+    help=(
+        "Bucket lifecycle rules from the retention settings.\n\n"
+        "Rules are derived from the retention settings and merged into the bucket's "
+        "configuration by rule ID."
+    ),
     no_args_is_help=True,
     rich_markup_mode=None,
 )
