@@ -82,6 +82,16 @@ def check_owner_id(value: str, flag: str) -> str:
     return value
 
 
+def check_owner(project_id: str | None, platform_id: str | None) -> None:
+    """Every file has an owner, and owner ids become key segments: refuse anything else."""
+    if not project_id and not platform_id:
+        raise UsageError("give --project ID or --platform ID: every file has an owner")
+    if project_id:
+        check_owner_id(project_id, "--project")
+    if platform_id:
+        check_owner_id(platform_id, "--platform")
+
+
 def object_key(
     file_id: str, file_type: str, project_id: str | None, platform_id: str | None
 ) -> str:

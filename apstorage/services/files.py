@@ -22,7 +22,7 @@ from apstorage.model import (
     Compression,
     FileRow,
     Location,
-    check_owner_id,
+    check_owner,
     is_execution_type,
     new_id,
     object_key,
@@ -53,12 +53,7 @@ def location_for(file_type: str, configured: Location) -> Location:
 def validate_put(storage: Storage, req: PutRequest) -> tuple[str, Location, FileRow]:
     """Check everything that can be checked before a byte is written."""
     file_type = parse_type(req.file_type)
-    if not req.project_id and not req.platform_id:
-        raise UsageError("give --project ID or --platform ID: every file has an owner")
-    if req.project_id:
-        check_owner_id(req.project_id, "--project")
-    if req.platform_id:
-        check_owner_id(req.platform_id, "--platform")
+    check_owner(req.project_id, req.platform_id)
     location = location_for(file_type, storage.settings.storage_location)
     file_id = new_id()
     key = object_key(file_id, file_type, req.project_id, req.platform_id)
@@ -132,10 +127,15 @@ def _open_source(
 
 
 def _too_large(what: str, size: int, limit: int, *, at_least: bool = False) -> TooLargeError:
-    mb = limit // (1024 * 1024)
     amount = f"more than {limit}" if at_least else str(size)
+    return too_large_error(f"{what} is {amount} bytes", limit, "nothing was written")
+
+
+def too_large_error(what: str, limit: int, consequence: str) -> TooLargeError:
+    """Exit 7, naming the setting and how to raise it."""
+    mb = limit // (1024 * 1024)
     return TooLargeError(
-        f"{what} is {amount} bytes, over AP_MAX_FILE_SIZE_MB={mb}; nothing was written",
+        f"{what}, over AP_MAX_FILE_SIZE_MB={mb} ({limit} bytes); {consequence}",
         hint="raise AP_MAX_FILE_SIZE_MB to accept larger files",
     )
 

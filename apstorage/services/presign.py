@@ -24,25 +24,25 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from apstorage.durations import format_duration, parse_duration
-from apstorage.errors import NotSupportedError, TooLargeError, UsageError
+from apstorage.errors import NotSupportedError, UsageError
 from apstorage.model import (
     iso_utc,
     EXECUTION_TYPES,
     Compression,
     FileRow,
     Location,
-    check_owner_id,
+    check_owner,
     is_execution_type,
     new_id,
     object_key,
     parse_type,
 )
 from apstorage.services.context import Storage
+from apstorage.services.files import RETENTION_TAG, too_large_error
 
 MAX_EXPIRES = 604800  # 7 days: the longest a SigV4 pre-signed URL can live
 DEFAULT_EXPIRES = {"GET": MAX_EXPIRES, "PUT": 3600}
 METHODS = ("GET", "PUT")
-RETENTION_TAG = {"ap-retention": "execution"}  # what `put` tags execution data with
 
 # RFC 5987 attr-char: what may appear unencoded in filename*=UTF-8''...
 _ATTR_CHARS = "!#$&+-.^_`|~"
@@ -267,12 +267,7 @@ def presign_uploads(
             "database, so they are not uploaded to S3",
             hint="pre-signed uploads are for execution data: " + ", ".join(sorted(EXECUTION_TYPES)),
         )
-    if not request.project_id and not request.platform_id:
-        raise UsageError("give --project ID or --platform ID: every file has an owner")
-    if request.project_id:
-        check_owner_id(request.project_id, "--project")
-    if request.platform_id:
-        check_owner_id(request.platform_id, "--platform")
+    check_owner(request.project_id, request.platform_id)
     if not files:
         raise UsageError("nothing to upload: give --name and --size, or --from-json")
     for f in files:
@@ -283,13 +278,9 @@ def presign_uploads(
     limit = storage.settings.max_file_size_bytes
     too_large = [f for f in files if f.size > limit]
     if too_large:
-        mb = storage.settings.max_file_size_mb
         names = ", ".join(f"{f.file_name!r} ({f.size} bytes)" for f in too_large[:5])
         more = f" and {len(too_large) - 5} more" if len(too_large) > 5 else ""
-        raise TooLargeError(
-            f"over AP_MAX_FILE_SIZE_MB={mb} ({limit} bytes): {names}{more}; nothing was created",
-            hint="raise AP_MAX_FILE_SIZE_MB to accept larger files",
-        )
+        raise too_large_error(f"{names}{more} too large", limit, "nothing was created")
 
     store = storage.store(Location.S3)  # ConfigError (exit 3) when S3 is not configured
     tags = RETENTION_TAG  # every type here is execution data
