@@ -36,7 +36,7 @@ class MigrateOptions:
     sources: tuple[Location, ...] = (Location.DB, Location.LOCAL)
     types: tuple[str, ...] = ()
     include_permanent: bool = False
-    workers: int = 16
+    workers: int = 32
     batch_size: int = 200
     limit: int | None = None
     dry_run: bool = False
@@ -118,8 +118,12 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
     if opts.dry_run:
         report.migrated, report.bytes = plan(storage, opts)
         return report
-    s3.check_bucket()  # wrong bucket / credentials fail here, with their own exit code
-    catalog = storage.catalog
+    # Start-up in parallel: build the S3 client and check the bucket (wrong bucket or
+    # credentials fail here, with their own exit code) while the catalog connects.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm-s3") as warm:
+        s3_ready = warm.submit(_warm_up, s3)
+        catalog = storage.catalog
+        s3_ready.result()
     with run_lock(catalog, "migrate") if catalog.dialect == "sqlite" else contextlib.nullcontext(True) as got:
         if not got:
             raise ApStorageError(
@@ -130,6 +134,11 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
             for source in opts.sources:
                 _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress)
     return report
+
+
+def _warm_up(s3) -> None:
+    s3.check_bucket()
+    s3.fast  # noqa: B018 - builds the signed upload path once, before the workers need it
 
 
 def _migrate_source(storage, source, types, opts, report, pool, progress) -> None:
