@@ -33,7 +33,14 @@ from typing import Callable, Iterable, Iterator
 from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
 from apstorage.errors import ApStorageError, UsageError
-from apstorage.model import EXECUTION_TYPES, PERMANENT_TYPES, Location, object_key, parse_type
+from apstorage.model import (
+    EXECUTION_TYPES,
+    PERMANENT_TYPES,
+    Location,
+    iso_utc,
+    object_key,
+    parse_type,
+)
 from apstorage.services.context import Storage
 from apstorage.stores.base import Store
 
@@ -111,7 +118,7 @@ class SweepReport:
             "lockHeld": self.lock_held,
             "maxDeleteReached": self.max_delete_reached,
             "retentionDays": self.retention_days,
-            "cutoff": self.cutoff.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "cutoff": iso_utc(self.cutoff),
             "projectRetention": self.project_retention,
             "projectsWithShorterRetention": self.projects_with_shorter_retention,
             "abandonedLocations": dict(self.abandoned_locations),
