@@ -195,13 +195,13 @@ def test_two_concurrent_runs_split_the_work(pg_env) -> None:
 
 
 def test_sqlite_allows_one_run_at_a_time(make_env, s3_env, tmp_path) -> None:
-    from apstorage.catalog.locks import run_lock
+    from apstorage.catalog.locks import try_run_lock
 
     env = make_env(**s3_env)
     with Storage(settings_from(env)) as storage:
         seed(storage, db_rows=3, local_files=0)
-        with run_lock(storage.catalog, "migrate") as held:
-            assert held
+        with try_run_lock(storage.catalog, "migrate") as held:
+            assert held is not None
             proc = _cli(env)
             out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1

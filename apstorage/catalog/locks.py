@@ -1,43 +1,91 @@
-"""Run locks: one holder at a time per name, across processes and hosts.
+"""Run locks: one holder at a time per name and per catalog, across processes and hosts.
 
-Postgres: a session advisory lock held on a dedicated connection for the run.
-SQLite: an exclusive, non-blocking ``flock`` on a file beside the database.
+Postgres: a session advisory lock keyed by the name and the ``file`` table's oid (so
+catalogs in other schemas of the same database do not block each other), held on a
+dedicated connection for the whole run; it also dies with the process.
+SQLite: an exclusive, non-blocking ``flock`` on ``<database>.<name>.lock``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-from typing import Iterator
+from typing import Any
 
 from apstorage.catalog.base import Catalog
+from apstorage.errors import ApStorageError, PermissionDeniedError
+
+_PG_LOCK_SQL = (
+    "SELECT pg_try_advisory_lock(hashtextextended("
+    "'apstorage:' || %s || ':' || 'file'::regclass::oid::text, 0))"
+)
 
 
-@contextlib.contextmanager
-def run_lock(catalog: Catalog, name: str) -> Iterator[bool]:
-    """Yield True while holding the lock ``name``; False when another run holds it."""
+class RunLock:
+    """Held for the whole run; released by ``release()`` or when the process ends."""
+
+    def __init__(self, release: Any, where: str) -> None:
+        self._release = release
+        self.where = where
+
+    def release(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            with contextlib.suppress(Exception):
+                release()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def try_run_lock(catalog: Catalog, name: str) -> RunLock | None:
+    """Take the lock ``name`` without waiting; None when another run holds it."""
     if catalog.dialect == "postgres":
-        conn = catalog.connect()  # type: ignore[attr-defined]
-        try:
-            got = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"apstorage:{name}",)
-            ).fetchone()[0]
-            yield bool(got)
-        finally:
-            conn.close()  # ends the session, releasing the lock
-        return
-    path = f"{catalog.path}.{name}.lock"  # type: ignore[attr-defined]
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return _pg_lock(catalog, name)
+    return _file_lock(catalog, name)
+
+
+def _pg_lock(catalog: Any, name: str) -> RunLock | None:
+    import psycopg
+
+    conn = catalog.connect()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
+        got = conn.execute(_PG_LOCK_SQL, (name,)).fetchone()[0]
+    except psycopg.Error as exc:
+        conn.close()
+        raise catalog._translate(exc) from None
+    if not got:
+        conn.close()
+        return None
+    return RunLock(conn.close, f"Postgres advisory lock on {catalog.target}")
+
+
+def _file_lock(catalog: Any, name: str) -> RunLock | None:
+    import fcntl
+
+    path = catalog.path.with_name(f"{catalog.path.name}.{name}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError as exc:
+        raise PermissionDeniedError(f"cannot open the lock file {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ApStorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        raise ApStorageError(f"cannot lock {path}: {exc.strerror}") from None
+
+    def release() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    return RunLock(release, f"lock file {path}")

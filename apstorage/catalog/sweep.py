@@ -9,13 +9,11 @@ OFFSET, so memory and per-page cost stay flat whatever the table size.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from apstorage.errors import ApStorageError, PermissionDeniedError
+from apstorage.catalog.locks import RunLock, try_run_lock
 from apstorage.model import EXECUTION_TYPES, LEGACY_TYPES
 
 if TYPE_CHECKING:
@@ -189,87 +187,12 @@ def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]]) -> set[
 
 # -- the sweep lock ----------------------------------------------------------------------------
 
-# One key per "file" table (its oid), so catalogs in other schemas of the same database
-# sweep independently.
-_LOCK_SQL = (
-    "SELECT pg_try_advisory_lock(hashtextextended("
-    "'apstorage:sweep-expired:' || 'file'::regclass::oid::text, 0))"
-)
+SweepLock = RunLock
 
 
-class SweepLock:
-    """Held for the whole run; released by ``release()`` or when the process ends."""
-
-    def __init__(self, release: Any, where: str) -> None:
-        self._release = release
-        self.where = where
-
-    def release(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
-            with contextlib.suppress(Exception):
-                release()
-
-    def __enter__(self) -> "SweepLock":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def try_sweep_lock(catalog: Catalog) -> SweepLock | None:
-    """Take the sweep lock without waiting; None when another run holds it.
-
-    Postgres: a session advisory lock keyed by the ``file`` table's oid, on a dedicated
-    connection kept open for the run (so it survives whatever the batches do, and dies
-    with the process). SQLite: ``flock`` on a lock file beside the database.
-    """
-    if catalog.dialect == "postgres":
-        return _pg_lock(catalog)
-    return _file_lock(catalog)
-
-
-def _pg_lock(catalog: Any) -> SweepLock | None:
-    import psycopg
-
-    conn = catalog.connect()
-    try:
-        got = conn.execute(_LOCK_SQL).fetchone()[0]
-    except psycopg.Error as exc:
-        conn.close()
-        raise catalog._translate(exc) from None
-    if not got:
-        conn.close()
-        return None
-    return SweepLock(conn.close, f"Postgres advisory lock on {catalog.target}")
-
-
-def _file_lock(catalog: Any) -> SweepLock | None:
-    import fcntl
-
-    path = catalog.path.with_name(catalog.path.name + ".sweep.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except PermissionError as exc:
-        raise PermissionDeniedError(f"cannot open the sweep lock file {path}: {exc.strerror}") from None
-    except OSError as exc:
-        raise ApStorageError(f"cannot open the sweep lock file {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError as exc:
-        os.close(fd)
-        raise ApStorageError(f"cannot lock {path}: {exc.strerror}") from None
-
-    def release() -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    return SweepLock(release, f"lock file {path}")
+def try_sweep_lock(catalog: Catalog) -> RunLock | None:
+    """Take the sweep lock without waiting; None when another run holds it (locks.py)."""
+    return try_run_lock(catalog, "sweep-expired")
 
 
 __all__ = [

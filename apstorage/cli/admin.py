@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typer
 
 from apstorage.cli.app import JSON_OPTION, app, handle_errors
 from apstorage.cli.output import Output

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from apstorage.catalog import migrate as sql
-from apstorage.catalog.locks import run_lock
+from apstorage.catalog.locks import try_run_lock
 from apstorage.errors import ApStorageError, UsageError
 from apstorage.model import ALL_TYPES, EXECUTION_TYPES, Location, is_execution_type, parse_type
 from apstorage.services.context import Storage
@@ -124,13 +124,14 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
         s3_ready = warm.submit(_warm_up, s3)
         catalog = storage.catalog
         s3_ready.result()
-    with run_lock(catalog, "migrate") if catalog.dialect == "sqlite" else contextlib.nullcontext(True) as got:
-        if not got:
-            raise ApStorageError(
-                f"another migrate-to-s3 run is using {catalog.target}; SQLite catalogs take one "
-                "run at a time — wait for it to finish"
-            )
-        with ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
+    # Postgres runs share the work through row locks; SQLite takes one run at a time.
+    lock = try_run_lock(catalog, "migrate") if catalog.dialect == "sqlite" else contextlib.nullcontext()
+    if lock is None:
+        raise ApStorageError(
+            f"another migrate-to-s3 run is using {catalog.target}; SQLite catalogs take one "
+            "run at a time — wait for it to finish"
+        )
+    with lock, ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
             for source in opts.sources:
                 _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress)
     return report
