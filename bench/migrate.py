@@ -26,14 +26,7 @@ from tests.servers import postgres_server, seaweedfs_server  # noqa: E402
 
 
 def s3_client(info):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3", endpoint_url=info.endpoint, aws_access_key_id=info.access_key,
-        aws_secret_access_key=info.secret_key, region_name=info.region,
-        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
-    )
+    return info.client()
 
 
 def seed_postgres(url: str, files: dict[str, bytes]) -> None:

@@ -80,19 +80,8 @@ def pg_url(postgres: servers.PostgresInfo) -> Iterator[str]:
 
 @pytest.fixture
 def bucket(seaweed: servers.S3Info) -> str:
-    import boto3
-    from botocore.config import Config
-
     name = f"t-{secrets.token_hex(6)}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=seaweed.endpoint,
-        aws_access_key_id=seaweed.access_key,
-        aws_secret_access_key=seaweed.secret_key,
-        region_name=seaweed.region,
-        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
-    )
-    client.create_bucket(Bucket=name)
+    seaweed.client().create_bucket(Bucket=name)
     return name
 
 

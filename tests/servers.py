@@ -45,7 +45,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "MotoInfo",
@@ -87,6 +87,17 @@ class S3Info:
     secret_key: str
     region: str
     data_dir: str
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the admin credentials (path-style, SigV4)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+        )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from typing import Iterator
 
 import boto3
 import pytest
-from botocore.config import Config
 from typer.testing import CliRunner
 
 from apstorage.cli import app
@@ -29,11 +28,7 @@ def invoke(runner: CliRunner, *args: str):
 
 
 def admin_client(seaweed: servers.S3Info):
-    return boto3.client(
-        "s3", endpoint_url=seaweed.endpoint, region_name=seaweed.region,
-        aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key,
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    return seaweed.client()
 
 
 def keys_in(seaweed: servers.S3Info, bucket: str) -> list[str]:

@@ -17,7 +17,6 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
@@ -73,14 +72,7 @@ def run_json(runner: CliRunner, *args: str, code: int = 0) -> dict[str, Any]:
 
 
 def admin_client(seaweed) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=seaweed.endpoint,
-        aws_access_key_id=seaweed.access_key,
-        aws_secret_access_key=seaweed.secret_key,
-        region_name=seaweed.region,
-        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
-    )
+    return seaweed.client()
 
 
 def rules_of(client, bucket: str) -> list[dict[str, Any]]:

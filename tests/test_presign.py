@@ -260,13 +260,7 @@ def test_upload_url_takes_exactly_the_declared_size_then_get_reads_it(runner, en
     got = invoke(runner, "get", out["id"])
     assert got.exit_code == 0 and got.stdout_bytes == data
 
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=seaweed.endpoint, region_name=seaweed.region,
-        aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key,
-    )
-    tags = client.get_object_tagging(Bucket=env["AP_S3_BUCKET"], Key=out["s3Key"])["TagSet"]
+    tags = seaweed.client().get_object_tagging(Bucket=env["AP_S3_BUCKET"], Key=out["s3Key"])["TagSet"]
     assert tags == [{"Key": "ap-retention", "Value": "execution"}]
 
 
