@@ -315,6 +315,34 @@ def _kill_leftover_postmaster(pgdata: Path) -> None:
             time.sleep(0.1)
 
 
+WATCHDOG_MAX_SECONDS = 12 * 3600
+
+
+def _spawn_postgres_watchdog(pgdata: Path, tmp: Path) -> None:
+    """pg_ctl daemonizes the postmaster, so PR_SET_PDEATHSIG cannot reach it: a small
+    watcher process stops it (and removes its folder) if this process dies without
+    cleaning up — a SIGKILLed test run, a CI timeout. It exits as soon as the folder is
+    gone (normal cleanup) and after WATCHDOG_MAX_SECONDS at the latest."""
+    subprocess.Popen(
+        [sys.executable, __file__, "--watch-postgres", str(os.getpid()), str(pgdata), str(tmp)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _watch_postgres(parent: int, pgdata: Path, tmp: Path) -> None:
+    deadline = time.monotonic() + WATCHDOG_MAX_SECONDS
+    while time.monotonic() < deadline and pgdata.exists():
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(1)
+    if pgdata.exists():
+        _kill_leftover_postmaster(pgdata)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def postgres_server(*, timeout: float = START_TIMEOUT) -> Iterator[PostgresInfo]:
     """A PostgreSQL to run against: AP_TEST_POSTGRES_URL, or a private one.
@@ -350,6 +378,7 @@ def postgres_server(*, timeout: float = START_TIMEOUT) -> Iterator[PostgresInfo]
         _wait_ready(
             "postgres", probe, proc=None, log_path=pgdata / "log", timeout=timeout
         )
+        _spawn_postgres_watchdog(pgdata, tmp)
         yield PostgresInfo(url=url)
     finally:
         try:
@@ -581,3 +610,7 @@ def moto_server(
                 _stop(proc)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--watch-postgres"]:
+    _watch_postgres(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
