@@ -166,6 +166,15 @@ class Catalog(ABC):
         )
         return bool(rows)
 
+    def data_size(self, file_id: str) -> int | None:
+        """Length of a row's bytes without reading them; None when the row has none."""
+        length = "octet_length" if self.dialect == "postgres" else "length"
+        rows = self._execute(
+            f'SELECT {length}("data") FROM "file" WHERE "id" = {self.ph} AND "data" IS NOT NULL',
+            (file_id,),
+        )
+        return int(rows[0][0]) if rows else None
+
     def has_data(self, file_id: str) -> bool:
         rows = self._execute(
             f'SELECT 1 FROM "file" WHERE "id" = {self.ph} AND "data" IS NOT NULL', (file_id,)

@@ -40,11 +40,8 @@ class DbStore(Store):
             pass
 
     def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            data = self.catalog.read_data(key)
-        except NotFoundError:
-            return None
-        return None if data is None else ObjectInfo(key, len(data))
+        size = self.catalog.data_size(key)
+        return None if size is None else ObjectInfo(key, size)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for file_id in self.catalog.iter_ids_with_data(prefix):
