@@ -16,8 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -70,6 +68,8 @@ class S3Store(Store):
         return self._client
 
     def _build_client(self) -> Any:
+        from botocore.config import Config
+
         s = self.settings
         options: dict[str, Any] = {
             "signature_version": "s3v4",
@@ -264,11 +264,13 @@ class S3Store(Store):
         return self.fast.list(prefix)
 
     def check_bucket(self) -> None:
-        """A cheap request that fails early with the right exit code."""
-        try:
-            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
-        except (ClientError, BotoCoreError) as exc:
-            raise self.translate(exc) from None
+        """A cheap request (ListObjectsV2, one key) that fails early with the right exit
+        code: missing bucket 4, refused 5, unreachable 8."""
+        fast = self.fast
+        fast.request(
+            "GET", fast.prefix.rstrip("/") or "/", query={"list-type": "2", "max-keys": "1"},
+            operation="ListObjectsV2",
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -360,6 +362,8 @@ class S3Store(Store):
             options: dict[str, Any] = {"signature_version": UNSIGNED}
             if self.endpoint:
                 options["s3"] = {"addressing_style": "path"}
+            from botocore.config import Config
+
             client = _session().create_client(
                 "s3",
                 region_name=self.settings.s3_region or "us-east-1",
@@ -400,9 +404,26 @@ class S3Store(Store):
         return out
 
 
+class _StaticCredentials:
+    """Explicit keys, in the shape botocore's credentials have (never printed)."""
+
+    def __init__(self, access_key: str, secret_key: str) -> None:
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.token = None
+
+    def get_frozen_credentials(self) -> "_StaticCredentials":
+        return self
+
+    def __repr__(self) -> str:
+        return "_StaticCredentials(********)"
+
+
 def _session() -> Any:
     """A fresh botocore session (clients are built from botocore directly; boto3's
     resource layer is not used)."""
+    import botocore.session
+
     return botocore.session.get_session()
 
 
@@ -424,18 +445,32 @@ class _FastS3:
     ATTEMPTS = 3
 
     def __init__(self, store: S3Store) -> None:
-        client = store.client
         self.store = store
-        probe = urlsplit(
-            client.generate_presigned_url(
-                "put_object", Params={"Bucket": store.bucket, "Key": "k"}, ExpiresIn=60
+        s = store.settings
+        if store.endpoint and not s.s3_use_irsa:
+            # A custom endpoint is always addressed path-style (DESIGN §2), so the object
+            # URL is the endpoint, the bucket, the key, and the keys are static: no
+            # botocore client (0.14 s) or credential chain (0.15 s of imports) is needed.
+            endpoint = urlsplit(store.endpoint)
+            self.scheme = endpoint.scheme
+            self.host = endpoint.netloc
+            self.prefix = f"{endpoint.path.rstrip('/')}/{quote(store.bucket, safe='')}/"
+            self.region = s.s3_region or "us-east-1"
+            self.credentials: Any = _StaticCredentials(
+                s.s3_access_key_id or "", s.s3_secret_access_key.reveal() if s.s3_secret_access_key else ""
             )
-        )
-        self.scheme = probe.scheme
-        self.host = probe.netloc
-        self.prefix = probe.path[:-1]  # the path up to the key
-        self.region = client.meta.region_name
-        self.credentials = client._request_signer._credentials
+        else:
+            client = store.client
+            probe = urlsplit(
+                client.generate_presigned_url(
+                    "put_object", Params={"Bucket": store.bucket, "Key": "k"}, ExpiresIn=60
+                )
+            )
+            self.scheme = probe.scheme
+            self.host = probe.netloc
+            self.prefix = probe.path[:-1]  # the path up to the key
+            self.region = client.meta.region_name
+            self.credentials = client._request_signer._credentials
         self.local = threading.local()
         self.ssl_context = None
         if self.scheme == "https":
