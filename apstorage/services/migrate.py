@@ -16,6 +16,7 @@ object), and a re-run picks up exactly the rows not yet flipped.
 from __future__ import annotations
 
 import contextlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -142,21 +143,62 @@ def _warm_up(s3) -> None:
     s3.fast  # noqa: B018 - builds the signed upload path once, before the workers need it
 
 
+LANES = 2  # Postgres: batches in flight at once, each in its own transaction
+
+
+@dataclass
+class _Cursor:
+    """What the lanes of one source share: the keyset position and the claim count."""
+
+    after: str = ""
+    claimed: int = 0
+    done: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 def _migrate_source(storage, source, types, opts, report, pool, progress) -> None:
-    catalog = storage.catalog
+    """On Postgres, LANES batches run at once on their own connections (rows are claimed
+    with SKIP LOCKED, so they never overlap): while one batch waits for its last uploads
+    and commits, the next keeps the upload workers busy. SQLite runs one lane."""
+    cursor = _Cursor()
+    lock = threading.Lock()  # guards report and progress
+    if storage.catalog.dialect != "postgres":
+        _lane(storage.catalog, storage, source, types, opts, report, pool, progress, cursor, lock)
+        return
+    from apstorage.catalog import open_catalog
+
+    extra = [open_catalog(storage.settings) for _ in range(LANES - 1)]
+    try:
+        with ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="lane") as lanes:
+            futures = [
+                lanes.submit(_lane, catalog, storage, source, types, opts, report, pool, progress, cursor, lock)
+                for catalog in [storage.catalog, *extra]
+            ]
+            for future in futures:
+                future.result()
+    finally:
+        for catalog in extra:
+            catalog.close()
+
+
+def _lane(catalog, storage, source, types, opts, report, pool, progress, cursor: _Cursor, lock) -> None:
     s3 = storage.store(Location.S3)
     local = storage.store(Location.LOCAL) if source is Location.LOCAL else None
-    after = ""
-    while opts.limit is None or report.migrated + report.failed + report.skipped < opts.limit:
-        room = opts.batch_size
-        if opts.limit is not None:
-            room = min(room, opts.limit - (report.migrated + report.failed + report.skipped))
+    while True:
         moved_local: list[str] = []
         with catalog.transaction() as cur:
-            batch = sql.claim_batch(cur, catalog, [source], types, after, room)
-            if not batch:
-                return
-            after = batch[-1].row.id
+            with cursor.lock:  # claims are consecutive id ranges, one lane at a time
+                room = opts.batch_size
+                if opts.limit is not None:
+                    room = min(room, opts.limit - cursor.claimed)
+                if cursor.done or room <= 0:
+                    return
+                batch = sql.claim_batch(cur, catalog, [source], types, cursor.after, room)
+                if not batch:
+                    cursor.done = True
+                    return
+                cursor.after = batch[-1].row.id
+                cursor.claimed += len(batch)
             moved: list[tuple[str, str, Location]] = []
             for group in _by_read_budget(batch):
                 if source is Location.DB:
@@ -170,23 +212,26 @@ def _migrate_source(storage, source, types, opts, report, pool, progress) -> Non
                     try:
                         outcome = future.result()
                     except ApStorageError as exc:
-                        report.fail(row.id, exc.message)
+                        with lock:
+                            report.fail(row.id, exc.message)
                         continue
                     except Exception as exc:  # noqa: BLE001 - reported per file
-                        report.fail(row.id, f"{type(exc).__name__}: {exc}")
+                        with lock:
+                            report.fail(row.id, f"{type(exc).__name__}: {exc}")
                         continue
-                    if outcome is None:
-                        report.skipped += 1
-                        continue
-                    moved.append((row.id, row.key, source))
-                    report.migrated += 1
-                    report.bytes += outcome
-                    if source is Location.DB:
-                        report.freed_db_bytes += outcome
-                    else:
-                        moved_local.append(row.key)
-                    if progress:
-                        progress(1, outcome)
+                    with lock:
+                        if outcome is None:
+                            report.skipped += 1
+                            continue
+                        moved.append((row.id, row.key, source))
+                        report.migrated += 1
+                        report.bytes += outcome
+                        if source is Location.DB:
+                            report.freed_db_bytes += outcome
+                        else:
+                            moved_local.append(row.key)
+                        if progress:
+                            progress(1, outcome)
             sql.mark_in_s3(cur, catalog, moved)
         # Committed: the rows now point at S3. Only now may the LOCAL copies go.
         for key in moved_local:
