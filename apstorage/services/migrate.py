@@ -37,8 +37,8 @@ class MigrateOptions:
     sources: tuple[Location, ...] = (Location.DB, Location.LOCAL)
     types: tuple[str, ...] = ()
     include_permanent: bool = False
-    workers: int = 32
-    batch_size: int = 200
+    workers: int = 64
+    batch_size: int = 100
     limit: int | None = None
     dry_run: bool = False
 
