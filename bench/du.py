@@ -222,12 +222,8 @@ def main() -> int:
             base,
             AP_CONFIG_PATH=str(tmp / "home"),
             AP_POSTGRES_URL=url,
-            AP_S3_BUCKET=BUCKET,
-            AP_S3_ENDPOINT=s3.endpoint,
-            AP_S3_REGION=s3.region,
-            AP_S3_ACCESS_KEY_ID=s3.access_key,
-            AP_S3_SECRET_ACCESS_KEY=s3.secret_key,
             AP_LOCAL_STORAGE_PATH=str(tmp / "local"),
+            **s3.ap_env(BUCKET),
         )
         s3_rows = make_s3_rows(args.objects, args.platform_share)
         seed_catalog(url, ap_env, args.rows - args.objects, s3_rows)

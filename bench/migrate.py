@@ -94,9 +94,8 @@ def main() -> int:
                 for i in range(20):  # warm: a new bucket's first writes allocate volumes
                     client.put_object(Bucket=bucket, Key=f"warm/{i}", Body=b"x")
             seed_postgres(pg.url, files)
-            ap_env = dict(os.environ, AP_POSTGRES_URL=pg.url, AP_S3_BUCKET=names["apstorage migrate-to-s3"],
-                          AP_S3_ENDPOINT=s3.endpoint, AP_S3_REGION=s3.region, AP_S3_ACCESS_KEY_ID=s3.access_key,
-                          AP_S3_SECRET_ACCESS_KEY=s3.secret_key, AP_CONFIG_PATH=str(work / "home"))
+            ap_env = dict(os.environ, AP_POSTGRES_URL=pg.url, AP_CONFIG_PATH=str(work / "home"),
+                          **s3.ap_env(names["apstorage migrate-to-s3"]))
             results["apstorage migrate-to-s3"].append(timed(
                 [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--json"], ap_env))
             results["s5cmd cp"].append(timed(

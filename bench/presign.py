@@ -49,24 +49,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    import boto3
-
     tmp = Path(tempfile.mkdtemp(prefix="ap-bench-presign-"))
     try:
         with seaweedfs_server() as s3:
             bucket = f"bench-{secrets.token_hex(4)}"
-            boto3.client(
-                "s3", endpoint_url=s3.endpoint, region_name=s3.region,
-                aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key,
-            ).create_bucket(Bucket=bucket)
+            s3.client().create_bucket(Bucket=bucket)
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("AP_")},
                 "AP_CONFIG_PATH": str(tmp / "home"),
-                "AP_S3_BUCKET": bucket,
-                "AP_S3_ENDPOINT": s3.endpoint,
-                "AP_S3_REGION": s3.region,
-                "AP_S3_ACCESS_KEY_ID": s3.access_key,
-                "AP_S3_SECRET_ACCESS_KEY": s3.secret_key,
+                **s3.ap_env(bucket),
             }
             batch = tmp / "batch.json"
             batch.write_text(json.dumps({"files": [

@@ -144,12 +144,8 @@ def main() -> int:
             env.update(
                 AP_POSTGRES_URL=pg.url,
                 AP_FILE_STORAGE_LOCATION="S3",
-                AP_S3_BUCKET=ours,
-                AP_S3_ENDPOINT=s3.endpoint,
-                AP_S3_REGION=s3.region,
-                AP_S3_ACCESS_KEY_ID=s3.access_key,
-                AP_S3_SECRET_ACCESS_KEY=s3.secret_key,
                 AP_CONFIG_PATH=str(tmp / "home"),
+                **s3.ap_env(ours),
             )
             subprocess.run([sys.executable, "-m", "apstorage", "init"], env=env, check=True, capture_output=True)
 

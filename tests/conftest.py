@@ -97,13 +97,7 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def s3_env(seaweed: servers.S3Info, bucket: str) -> dict[str, str]:
-    return {
-        "AP_S3_BUCKET": bucket,
-        "AP_S3_ENDPOINT": seaweed.endpoint,
-        "AP_S3_REGION": seaweed.region,
-        "AP_S3_ACCESS_KEY_ID": seaweed.access_key,
-        "AP_S3_SECRET_ACCESS_KEY": seaweed.secret_key,
-    }
+    return seaweed.ap_env(bucket)
 
 
 @pytest.fixture

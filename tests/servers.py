@@ -88,6 +88,16 @@ class S3Info:
     region: str
     data_dir: str
 
+    def ap_env(self, bucket: str) -> dict[str, str]:
+        """The AP_S3_* settings that point apstorage at ``bucket`` on this server."""
+        return {
+            "AP_S3_BUCKET": bucket,
+            "AP_S3_ENDPOINT": self.endpoint,
+            "AP_S3_REGION": self.region,
+            "AP_S3_ACCESS_KEY_ID": self.access_key,
+            "AP_S3_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
     def client(self) -> Any:
         """A boto3 S3 client with the admin credentials (path-style, SigV4)."""
         import boto3

@@ -177,10 +177,10 @@ class S3Store(Store):
         """One PutObject carrying Content-MD5, so the server refuses damaged bytes; the
         returned ETag must equal that MD5 (it does for single-part, unencrypted objects).
 
-        Sent through ``_FastS3`` (botocore's SigV4 signer over a pooled urllib3
-        connection) rather than ``client.put_object``: for small objects botocore's
-        per-call machinery (endpoint rules, event hooks, 100-continue) costs more than the
-        request itself — see the profile in bench/migrate.py's docstring.
+        Sent through ``_FastS3`` (our SigV4 over a keep-alive connection per thread)
+        rather than ``client.put_object``: for small objects botocore's per-call machinery
+        (endpoint rules, event hooks, 100-continue) costs more than the request itself —
+        see ``_FastS3``'s docstring for the profile.
         """
         digest = hashlib.md5(data)
         headers = {"Content-MD5": base64.b64encode(digest.digest()).decode()}
