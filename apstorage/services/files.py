@@ -9,6 +9,7 @@ insert failed is removed; DB bytes go in with the row in one statement.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import tempfile
@@ -180,8 +181,7 @@ def decompressed(chunks: Iterator[bytes], *, force: bool) -> Iterator[bytes]:
 
     dctx = zstandard.ZstdDecompressor()
     obj = dctx.decompressobj()
-    pending = [head]
-    for chunk in _chain(pending, chunks):
+    for chunk in itertools.chain([head], chunks):
         while chunk:
             out = obj.decompress(chunk)
             if out:
@@ -189,11 +189,6 @@ def decompressed(chunks: Iterator[bytes], *, force: bool) -> Iterator[bytes]:
             chunk = obj.unused_data if obj.eof else b""
             if obj.eof:
                 obj = dctx.decompressobj()  # the next frame, if any
-
-
-def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from first
-    yield from rest
 
 
 def write_file(storage: Storage, file_id: str, output: str) -> FileRow:
