@@ -19,7 +19,7 @@ import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from apstorage.catalog import migrate as sql
 from apstorage.catalog.locks import try_run_lock
@@ -29,6 +29,7 @@ from apstorage.services.context import Storage
 from apstorage.services.files import RETENTION_TAG
 
 READ_BUDGET = 32 * 1024 * 1024  # bytes of DB rows held in memory at once
+SMALL_OBJECT = 1024 * 1024  # files up to this are uploaded by put_many, larger by the pool
 MAX_LISTED_FAILURES = 1000
 
 
@@ -159,7 +160,7 @@ class _Cursor:
 def _migrate_source(storage, source, types, opts, report, pool, progress) -> None:
     """On Postgres, LANES batches run at once on their own connections (rows are claimed
     with SKIP LOCKED, so they never overlap): while one batch waits for its last uploads
-    and commits, the next keeps the upload workers busy. SQLite runs one lane."""
+    and commits, the next keeps uploading. SQLite runs one lane."""
     cursor = _Cursor()
     lock = threading.Lock()  # guards report and progress
     if storage.catalog.dialect != "postgres":
@@ -201,42 +202,93 @@ def _lane(catalog, storage, source, types, opts, report, pool, progress, cursor:
                 cursor.claimed += len(batch)
             moved: list[tuple[str, str, Location]] = []
             for group in _by_read_budget(batch):
-                if source is Location.DB:
-                    data = dict(sql.read_data(cur, catalog, [c.row.id for c in group]))
-                    jobs = [(c, data.get(c.row.id)) for c in group]
-                else:
-                    jobs = [(c, None) for c in group]
-                futures = [pool.submit(_upload_one, s3, local, c, payload) for c, payload in jobs]
-                for (candidate, _), future in zip(jobs, futures):
+                payloads = dict(sql.read_data(cur, catalog, [c.row.id for c in group])) if local is None else {}
+                for candidate, outcome in _upload_group(s3, local, group, payloads, pool, opts.workers):
                     row = candidate.row
-                    try:
-                        outcome = future.result()
-                    except ApStorageError as exc:
-                        with lock:
-                            report.fail(row.id, exc.message)
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - reported per file
-                        with lock:
-                            report.fail(row.id, f"{type(exc).__name__}: {exc}")
-                        continue
                     with lock:
-                        if outcome is None:
+                        if isinstance(outcome, ApStorageError):
+                            report.fail(row.id, outcome.message)
+                        elif isinstance(outcome, Exception):
+                            report.fail(row.id, f"{type(outcome).__name__}: {outcome}")
+                        elif outcome is None:
                             report.skipped += 1
-                            continue
-                        moved.append((row.id, row.key, source))
-                        report.migrated += 1
-                        report.bytes += outcome
-                        if source is Location.DB:
-                            report.freed_db_bytes += outcome
                         else:
-                            moved_local.append(row.key)
-                        if progress:
-                            progress(1, outcome)
+                            moved.append((row.id, row.key, source))
+                            report.migrated += 1
+                            report.bytes += outcome
+                            if local is None:
+                                report.freed_db_bytes += outcome
+                            else:
+                                moved_local.append(row.key)
+                            if progress:
+                                progress(1, outcome)
             sql.mark_in_s3(cur, catalog, moved)
         # Committed: the rows now point at S3. Only now may the LOCAL copies go.
         for key in moved_local:
             with contextlib.suppress(ApStorageError):
                 local.delete(key)
+
+
+Outcome = int | None | Exception  # bytes moved; None: nothing to move; or why it failed
+
+
+def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tuple[sql.Candidate, Outcome]]:
+    """Upload one group's files; yields (candidate, outcome) as each finishes.
+
+    Small files (<= SMALL_OBJECT: nearly all execution data) go through ``put_many``:
+    ``concurrency`` requests in flight from this thread, no thread hand-off per file.
+    Larger ones (multipart for big LOCAL files) go to the worker pool meanwhile."""
+    large = [c for c in group if c.stored_size > SMALL_OBJECT]
+    futures = [(c, pool.submit(_upload_one, s3, local, c, payloads.get(c.row.id))) for c in large]
+    settled: list[tuple[sql.Candidate, Outcome]] = []  # decided without an upload
+    sizes: dict[str, int] = {}
+
+    def small() -> Iterator[tuple[sql.Candidate, str, bytes, dict[str, str] | None]]:
+        for candidate in group:
+            if candidate.stored_size > SMALL_OBJECT:
+                continue
+            row = candidate.row
+            if local is None:
+                body = payloads.get(row.id)
+                if body is None:
+                    settled.append((candidate, None))  # a DB row with no bytes: nothing to move
+                    continue
+            else:
+                try:
+                    body = _read_small(local, row.key)
+                except ApStorageError as exc:
+                    settled.append((candidate, exc))
+                    continue
+                if body is None:  # larger on disk than the catalog says: stream it
+                    futures.append((candidate, pool.submit(_upload_one, s3, local, candidate, None)))
+                    continue
+            sizes[row.id] = len(body)
+            yield candidate, row.key, body, _tags(row)
+
+    for candidate, error in s3.put_many(small(), concurrency=concurrency):
+        yield candidate, error or sizes[candidate.row.id]
+    yield from settled
+    for candidate, future in futures:
+        try:
+            yield candidate, future.result()
+        except Exception as exc:  # noqa: BLE001 - reported per file
+            yield candidate, exc
+
+
+def _read_small(local, key: str) -> bytes | None:
+    """A LOCAL file's bytes, or None when it is over SMALL_OBJECT after all."""
+    try:
+        with open(local.path_for(key), "rb") as fh:
+            body = fh.read(SMALL_OBJECT + 1)
+    except FileNotFoundError:
+        raise ApStorageError(f"LOCAL file for {key} is missing") from None
+    except OSError as exc:
+        raise ApStorageError(f"cannot read the LOCAL file for {key}: {exc.strerror or exc}") from None
+    return body if len(body) <= SMALL_OBJECT else None
+
+
+def _tags(row) -> dict[str, str] | None:
+    return RETENTION_TAG if is_execution_type(row.type) else None
 
 
 def _by_read_budget(batch: list[sql.Candidate]) -> Iterable[list[sql.Candidate]]:
@@ -255,7 +307,7 @@ def _by_read_budget(batch: list[sql.Candidate]) -> Iterable[list[sql.Candidate]]
 def _upload_one(s3, local, candidate: sql.Candidate, payload: bytes | None) -> int | None:
     """Upload one file; returns the bytes sent, or None when there is nothing to move."""
     row = candidate.row
-    tags = RETENTION_TAG if is_execution_type(row.type) else None
+    tags = _tags(row)
     if row.location is Location.DB:
         if payload is None:
             return None  # a DB row with no bytes: nothing to move
