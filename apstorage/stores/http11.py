@@ -65,13 +65,13 @@ def parse_response(buf: bytearray, method: str, eof: bool, who: str) -> tuple[Re
     pos = 0
     while True:  # skip 1xx responses (100 Continue and friends)
         end = buf.find(b"\r\n\r\n", pos)
+        if (end if end >= 0 else len(buf)) - pos > MAX_HEAD:
+            raise ProtocolError(f"{who} sent a response head over {MAX_HEAD} bytes")
         if end < 0:
-            if len(buf) - pos > MAX_HEAD:
-                raise ProtocolError(f"{who} sent a response head over {MAX_HEAD} bytes")
             return _incomplete(eof, who)
         lines = buf[pos:end].decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _digits(parts[1]):
             raise ProtocolError(f"{who} sent a malformed status line: {lines[0][:100]!r}")
         status = int(parts[1])
         pos = end + 4
@@ -94,7 +94,7 @@ def parse_response(buf: bytearray, method: str, eof: bool, who: str) -> tuple[Re
         body, pos_end = decoded
     elif "content-length" in headers:
         length = headers["content-length"]
-        if not length.isdigit():
+        if not _digits(length):
             raise ProtocolError(f"{who} sent Content-Length {length[:40]!r}")
         pos_end = pos + int(length)
         if len(buf) < pos_end:
@@ -106,6 +106,10 @@ def parse_response(buf: bytearray, method: str, eof: bool, who: str) -> tuple[Re
         body, pos_end, keep_alive = bytes(buf[pos:]), len(buf), False
     del buf[:pos_end]
     return Response(status, headers, body), keep_alive
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone admits '²'
 
 
 def _incomplete(eof: bool, who: str) -> None:
@@ -121,10 +125,9 @@ def _dechunk(buf: bytearray, pos: int, who: str) -> tuple[bytes, int] | None:
         if line_end < 0:
             return None
         size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolError(f"{who} sent a bad chunk size {size_text[:40]!r}") from None
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):  # hex digits only
+            raise ProtocolError(f"{who} sent a bad chunk size {size_text[:40]!r}")
+        size = int(size_text, 16)
         pos = line_end + 2
         if size == 0:
             while True:  # trailers, up to the blank line

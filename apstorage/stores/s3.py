@@ -297,6 +297,8 @@ class S3Store(Store):
         )
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         if self._client is not None:
             self._client.close()
 
@@ -505,6 +507,8 @@ class _FastS3:
             self.region = client.meta.region_name
             self.credentials = client._request_signer._credentials
         self.local = threading.local()
+        self.lock = threading.Lock()
+        self.opened: list[Connection | Multiplexer] = []
         self.ssl_context = None
         if self.scheme == "https":
             import ssl
@@ -517,7 +521,16 @@ class _FastS3:
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = Connection(self.scheme, self.host, timeout=60, ssl_context=self.ssl_context)
+            with self.lock:
+                self.opened.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every connection any thread opened through this object."""
+        with self.lock:
+            opened, self.opened = self.opened, []
+        for conn in opened:
+            conn.close()
 
     def _sign(
         self, method: str, path: str, headers: dict[str, str], body: bytes, query: dict[str, str] | None = None
@@ -626,7 +639,11 @@ class _FastS3:
         if mux is None or mux.size != size:
             if mux is not None:
                 mux.close()
+                with self.lock:
+                    self.opened.remove(mux)
             mux = self.local.mux = Multiplexer(self.scheme, self.host, size, timeout=60, ssl_context=self.ssl_context)
+            with self.lock:
+                self.opened.append(mux)
             mux.warm(size)
         return mux
 
