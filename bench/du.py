@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import postgres_server, seaweedfs_server  # noqa: E402
+from tests.servers import peer_binary, postgres_server, seaweedfs_server  # noqa: E402
 
 ALPHABET = string.ascii_letters + string.digits
 EXEC_TYPES = ["FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD", "FLOW_RUN_LOG_SLICE"]
@@ -124,7 +124,7 @@ def seed_objects(s3_rows: list[tuple], tree: Path, s3_env: dict[str, str], endpo
     subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "mb", f"s3://{BUCKET}"],
                    env=s3_env, check=True, capture_output=True)
     subprocess.run(
-        ["s5cmd", "--endpoint-url", endpoint, "--numworkers", str(workers), "cp", f"{tree}/*", f"s3://{BUCKET}/"],
+        [peer_binary("s5cmd"), "--endpoint-url", endpoint, "--numworkers", str(workers), "cp", f"{tree}/*", f"s3://{BUCKET}/"],
         env=s3_env, check=True, stdout=subprocess.DEVNULL,
     )
     upload = time.perf_counter() - t
@@ -235,7 +235,7 @@ def main() -> int:
         cmds = {
             "apstorage du": (ap + ["du", "--json"], ap_env),
             "apstorage du --verify": (ap + ["du", "--verify", "--json"], ap_env),
-            "s5cmd du": (["s5cmd", "--endpoint-url", s3.endpoint, "du", f"s3://{BUCKET}/*"], s3_env),
+            "s5cmd du": ([peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, "du", f"s3://{BUCKET}/*"], s3_env),
         }
         # Warm-up: page cache, Postgres buffers, SeaweedFS metadata; and check the answers.
         _, out = timed(*cmds["apstorage du"])

