@@ -265,7 +265,8 @@ def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tup
             sizes[row.id] = len(body)
             yield candidate, row.key, body, _tags(row)
 
-    for candidate, error in s3.put_many(small(), concurrency=concurrency):
+    expected = len(group) - len(large)
+    for candidate, error in s3.put_many(small(), concurrency=concurrency, expected=expected):
         yield candidate, error or sizes[candidate.row.id]
     yield from settled
     for candidate, future in futures:

@@ -310,7 +310,8 @@ class Multiplexer:
         """Open up to ``n`` connections at once (in threads: each connect, and a TLS
         handshake, is a round trip or more), so the first requests do not queue behind
         one another's handshakes. Failures are left for ``send`` to meet and report."""
-        cold = [c for c in self._idle if c.sock is None][:n]
+        cold = [c for c in self._idle if c.sock is None]
+        cold = cold[: max(0, n - (self.size - len(cold)))]  # up to n open in all
         if len(cold) < 2:
             return
         from concurrent.futures import ThreadPoolExecutor

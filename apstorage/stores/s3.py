@@ -191,19 +191,21 @@ class S3Store(Store):
             raise error
 
     def put_many(
-        self, items: Iterable[tuple[Any, str, bytes, dict[str, str] | None]], *, concurrency: int
+        self, items: Iterable[tuple[Any, str, bytes, dict[str, str] | None]], *, concurrency: int,
+        expected: int | None = None,
     ) -> Iterator[tuple[Any, ApStorageError | None]]:
         """``put_bytes`` for many (token, key, body, tags) at once: ``concurrency``
         requests in flight from this one thread. Yields (token, None) for each object
         stored and verified, (token, error) for each that failed, in completion order.
-        ``items`` is consumed lazily (at most ``concurrency`` bodies are held)."""
+        ``items`` is consumed lazily (at most ``concurrency`` bodies are held);
+        ``expected``, how many there are, if known, bounds the connections opened."""
 
         def requests() -> Iterator[tuple[Any, str, bytes, dict[str, str]]]:
             for token, key, body, tags in items:
                 digest = hashlib.md5(body)
                 yield (token, key, digest), key, body, _put_headers(digest, tags)
 
-        for (token, key, digest), result in self.fast.put_many(requests(), concurrency):
+        for (token, key, digest), result in self.fast.put_many(requests(), concurrency, expected):
             if isinstance(result, ApStorageError):
                 yield token, result
             else:
@@ -589,7 +591,8 @@ class _FastS3:
         return response.headers.get("etag", "").strip('"')
 
     def put_many(
-        self, items: Iterable[tuple[Any, str, bytes, dict[str, str]]], concurrency: int
+        self, items: Iterable[tuple[Any, str, bytes, dict[str, str]]], concurrency: int,
+        expected: int | None = None,
     ) -> Iterator[tuple[Any, str | ApStorageError]]:
         """PutObject for many (token, key, body, headers) at once over ``concurrency``
         connections driven by one selector loop in this thread (``http11.Multiplexer``).
@@ -597,6 +600,9 @@ class _FastS3:
         request is retried as ``request`` retries. ``items`` is pulled only as connections
         free up, so a generator that reads files holds at most ``concurrency`` bodies."""
         mux = self._multiplexer(concurrency)
+        # Open the connections this call will use at once (a TLS handshake each, to a far
+        # region); the rest of the pool opens when a later call needs it.
+        mux.warm(min(concurrency, expected) if expected is not None else concurrency)
         source = iter(items)
         retries: list[tuple[float, int, int, tuple[Any, str, bytes, dict[str, str]]]] = []  # a heap
         order = itertools.count()
@@ -644,7 +650,6 @@ class _FastS3:
             mux = self.local.mux = Multiplexer(self.scheme, self.host, size, timeout=60, ssl_context=self.ssl_context)
             with self.lock:
                 self.opened.append(mux)
-            mux.warm(size)
         return mux
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
