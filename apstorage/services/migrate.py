@@ -164,15 +164,18 @@ def _migrate_source(storage, source, types, opts, report, pool, progress) -> Non
     cursor = _Cursor()
     lock = threading.Lock()  # guards report and progress
     if storage.catalog.dialect != "postgres":
-        _lane(storage.catalog, storage, source, types, opts, report, pool, progress, cursor, lock)
+        _lane(storage.catalog, storage, source, types, opts, opts.workers, report, pool, progress, cursor, lock)
         return
+    per_lane = -(-opts.workers // LANES)  # --workers uploads in flight in all
     from apstorage.catalog import open_catalog
 
     extra = [open_catalog(storage.settings) for _ in range(LANES - 1)]
     try:
         with ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="lane") as lanes:
             futures = [
-                lanes.submit(_lane, catalog, storage, source, types, opts, report, pool, progress, cursor, lock)
+                lanes.submit(
+                    _lane, catalog, storage, source, types, opts, per_lane, report, pool, progress, cursor, lock
+                )
                 for catalog in [storage.catalog, *extra]
             ]
             for future in futures:
@@ -182,7 +185,7 @@ def _migrate_source(storage, source, types, opts, report, pool, progress) -> Non
             catalog.close()
 
 
-def _lane(catalog, storage, source, types, opts, report, pool, progress, cursor: _Cursor, lock) -> None:
+def _lane(catalog, storage, source, types, opts, concurrency, report, pool, progress, cursor: _Cursor, lock) -> None:
     s3 = storage.store(Location.S3)
     local = storage.store(Location.LOCAL) if source is Location.LOCAL else None
     while True:
@@ -203,7 +206,7 @@ def _lane(catalog, storage, source, types, opts, report, pool, progress, cursor:
             moved: list[tuple[str, str, Location]] = []
             for group in _by_read_budget(batch):
                 payloads = dict(sql.read_data(cur, catalog, [c.row.id for c in group])) if local is None else {}
-                for candidate, outcome in _upload_group(s3, local, group, payloads, pool, opts.workers):
+                for candidate, outcome in _upload_group(s3, local, group, payloads, pool, concurrency):
                     row = candidate.row
                     with lock:
                         if isinstance(outcome, ApStorageError):
