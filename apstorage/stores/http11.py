@@ -152,19 +152,64 @@ def _ssl_want_errors() -> tuple[type[Exception], ...]:
     return (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
+def address_of(host: str, scheme: str) -> tuple[str, int]:
+    """(name, port) of ``name``, ``name:port`` or ``[v6]:port``."""
+    last = host.rsplit(":", 1)
+    name, port = (last[0], last[1]) if len(last) == 2 and last[1].isdigit() else (host, "")
+    return name.strip("[]"), int(port) if port else (443 if scheme == "https" else 80)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy: plain requests go to it in absolute form, TLS goes through CONNECT."""
+
+    address: tuple[str, int]
+    authorization: str | None = None  # a Proxy-Authorization value, from the proxy URL's user
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"Proxy({self.address[0]}:{self.address[1]})"
+
+
+def proxy_for(scheme: str, host: str) -> Proxy | None:
+    """The proxy the environment names for ``scheme://host`` (HTTPS_PROXY, HTTP_PROXY,
+    NO_PROXY — read as urllib, requests and botocore read them), or None. ValueError for
+    a proxy this client cannot use (only http:// proxies are supported)."""
+    import os
+
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None  # the common case, without importing urllib.request
+    import base64
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
+
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"proxy {parts.scheme}://{parts.hostname}: only http:// proxies are supported here")
+    authorization = None
+    if parts.username is not None:
+        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(user_pass.encode()).decode()
+    return Proxy((parts.hostname, parts.port or 80), authorization)
+
+
 class Connection:
-    """One keep-alive connection to ``host`` (``name`` or ``name:port``); not thread-safe."""
+    """One keep-alive connection to ``host`` (``name`` or ``name:port``), through
+    ``proxy`` if given; not thread-safe."""
 
     def __init__(
-        self, scheme: str, host: str, *, timeout: float = 60, ssl_context: ssl.SSLContext | None = None
+        self, scheme: str, host: str, *, timeout: float = 60, ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self.scheme = scheme
         self.host = host
         self.timeout = timeout
         self.ssl_context = ssl_context
-        last = host.rsplit(":", 1)
-        name, port = (last[0], last[1]) if len(last) == 2 and last[1].isdigit() else (host, "")
-        self.address = (name.strip("[]"), int(port) if port else (443 if scheme == "https" else 80))
+        self.proxy = proxy
+        self.address = address_of(host, scheme)
         self.sock: socket.socket | None = None
         self.buf = bytearray()
         self.method = ""  # of the request in flight
@@ -179,11 +224,14 @@ class Connection:
 
     def connect(self) -> socket.socket:
         if self.sock is None:
-            sock = socket.create_connection(self.address, timeout=self.timeout)
+            sock = socket.create_connection(self.proxy.address if self.proxy else self.address, timeout=self.timeout)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.scheme == "https":
                     import ssl
+
+                    if self.proxy:
+                        self._tunnel(sock)
 
                     context = self.ssl_context or ssl.create_default_context()
                     sock = context.wrap_socket(sock, server_hostname=self.address[0])
@@ -194,8 +242,31 @@ class Connection:
             self.buf.clear()
         return self.sock
 
+    def _tunnel(self, sock: socket.socket) -> None:
+        """CONNECT through the proxy to the endpoint; TLS starts on the socket after."""
+        headers = {"Host": self.host}
+        if self.proxy and self.proxy.authorization:
+            headers["Proxy-Authorization"] = self.proxy.authorization
+        request = f"CONNECT {self.address[0]}:{self.address[1]} HTTP/1.1\r\n"
+        request += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        sock.sendall(request.encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk or len(head) > MAX_HEAD:
+                raise ProtocolError(f"proxy {self.proxy!r} closed the connection during CONNECT")
+            head += chunk
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[1].startswith("2"):
+            raise ProtocolError(f"proxy {self.proxy!r} refused CONNECT to {self.host}: {status_line[:200]}")
+
     def send(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> None:
         """Write one request (connecting first if needed); closes the connection on error."""
+        if self.proxy and self.scheme == "http":  # absolute form, to the proxy
+            target = f"http://{self.host}{target}"
+            if self.proxy.authorization:
+                headers = {**headers, "Proxy-Authorization": self.proxy.authorization}
         data = encode_request(self.host, method, target, headers)
         try:
             self.connect()
@@ -221,9 +292,10 @@ class Connection:
         while view:
             try:
                 view = view[sock.send(view) :]
-            except (BlockingIOError, InterruptedError) + _ssl_want_errors():
-                _, writable, _ = select.select([], [sock], [], self.timeout)
-                if not writable:
+            except (BlockingIOError, InterruptedError) + _ssl_want_errors() as exc:
+                wants_read = type(exc).__name__ == "SSLWantReadError"  # TLS may need to read first
+                ready = select.select([sock] if wants_read else [], [] if wants_read else [sock], [], self.timeout)
+                if not any(ready):
                     raise TimeoutError(f"{self.host} did not take the request within {self.timeout:g} s") from None
 
     def receive(self, *, block: bool) -> Response | None:
@@ -287,11 +359,13 @@ class Multiplexer:
 
     def __init__(
         self, scheme: str, host: str, size: int, *, timeout: float = 60,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None, proxy: Proxy | None = None,
     ) -> None:
         self.timeout = timeout
         self.size = size
-        self._idle = [Connection(scheme, host, timeout=timeout, ssl_context=ssl_context) for _ in range(size)]
+        self._idle = [
+            Connection(scheme, host, timeout=timeout, ssl_context=ssl_context, proxy=proxy) for _ in range(size)
+        ]
         self._busy: dict[Connection, tuple[Any, float]] = {}  # -> (token, deadline)
         self._done: list[tuple[Any, Response | Exception]] = []
         self._registered: dict[Connection, socket.socket] = {}

@@ -37,7 +37,7 @@ from apstorage.errors import (
 )
 from apstorage.model import Location
 from apstorage.stores.base import CHUNK, ObjectInfo, Store
-from apstorage.stores.http11 import Connection, Multiplexer, Response
+from apstorage.stores.http11 import Connection, Multiplexer, Response, proxy_for
 
 if TYPE_CHECKING:
     from apstorage.config import Settings
@@ -455,6 +455,18 @@ class _StaticCredentials:
         return "_StaticCredentials(********)"
 
 
+def ca_bundle() -> str:
+    """The CA certificates TLS connections trust, chosen as botocore chooses them (so a
+    private CA configured for the AWS CLI works here too): AWS_CA_BUNDLE, then
+    REQUESTS_CA_BUNDLE, then botocore's bundle. (A ``ca_bundle`` in ~/.aws/config is not
+    read: set AWS_CA_BUNDLE.)"""
+    import os
+
+    from botocore.httpsession import get_cert_path
+
+    return os.environ.get("AWS_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE") or get_cert_path(True)
+
+
 def _session() -> Any:
     """A fresh botocore session (clients are built from botocore directly; boto3's
     resource layer is not used)."""
@@ -515,14 +527,18 @@ class _FastS3:
         if self.scheme == "https":
             import ssl
 
-            from botocore.httpsession import get_cert_path
-
-            self.ssl_context = ssl.create_default_context(cafile=get_cert_path(True))
+            self.ssl_context = ssl.create_default_context(cafile=ca_bundle())
+        try:
+            self.proxy = proxy_for(self.scheme, self.host)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (set NO_PROXY for {self.host}, or an http:// proxy)") from None
 
     def _connection(self) -> Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = Connection(self.scheme, self.host, timeout=60, ssl_context=self.ssl_context)
+            conn = self.local.conn = Connection(
+                self.scheme, self.host, timeout=60, ssl_context=self.ssl_context, proxy=self.proxy
+            )
             with self.lock:
                 self.opened.append(conn)
         return conn
@@ -647,7 +663,9 @@ class _FastS3:
                 mux.close()
                 with self.lock:
                     self.opened.remove(mux)
-            mux = self.local.mux = Multiplexer(self.scheme, self.host, size, timeout=60, ssl_context=self.ssl_context)
+            mux = self.local.mux = Multiplexer(
+                self.scheme, self.host, size, timeout=60, ssl_context=self.ssl_context, proxy=self.proxy
+            )
             with self.lock:
                 self.opened.append(mux)
         return mux
