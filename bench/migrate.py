@@ -1,7 +1,7 @@
 """migrate-to-s3 vs s5cmd and aws-cli, same files, same SeaweedFS server, one run.
 
     python bench/migrate.py [--files 2000] [--size 10240] [--workers 64] [--batch-size 100]
-                            [--rounds 3] [--no-aws]
+                            [--rounds 5] [--no-aws]
 
 Seeds N rows of SIZE random bytes in a real Postgres (pgserver) catalog and the same N
 files on disk, then times (a) `apstorage migrate-to-s3` of the rows, (b) `s5cmd cp` of the
@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
     parser.add_argument("--no-aws", action="store_true", help="skip aws-cli (slowest; run in round 1 only)")
     args = parser.parse_args()
 
