@@ -63,7 +63,8 @@ S3_REGION = "us-east-1"
 POSTGRES_URL_ENV = "AP_TEST_POSTGRES_URL"
 
 START_TIMEOUT = 60.0  # seconds a server gets to become ready
-STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL (the data is throwaway; weed mini
+# sometimes takes the whole wait to stop, which the test session pays at teardown)
 _START_ATTEMPTS = 3  # fresh ports are tried when a port was taken meanwhile
 
 # SeaweedFS' worker dials the admin server's gRPC port as admin HTTP port +
