@@ -7,6 +7,11 @@ retries ``_FastS3`` builds on it.
   keep-alive, stale connections, responses in pieces, concurrency, timeouts, big bodies;
 - ``S3Store.put_many`` / ``put_bytes`` against that server acting as a minimal S3
   (503, 429 and dropped connections retried; 403 not; a wrong ETag; a lasting 500);
+- TLS (a self-signed certificate for 127.0.0.1, the scripted server wrapping its
+  sockets): ``Connection``, ``Multiplexer`` (non-blocking TLS sends and reads), untrusted
+  certificates, ``S3Store`` trusting AWS_CA_BUNDLE;
+- proxies: ``proxy_for`` and the environment, a forward proxy run by the scripted server
+  (absolute-form requests, CONNECT tunnels, 407), ``S3Store`` through HTTP(S)_PROXY;
 - ``S3Store.put_many`` against the session's real SeaweedFS.
 """
 
@@ -15,29 +20,36 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import select
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import unquote, urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
 
-from apstorage.errors import ApStorageError, BackendUnavailableError, PermissionDeniedError
+from apstorage.errors import ApStorageError, BackendUnavailableError, ConfigError, PermissionDeniedError
 from apstorage.stores.http11 import (
     MAX_HEAD,
     ONE_WRITE,
     Connection,
     Multiplexer,
     ProtocolError,
+    Proxy,
     Response,
+    address_of,
     encode_request,
     parse_response,
+    proxy_for,
 )
-from apstorage.stores.s3 import S3Store, _FastS3
+from apstorage.stores.s3 import S3Store, _FastS3, ca_bundle
 from tests.conftest import settings_from
 
 # ======================================================================================
@@ -339,10 +351,15 @@ Handler = Callable[[Peer], None]
 
 class ScriptedServer:
     """Accepts on 127.0.0.1 (port 0) in a thread; each connection runs ``handler(peer)``
-    in a thread of its own. Every loop polls ``stopping``; ``stop`` ends them all."""
+    in a thread of its own. Every loop polls ``stopping``; ``stop`` ends them all.
+    With ``ssl_context`` (server side), each accepted socket is wrapped and its TLS
+    handshake completed in the connection's thread before the handler runs; a failed
+    handshake is kept in ``tls_errors`` and the handler does not run."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.ssl_context = ssl_context
+        self.tls_errors: list[BaseException] = []
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((HOST, 0))
@@ -378,12 +395,39 @@ class ScriptedServer:
 
     def _run(self, peer: Peer) -> None:
         try:
+            if self.ssl_context is not None and not self._handshake(peer):
+                return
             self.handler(peer)
         except BaseException as exc:  # noqa: BLE001 - kept for the test to look at
             with self.lock:
                 self.errors.append(exc)
         finally:
             peer.close()
+
+    def _handshake(self, peer: Peer) -> bool:
+        """TLS, server side, on ``peer``'s socket (non-blocking, polling ``stopping``)."""
+        assert self.ssl_context is not None
+        sock = self.ssl_context.wrap_socket(peer.sock, server_side=True, do_handshake_on_connect=False)
+        peer.sock = sock
+        sock.setblocking(False)
+        deadline = time.monotonic() + 5
+        try:
+            while True:
+                if self.stopping.is_set() or time.monotonic() > deadline:
+                    raise TimeoutError("the TLS handshake did not finish")
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    select.select([sock], [], [], TICK)
+                except ssl.SSLWantWriteError:
+                    select.select([], [sock], [], TICK)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            with self.lock:
+                self.tls_errors.append(exc)
+            return False
+        sock.settimeout(TICK)
+        return True
 
     def stop(self) -> None:
         self.stopping.set()
@@ -403,8 +447,8 @@ class ScriptedServer:
 def serve() -> Iterator[Callable[[Handler], ScriptedServer]]:
     started: list[ScriptedServer] = []
 
-    def start(handler: Handler) -> ScriptedServer:
-        server = ScriptedServer(handler)
+    def start(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> ScriptedServer:
+        server = ScriptedServer(handler, ssl_context)
         started.append(server)
         return server
 
@@ -815,19 +859,22 @@ class FakeS3:
         return True
 
 
-@pytest.fixture
-def fake_s3(serve, tmp_path: Path) -> Iterator[tuple[FakeS3, S3Store]]:
-    fake = FakeS3()
-    server = serve(fake)
-    env = {
+def fake_s3_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    return {
         "AP_CONFIG_PATH": str(tmp_path / "home"),
         "AP_S3_BUCKET": BUCKET,
-        "AP_S3_ENDPOINT": f"http://{server.host}",
+        "AP_S3_ENDPOINT": endpoint,
         "AP_S3_REGION": "eu-west-3",
         "AP_S3_ACCESS_KEY_ID": ACCESS_KEY,
         "AP_S3_SECRET_ACCESS_KEY": "scripted-secret-0000",
     }
-    store = S3Store(settings_from(env), workers=4)
+
+
+@pytest.fixture
+def fake_s3(serve, tmp_path: Path) -> Iterator[tuple[FakeS3, S3Store]]:
+    fake = FakeS3()
+    server = serve(fake)
+    store = S3Store(settings_from(fake_s3_env(tmp_path, f"http://{server.host}")), workers=4)
     try:
         yield fake, store
     finally:
@@ -931,6 +978,726 @@ def test_put_bytes_retries_like_put_many(fake_s3, key: str, attempts: int, error
             store.put_bytes(key, b"payload")
         assert key in str(raised.value)
     assert fake.attempts[key] == attempts
+
+
+# ======================================================================================
+# TLS: the scripted server wraps its sockets in a self-signed certificate for 127.0.0.1
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """Trusts this certificate only (hostname checked, as the default context does)."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+def _cert_with_cryptography(cert: Path, key: Path) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def make_test_cert(folder: Path) -> TlsFiles:
+    """A self-signed certificate for IP 127.0.0.1: the openssl CLI, else the cryptography
+    package; neither is a failure (never a skip)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl:
+        subprocess.run(
+            [
+                openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=IP:{HOST}",
+                "-keyout", str(key), "-out", str(cert),
+            ],
+            check=True, capture_output=True, timeout=30,
+        )
+    else:
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            pytest.fail(
+                "cannot make the test TLS certificate: no `openssl` on PATH and the "
+                "`cryptography` package is not importable (install either)"
+            )
+        _cert_with_cryptography(cert, key)
+    return TlsFiles(cert, key)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_test_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def serve_tls(serve, tls: TlsFiles) -> Callable[[Handler], ScriptedServer]:
+    context = tls.server_context()
+    return lambda handler: serve(handler, ssl_context=context)
+
+
+def test_the_cryptography_fallback_makes_a_usable_certificate(tmp_path: Path) -> None:
+    """The fallback runs only without openssl on PATH: prove here that it works anyway."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        assert shutil.which("openssl"), "neither openssl nor cryptography: the TLS tests cannot run"
+        return  # the fixture uses openssl; the fallback cannot run here
+    made = TlsFiles(tmp_path / "c.pem", tmp_path / "k.pem")
+    _cert_with_cryptography(made.cert, made.key)
+    made.server_context()  # the key matches the certificate
+    assert any(
+        ("commonName", HOST) in rdn for ca in made.client_context().get_ca_certs() for rdn in ca["subject"]
+    )
+
+
+def test_tls_connection_keeps_one_connection_alive(serve_tls, tls: TlsFiles) -> None:
+    server = serve_tls(echo)
+    conn = Connection("https", server.host, timeout=5, ssl_context=tls.client_context())
+    try:
+        for i in range(4):
+            response = conn.request("GET", f"/tls/{i}", {})
+            assert response.status == 200
+            assert response.body == f"GET /tls/{i} 0".encode()
+            assert response.headers["x-host"] == server.host
+        body = random.Random(3).randbytes(ONE_WRITE + 1)  # head, then body: two writes
+        assert conn.request("PUT", "/big", {"Content-Length": str(len(body))}, body).body == (
+            f"PUT /big {len(body)}".encode()
+        )
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+    finally:
+        conn.close()
+    assert server.accepts == 1
+    assert isinstance(server.peers[0].sock, ssl.SSLSocket)  # the server did speak TLS
+    assert server.errors == [] and server.tls_errors == []
+
+
+def test_tls_multiplexer_concurrent_requests_pieces_and_big_bodies(serve_tls, tls: TlsFiles) -> None:
+    """The non-blocking TLS paths: a 3 MiB body sent on a non-blocking socket
+    (SSLWantWrite), responses arriving a few bytes at a time and records without
+    application data (SSLWantRead), a 3 MiB response read record by record (pending())."""
+    size = 8
+    big = 3 * 1024 * 1024
+    big_response = random.Random(11).randbytes(big)
+    big_request = random.Random(12).randbytes(big)
+    arrived = 0
+    cond = threading.Condition()
+
+    def script(peer: Peer) -> None:
+        nonlocal arrived
+        while (request := peer.read_request()) is not None:
+            with cond:  # first round: no answer until all eight requests are in
+                arrived += 1
+                cond.notify_all()
+                cond.wait_for(lambda: arrived >= size, timeout=3)
+            if request.method == "PUT":
+                reply = http_response(200, hashlib.sha256(request.body).hexdigest().encode(),
+                                      {"X-Length": str(len(request.body))})
+                for i in range(0, len(reply), 13):  # thirteen bytes per TLS record
+                    peer.send(reply[i : i + 13])
+            elif request.target == "/big":
+                reply = http_response(200, big_response)
+                peer.send(reply[:7])
+                time.sleep(0.01)
+                peer.send(reply[7:100_000])
+                time.sleep(0.01)
+                peer.send(reply[100_000:])
+            else:
+                for piece in PIECES:
+                    peer.send(piece)
+                    time.sleep(0.005)
+
+    server = serve_tls(script)
+    mux = Multiplexer("https", server.host, size, timeout=5, ssl_context=tls.client_context())
+    try:
+        mux.warm(size)  # handshakes done: every send below goes out on a non-blocking socket
+        for round_ in range(2):
+            mux.send((round_, "put"), "PUT", "/put", {"Content-Length": str(big)}, big_request)
+            mux.send((round_, "big"), "GET", "/big", {})
+            for i in range(size - 2):
+                mux.send((round_, i), "GET", f"/pieces/{i}", {})
+            assert mux.free == 0 and mux.in_flight == size
+            results = drain(mux, size, bound=8)
+            put = results.pop((round_, "put"))
+            assert isinstance(put, Response), put
+            assert put.headers["x-length"] == str(big)
+            assert put.body == hashlib.sha256(big_request).hexdigest().encode()
+            got = results.pop((round_, "big"))
+            assert isinstance(got, Response), got
+            assert len(got.body) == big
+            assert hashlib.sha256(got.body).digest() == hashlib.sha256(big_response).digest()
+            for token, result in results.items():
+                assert isinstance(result, Response), (token, result)
+                assert result.body == b"hello world" and result.headers["content-type"] == "text/plain"
+            assert mux.free == size and mux.in_flight == 0
+    finally:
+        mux.close()
+    assert server.accepts == size  # the second round reused the eight TLS connections
+    assert server.errors == [] and server.tls_errors == []
+
+
+def test_tls_multiplexer_reuses_warmed_connections_left_idle(serve_tls, tls: TlsFiles) -> None:
+    """``warm`` opens connections for the requests to come: one left idle while another
+    request is polled must still be there for the next send (TLS 1.3 servers send
+    session tickets right after the handshake: bytes on an idle socket, but no reply)."""
+    server = serve_tls(echo)
+    mux = Multiplexer("https", server.host, 4, timeout=5, ssl_context=tls.client_context())
+    try:
+        mux.warm(4)
+        time.sleep(0.1)  # whatever the server sends after its handshake has arrived
+        mux.send("first", "GET", "/first", {})
+        assert drain(mux, 1)["first"].body == b"GET /first 0"
+        for i in range(4):
+            mux.send(i, "GET", f"/{i}", {})
+        results = drain(mux, 4)
+        assert all(isinstance(r, Response) and r.body == f"GET /{i} 0".encode() for i, r in results.items())
+    finally:
+        mux.close()
+    assert server.accepts == 4, f"{server.accepts} TLS connections for a pool of 4 warmed ones"
+
+
+def test_tls_untrusted_or_wrong_name_fails_with_an_ssl_error(serve_tls, tls: TlsFiles) -> None:
+    server = serve_tls(echo)
+    untrusting = ssl.create_default_context()  # the system's CAs: not our self-signed certificate
+    conn = Connection("https", server.host, timeout=5, ssl_context=untrusting)
+    with pytest.raises(ssl.SSLError) as raised:
+        conn.request("GET", "/", {})
+    assert isinstance(raised.value, OSError)  # what _FastS3 treats as a connection error
+    assert isinstance(raised.value, ssl.SSLCertVerificationError), raised.value
+    assert conn.sock is None
+
+    port = server.host.rsplit(":", 1)[1]  # trusted, but the certificate names 127.0.0.1 only
+    wrong_name = Connection("https", f"localhost:{port}", timeout=5, ssl_context=tls.client_context())
+    with pytest.raises(ssl.SSLCertVerificationError, match="(?i)hostname|match"):
+        wrong_name.request("GET", "/", {})
+
+    mux = Multiplexer("https", server.host, 2, timeout=5, ssl_context=untrusting)
+    try:
+        mux.send("t", "GET", "/", {})
+        results = drain(mux, 1)
+        assert isinstance(results["t"], ssl.SSLError) and isinstance(results["t"], OSError), results
+        assert mux.free == 2 and mux.in_flight == 0
+    finally:
+        mux.close()
+    deadline = time.monotonic() + 2
+    while len(server.tls_errors) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(server.tls_errors) == 3  # each attempt reached the server's handshake and failed there
+    assert server.errors == []  # the handler never ran
+
+
+def test_s3_put_bytes_and_put_many_over_tls(serve_tls, tls: TlsFiles, tmp_path: Path, monkeypatch) -> None:
+    fake = FakeS3()
+    server = serve_tls(fake)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls.cert))  # before the store builds its TLS context
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    store = S3Store(settings_from(fake_s3_env(tmp_path, f"https://{server.host}")), workers=4)
+    try:
+        assert store.fast.scheme == "https" and store.fast.proxy is None
+        trusted = store.fast.ssl_context.get_ca_certs()  # type: ignore[union-attr]
+        assert [ca["subject"] for ca in trusted] == [((("commonName", HOST),),)]  # AWS_CA_BUNDLE, only
+
+        store.put_bytes("tls/one", b"first object")
+        store.put_bytes("tls/two", b"second", tags={"ap-retention": "execution"})
+        store.put_bytes("tls/drop-3", b"retried on a fresh TLS connection")
+        with pytest.raises(ApStorageError, match="ETag"):
+            store.put_bytes("tls/badetag-4", b"checked")
+
+        big = random.Random(5).randbytes(ONE_WRITE * 3)
+        bodies = {f"many/ok-{i}": f"object {i}".encode() * (i + 1) for i in range(10)}
+        bodies.update({"many/slow503-0": b"after a 503", "many/drop-1": b"after a drop", "many/big": big})
+        results = dict(store.put_many(((k, k, b, None) for k, b in bodies.items()), concurrency=4))
+        assert results == {key: None for key in bodies}  # every ETag matched its MD5
+        bad = dict(store.put_many(iter([("bad", "many/badetag-9", b"x", None)]), concurrency=4))
+        assert type(bad["bad"]) is ApStorageError and "ETag" in str(bad["bad"])
+    finally:
+        store.close()
+    for key, body in {**bodies, "tls/one": b"first object", "tls/two": b"second"}.items():
+        assert fake.stored[key] == body, key
+    assert fake.tagging["tls/two"] == "ap-retention=execution"
+    assert fake.attempts["many/slow503-0"] == 2 and fake.attempts["many/drop-1"] == 2
+    assert fake.attempts["tls/drop-3"] == 2
+    assert server.tls_errors == [] and server.errors == []
+
+
+def test_ca_bundle_prefers_aws_ca_bundle_then_requests_ca_bundle(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    default = ca_bundle()
+    assert Path(default).is_file()  # botocore's bundle
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "requests.pem"))
+    assert ca_bundle() == str(tmp_path / "requests.pem")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "aws.pem"))
+    assert ca_bundle() == str(tmp_path / "aws.pem")
+
+
+# ======================================================================================
+# Proxies: a forward proxy run by the scripted server
+
+
+class ForwardProxy:
+    """A handler making the scripted server a forward HTTP proxy. ``CONNECT host:port``:
+    answered 200, then bytes pumped both ways until either side closes. An absolute-form
+    request (``GET http://host:port/path``): forwarded in origin form (without
+    Proxy-Authorization) over a keep-alive connection to the origin, one response relayed
+    (both framed by Content-Length), and the next request read. With ``authorization``,
+    a request without that Proxy-Authorization is answered 407 (a CONNECT's connection
+    then closes)."""
+
+    def __init__(self, authorization: str | None = None) -> None:
+        self.authorization = authorization
+        self.lock = threading.Lock()
+        self.seen: list[Request] = []  # every request as the proxy received it
+        self.connects = 0
+        self.absolute = 0
+        self.refused = 0
+
+    @property
+    def lines(self) -> list[str]:
+        with self.lock:
+            return [f"{r.method} {r.target}" for r in self.seen]
+
+    def __call__(self, peer: Peer) -> None:
+        upstreams: dict[tuple[str, int], Peer] = {}
+        try:
+            while (request := peer.read_request()) is not None:
+                with self.lock:
+                    self.seen.append(request)
+                if self.authorization is not None and request.headers.get("proxy-authorization") != self.authorization:
+                    with self.lock:
+                        self.refused += 1
+                    peer.send(http_response(
+                        407, b"", {"Proxy-Authenticate": 'Basic realm="test"'}, reason="Proxy Authentication Required"
+                    ))
+                    if request.method == "CONNECT":
+                        return
+                    continue
+                if request.method == "CONNECT":
+                    with self.lock:
+                        self.connects += 1
+                    self._tunnel(peer, request.target)
+                    return
+                url = urlsplit(request.target)
+                if url.scheme != "http" or not url.hostname:
+                    peer.send(http_response(400, b"not an absolute-form request"))
+                    continue
+                with self.lock:
+                    self.absolute += 1
+                origin = (url.hostname, url.port or 80)
+                try:
+                    if origin not in upstreams:
+                        upstreams[origin] = Peer(socket.create_connection(origin, timeout=5), peer.server)
+                    head = f"{request.method} {url.path or '/'}{'?' + url.query if url.query else ''} HTTP/1.1\r\n"
+                    head += "".join(f"{n}: {v}\r\n" for n, v in request.headers.items() if n != "proxy-authorization")
+                    upstreams[origin].send(head.encode("latin-1") + b"\r\n" + request.body)
+                except OSError:
+                    return  # the origin is gone: so is this connection
+                response = read_response(upstreams[origin])
+                if response is None:
+                    return  # the origin closed without answering: the client sees a close too
+                peer.send(response)
+        finally:
+            for upstream in upstreams.values():
+                upstream.close()
+
+    @staticmethod
+    def _tunnel(peer: Peer, target: str) -> None:
+        name, _, port = target.rpartition(":")
+        try:
+            upstream = socket.create_connection((name.strip("[]"), int(port)), timeout=5)
+        except (OSError, ValueError):
+            peer.send(http_response(502, b"", reason="Bad Gateway"))
+            return
+        with upstream:
+            peer.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if peer.buf:
+                upstream.sendall(bytes(peer.buf))
+                peer.buf.clear()
+            peer.sock.settimeout(5)
+            ends = (peer.sock, upstream)
+            while not peer.server.stopping.is_set():
+                readable, _, _ = select.select(ends, [], [], TICK)
+                for source in readable:
+                    try:
+                        data = source.recv(1 << 16)
+                        if not data:
+                            return
+                        (upstream if source is peer.sock else peer.sock).sendall(data)
+                    except OSError:
+                        return
+
+
+def read_response(peer: Peer, timeout: float = 5.0) -> bytes | None:
+    """One response's bytes (framed by Content-Length) from ``peer``'s buffer, or None."""
+    deadline = time.monotonic() + timeout
+    while (end := peer.buf.find(b"\r\n\r\n")) < 0:
+        if not peer._fill(deadline):
+            return None
+    length = 0
+    for line in peer.buf[:end].decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    stop = end + 4 + length
+    while len(peer.buf) < stop:
+        if not peer._fill(deadline):
+            return None
+    raw = bytes(peer.buf[:stop])
+    del peer.buf[:stop]
+    return raw
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_machine(monkeypatch) -> None:
+    """No *_PROXY variable of the machine's reaches these tests (proxy_for reads them all)."""
+    import os
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name == "REQUEST_METHOD":
+            monkeypatch.delenv(name, raising=False)
+
+
+def recorder() -> tuple[list[Request], Handler]:
+    """An echo handler that keeps every request it gets."""
+    seen: list[Request] = []
+
+    def handler(peer: Peer) -> None:
+        while (request := peer.read_request()) is not None:
+            seen.append(request)
+            body = f"{request.method} {request.target} {len(request.body)}".encode()
+            peer.send(http_response(200, body, {"X-Host": request.headers.get("host", "")}))
+
+    return seen, handler
+
+
+def basic(user_pass: str) -> str:
+    return "Basic " + base64.b64encode(user_pass.encode()).decode()
+
+
+def test_address_of() -> None:
+    assert address_of("s3.example.com", "https") == ("s3.example.com", 443)
+    assert address_of("s3.example.com", "http") == ("s3.example.com", 80)
+    assert address_of("127.0.0.1:9000", "https") == ("127.0.0.1", 9000)
+    assert address_of("[::1]:8333", "http") == ("::1", 8333)
+    assert address_of("[::1]", "https") == ("::1", 443)
+
+
+def test_proxy_for_reads_the_environment(monkeypatch) -> None:
+    assert proxy_for("http", "s3.example.com") is None  # no *_PROXY variables at all
+    assert proxy_for("https", "s3.example.com") is None
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.local:3128")
+    assert proxy_for("http", "s3.example.com:9000") == Proxy(("proxy.local", 3128), None)
+    assert proxy_for("https", "s3.example.com") is None  # HTTP_PROXY is for http:// only
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://secure-proxy.local")  # no port: 80
+    assert proxy_for("https", "s3.example.com") == Proxy(("secure-proxy.local", 80), None)
+    monkeypatch.setenv("HTTPS_PROXY", "secure-proxy.local:8080")  # no scheme: http://
+    assert proxy_for("https", "s3.example.com") == Proxy(("secure-proxy.local", 8080), None)
+
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("https_proxy", "http://lower.local:1080")  # lower-case names too
+    assert proxy_for("https", "s3.example.com") == Proxy(("lower.local", 1080), None)
+    monkeypatch.delenv("https_proxy")
+    monkeypatch.setenv("ALL_PROXY", "http://all.local:9")  # for any scheme without its own
+    assert proxy_for("https", "s3.example.com") == Proxy(("all.local", 9), None)
+    assert proxy_for("http", "s3.example.com") == Proxy(("all.local", 9), None)
+
+
+def test_proxy_for_honours_no_proxy(monkeypatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.local:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
+    monkeypatch.setenv("NO_PROXY", "s3.internal.example, .corp.test,127.0.0.1")
+    for host in ("s3.internal.example", "s3.internal.example:9000", "bucket.corp.test", "corp.test",
+                 "a.b.corp.test:443", "127.0.0.1:8333"):
+        assert proxy_for("https", host) is None, host
+        assert proxy_for("http", host) is None, host
+    for host in ("s3.example.com", "notcorp.test", "internal.example", "127.0.0.2"):
+        assert proxy_for("https", host) == Proxy(("proxy.local", 3128), None), host
+
+    monkeypatch.setenv("NO_PROXY", "*")
+    assert proxy_for("https", "s3.example.com") is None
+    assert proxy_for("http", "anything.at.all:1") is None
+
+    monkeypatch.setenv("NO_PROXY", "")  # empty: no exception
+    assert proxy_for("https", "s3.example.com") == Proxy(("proxy.local", 3128), None)
+
+
+def test_proxy_for_credentials_and_unsupported_proxies(monkeypatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:p%40ss@proxy.local:3128")
+    proxy = proxy_for("https", "s3.example.com")
+    assert proxy is not None
+    assert proxy.address == ("proxy.local", 3128)
+    assert proxy.authorization == basic("user:p@ss")  # the password unquoted before encoding
+    for text in (repr(proxy), str(proxy), f"{proxy}", repr([proxy])):
+        assert "p@ss" not in text and "p%40ss" not in text and proxy.authorization not in text
+        assert "proxy.local:3128" in text
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://only-user@proxy.local:3128")
+    assert proxy_for("https", "s3.example.com") == Proxy(("proxy.local", 3128), basic("only-user:"))
+
+    for url in ("https://user:secret@proxy.local:3128", "socks5://proxy.local:1080"):
+        monkeypatch.setenv("HTTPS_PROXY", url)
+        with pytest.raises(ValueError, match="only http:// proxies") as raised:
+            proxy_for("https", "s3.example.com")
+        assert "secret" not in str(raised.value)
+        monkeypatch.setenv("NO_PROXY", "s3.example.com")  # bypassed: the proxy is never looked at
+        assert proxy_for("https", "s3.example.com") is None
+        monkeypatch.delenv("NO_PROXY")
+
+
+def test_connection_through_an_http_proxy_uses_absolute_form_and_keeps_alive(serve) -> None:
+    origin_seen, handler = recorder()
+    origin = serve(handler)
+    auth = basic("user:p@ss")
+    forward = ForwardProxy(authorization=auth)
+    proxy_server = serve(forward)
+    conn = Connection("http", origin.host, timeout=5, proxy=Proxy(address_of(proxy_server.host, "http"), auth))
+    try:
+        for i in range(3):
+            response = conn.request("GET", f"/item/{i}?n={i}", {"X-N": str(i)})
+            assert response.status == 200
+            assert response.body == f"GET /item/{i}?n={i} 0".encode()  # the origin got origin form
+            assert response.headers["x-host"] == origin.host
+        assert conn.request("PUT", "/upload", {"Content-Length": "5"}, b"hello").body == b"PUT /upload 5"
+    finally:
+        conn.close()
+    assert forward.lines == [f"GET http://{origin.host}/item/{i}?n={i}" for i in range(3)] + [
+        f"PUT http://{origin.host}/upload"
+    ]
+    assert [r.headers.get("proxy-authorization") for r in forward.seen] == [auth] * 4
+    assert [r.headers["host"] for r in forward.seen] == [origin.host] * 4
+    assert forward.absolute == 4 and forward.connects == 0 and forward.refused == 0
+    assert proxy_server.accepts == 1 and origin.accepts == 1  # one keep-alive connection each way
+    assert all("proxy-authorization" not in r.headers for r in origin_seen)
+    assert proxy_server.errors == [] and origin.errors == []
+
+
+def test_connection_through_an_http_proxy_without_credentials(serve) -> None:
+    _, handler = recorder()
+    origin = serve(handler)
+    open_proxy = ForwardProxy()
+    open_server = serve(open_proxy)
+    conn = Connection("http", origin.host, timeout=5, proxy=Proxy(address_of(open_server.host, "http")))
+    try:
+        assert conn.request("GET", "/a", {}).body == b"GET /a 0"
+    finally:
+        conn.close()
+    assert open_proxy.lines == [f"GET http://{origin.host}/a"]
+    assert "proxy-authorization" not in open_proxy.seen[0].headers
+
+    guarded = ForwardProxy(authorization=basic("user:right"))
+    guarded_server = serve(guarded)
+    conn = Connection("http", origin.host, timeout=5, proxy=Proxy(address_of(guarded_server.host, "http"), basic("user:wrong")))
+    try:
+        for _ in range(2):  # a plain request's 407 is the caller's response; the connection stays
+            response = conn.request("GET", "/b", {})
+            assert response.status == 407
+            assert response.headers["proxy-authenticate"] == 'Basic realm="test"'
+    finally:
+        conn.close()
+    assert guarded.refused == 2 and guarded.absolute == 0
+    assert guarded_server.accepts == 1
+
+
+def test_https_through_a_proxy_tunnels_with_connect(serve, serve_tls, tls: TlsFiles) -> None:
+    origin_seen, handler = recorder()
+    origin = serve_tls(handler)
+    auth = basic("tunnel:s3cret")
+    forward = ForwardProxy(authorization=auth)
+    proxy_server = serve(forward)
+    proxy = Proxy(address_of(proxy_server.host, "http"), auth)
+    conn = Connection("https", origin.host, timeout=5, ssl_context=tls.client_context(), proxy=proxy)
+    try:
+        for i in range(3):
+            response = conn.request("GET", f"/secret/{i}", {})
+            assert response.body == f"GET /secret/{i} 0".encode()
+            assert response.headers["x-host"] == origin.host
+        assert isinstance(conn.sock, ssl.SSLSocket)
+    finally:
+        conn.close()
+    assert forward.lines == [f"CONNECT {origin.host}"]  # one tunnel, no plain request
+    assert forward.seen[0].headers["proxy-authorization"] == auth
+    assert forward.seen[0].headers["host"] == origin.host
+    assert forward.connects == 1 and forward.absolute == 0
+    assert [r.target for r in origin_seen] == [f"/secret/{i}" for i in range(3)]  # origin form, over TLS
+    assert all("proxy-authorization" not in r.headers for r in origin_seen)
+    assert origin.accepts == 1 and isinstance(origin.peers[0].sock, ssl.SSLSocket)
+    assert origin.tls_errors == [] and proxy_server.errors == []
+
+    mux = Multiplexer("https", origin.host, 3, timeout=5, ssl_context=tls.client_context(), proxy=proxy)
+    try:
+        for round_ in range(2):
+            for i in range(3):
+                mux.send((round_, i), "GET", f"/mux/{i}", {})
+            results = drain(mux, 3)
+            assert {t: r.body for t, r in results.items()} == {(round_, i): f"GET /mux/{i} 0".encode() for i in range(3)}
+    finally:
+        mux.close()
+    assert forward.connects == 1 + 3  # a tunnel per multiplexed connection, reused by round two
+
+
+@pytest.mark.parametrize("authorization", [None, basic("user:wrong")], ids=["no-credentials", "wrong-credentials"])
+def test_a_407_to_connect_raises_protocol_error(serve, serve_tls, tls: TlsFiles, authorization: str | None) -> None:
+    _, handler = recorder()
+    origin = serve_tls(handler)
+    guarded = ForwardProxy(authorization=basic("user:right"))
+    proxy_server = serve(guarded)
+    proxy = Proxy(address_of(proxy_server.host, "http"), authorization)
+    conn = Connection("https", origin.host, timeout=5, ssl_context=tls.client_context(), proxy=proxy)
+    with pytest.raises(ProtocolError, match="407") as raised:
+        conn.request("GET", "/", {})
+    assert "refused CONNECT" in str(raised.value) and origin.host in str(raised.value)
+    assert "wrong" not in str(raised.value) and "right" not in str(raised.value)
+    assert conn.sock is None
+
+    mux = Multiplexer("https", origin.host, 2, timeout=5, ssl_context=tls.client_context(), proxy=proxy)
+    try:
+        mux.send("t", "GET", "/", {})
+        result = drain(mux, 1)["t"]
+        assert isinstance(result, ProtocolError) and "407" in str(result), result
+        assert mux.free == 2
+    finally:
+        mux.close()
+    assert guarded.refused == 2 and guarded.connects == 0
+    assert origin.accepts == 0  # nothing reached the origin
+
+
+def test_a_proxy_closing_during_connect_raises_protocol_error(serve) -> None:
+    def hang_up(peer: Peer) -> None:
+        peer.read_request()  # the CONNECT, then a close without an answer
+
+    proxy_server = serve(hang_up)
+    conn = Connection("https", "127.0.0.1:9", timeout=5, proxy=Proxy(address_of(proxy_server.host, "http")))
+    with pytest.raises(ProtocolError, match="closed the connection during CONNECT"):
+        conn.request("GET", "/", {})
+    assert conn.sock is None
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["open-proxy", "proxy-with-credentials"])
+def test_s3_store_sends_through_http_proxy(serve, tmp_path: Path, monkeypatch, credentials: bool) -> None:
+    fake = FakeS3()
+    origin = serve(fake)
+    forward = ForwardProxy(authorization=basic("ap user:p@ss:word") if credentials else None)
+    proxy_server = serve(forward)
+    user = "ap%20user:p%40ss%3Aword@" if credentials else ""
+    monkeypatch.setenv("HTTP_PROXY", f"http://{user}{proxy_server.host}")
+    monkeypatch.setenv("NO_PROXY", "")
+    store = S3Store(settings_from(fake_s3_env(tmp_path, f"http://{origin.host}")), workers=4)
+    try:
+        assert store.fast.proxy == Proxy(address_of(proxy_server.host, "http"), forward.authorization)
+        store.put_bytes("single/one", b"one")
+        store.put_bytes("single/drop-2", b"two", tags={"k": "v"})  # the origin drops it once
+        bodies = {f"many/ok-{i}": f"body {i}".encode() * (i + 1) for i in range(12)}
+        bodies.update({"many/slow503-x": b"503 first", "many/drop-y": b"dropped first"})
+        results = dict(store.put_many(((k, k, b, None) for k, b in bodies.items()), concurrency=4))
+        assert results == {key: None for key in bodies}
+    finally:
+        store.close()
+    bodies.update({"single/one": b"one", "single/drop-2": b"two"})
+    assert {key: fake.stored[key] for key in bodies} == bodies
+    puts = Counter(
+        unquote(line.split(f"http://{origin.host}/{BUCKET}/", 1)[1]) for line in forward.lines if line.startswith("PUT ")
+    )
+    assert puts == fake.attempts  # every PutObject attempt went through the proxy, none around it
+    assert sum(puts.values()) == len(bodies) + 3  # three retried once
+    assert forward.lines == [line for line in forward.lines if line.startswith(f"PUT http://{origin.host}/{BUCKET}/")]
+    assert forward.refused == 0 and forward.connects == 0
+    assert proxy_server.errors == [] and origin.errors == []
+
+
+def test_s3_store_bypasses_the_proxy_for_no_proxy_hosts(serve, tmp_path: Path, monkeypatch) -> None:
+    fake = FakeS3()
+    origin = serve(fake)
+    forward = ForwardProxy()
+    proxy_server = serve(forward)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{proxy_server.host}")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    store = S3Store(settings_from(fake_s3_env(tmp_path, f"http://{origin.host}")), workers=4)
+    try:
+        assert store.fast.proxy is None
+        store.put_bytes("direct", b"not proxied")
+        assert dict(store.put_many(iter([(1, "direct-2", b"x", None)]), concurrency=2)) == {1: None}
+    finally:
+        store.close()
+    assert fake.stored == {"direct": b"not proxied", "direct-2": b"x"}
+    assert proxy_server.accepts == 0
+
+
+def test_s3_store_over_tls_through_https_proxy(serve, serve_tls, tls: TlsFiles, tmp_path: Path, monkeypatch) -> None:
+    fake = FakeS3()
+    origin = serve_tls(fake)
+    forward = ForwardProxy()
+    proxy_server = serve(forward)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls.cert))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{proxy_server.host}")
+    store = S3Store(settings_from(fake_s3_env(tmp_path, f"https://{origin.host}")), workers=4)
+    try:
+        store.put_bytes("tunnelled/one", b"one")
+        bodies = {f"tunnelled/many-{i}": bytes([i]) * 100 for i in range(8)}
+        assert dict(store.put_many(((k, k, b, None) for k, b in bodies.items()), concurrency=4)) == {k: None for k in bodies}
+    finally:
+        store.close()
+    assert fake.stored == {"tunnelled/one": b"one", **bodies}
+    assert forward.absolute == 0 and forward.connects >= 2  # the blocking connection and the pool's
+    assert set(forward.lines) == {f"CONNECT {origin.host}"}
+    assert origin.tls_errors == [] and origin.errors == []
+
+
+def test_s3_store_with_an_https_proxy_url_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "https://user:secret@proxy.example:3128")
+    store = S3Store(settings_from(fake_s3_env(tmp_path, "https://127.0.0.1:9")), workers=2)
+    try:
+        with pytest.raises(ConfigError, match="only http:// proxies") as raised:
+            store.put_bytes("k", b"v")  # the signed path is built on first use
+        assert "NO_PROXY" in str(raised.value) and "127.0.0.1:9" in str(raised.value)
+        assert "secret" not in str(raised.value)
+        with pytest.raises(ConfigError):
+            store.check_bucket()
+        with pytest.raises(ConfigError):
+            list(store.put_many(iter([(1, "k", b"v", None)]), concurrency=2))
+    finally:
+        store.close()
+
+    http_store = S3Store(settings_from(fake_s3_env(tmp_path, "http://127.0.0.1:9")), workers=2)
+    try:
+        assert http_store.fast.proxy is None  # HTTPS_PROXY does not apply to an http:// endpoint
+    finally:
+        http_store.close()
 
 
 # ======================================================================================

@@ -338,6 +338,15 @@ class Connection:
         except (BlockingIOError, InterruptedError) + _ssl_want_errors():
             return None  # non-blocking and nothing yet (or a TLS record without data)
 
+    def still_open(self) -> bool:
+        """For an idle connection whose socket turned readable: False when the server has
+        closed it (or sent bytes nobody asked for); True when what arrived was no HTTP
+        data at all — TLS 1.3 session tickets, sent right after the handshake."""
+        try:
+            return self._recv() is None
+        except OSError:
+            return False
+
     def request(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> Response:
         """Send one request and read its whole response."""
         self.send(method, target, headers, body)
@@ -424,9 +433,10 @@ class Multiplexer:
             wait = SWEEP if timeout is None else min(timeout, SWEEP)
             for key, _ in self._selector.select(wait):
                 conn: Connection = key.data
-                if conn not in self._busy:  # idle: the server closed it (or misbehaves)
-                    conn.close()
-                    self._track(conn)
+                if conn not in self._busy:  # idle and readable: closed by the server?
+                    if not conn.still_open():
+                        conn.close()
+                        self._track(conn)
                     continue
                 try:
                     response = conn.receive(block=False)
