@@ -44,6 +44,9 @@ class MigrateOptions:
     dry_run: bool = False
 
 
+Outcome = int | None | Exception  # of one file: bytes moved; None: nothing to move; or why it failed
+
+
 @dataclass
 class MigrateReport:
     migrated: int = 0
@@ -58,6 +61,22 @@ class MigrateReport:
         self.failed += 1
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append({"id": file_id, "reason": reason})
+
+    def record(self, file_id: str, outcome: Outcome, *, from_db: bool) -> bool:
+        """Count one file's outcome; True when it was moved."""
+        if isinstance(outcome, ApStorageError):
+            self.fail(file_id, outcome.message)
+        elif isinstance(outcome, Exception):
+            self.fail(file_id, f"{type(outcome).__name__}: {outcome}")
+        elif outcome is None:
+            self.skipped += 1
+        else:
+            self.migrated += 1
+            self.bytes += outcome
+            if from_db:
+                self.freed_db_bytes += outcome
+            return True
+        return False
 
     def to_json(self) -> dict:
         return {
@@ -134,8 +153,8 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
             "run at a time — wait for it to finish"
         )
     with lock, ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
-            for source in opts.sources:
-                _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress)
+        for source in opts.sources:
+            _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress)
     return report
 
 
@@ -209,30 +228,18 @@ def _lane(catalog, storage, source, types, opts, concurrency, report, pool, prog
                 for candidate, outcome in _upload_group(s3, local, group, payloads, pool, concurrency):
                     row = candidate.row
                     with lock:
-                        if isinstance(outcome, ApStorageError):
-                            report.fail(row.id, outcome.message)
-                        elif isinstance(outcome, Exception):
-                            report.fail(row.id, f"{type(outcome).__name__}: {outcome}")
-                        elif outcome is None:
-                            report.skipped += 1
-                        else:
-                            moved.append((row.id, row.key, source))
-                            report.migrated += 1
-                            report.bytes += outcome
-                            if local is None:
-                                report.freed_db_bytes += outcome
-                            else:
-                                moved_local.append(row.key)
-                            if progress:
-                                progress(1, outcome)
+                        if not report.record(row.id, outcome, from_db=local is None):
+                            continue
+                        if progress:
+                            progress(1, outcome)
+                    moved.append((row.id, row.key, source))
+                    if local is not None:
+                        moved_local.append(row.key)
             sql.mark_in_s3(cur, catalog, moved)
         # Committed: the rows now point at S3. Only now may the LOCAL copies go.
         for key in moved_local:
             with contextlib.suppress(ApStorageError):
                 local.delete(key)
-
-
-Outcome = int | None | Exception  # bytes moved; None: nothing to move; or why it failed
 
 
 def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tuple[sql.Candidate, Outcome]]:
