@@ -482,7 +482,8 @@ class _FastS3:
     single thread): ``client.put_object`` 2.2 ms — endpoint-rule resolution, event hooks,
     an ``Expect: 100-continue`` round trip; botocore's signer over urllib3 0.93 ms; our
     signer over ``http.client`` 0.48 ms (half of it ``http.client``'s header parsing); this
-    class, over ``http11.Connection``, 0.19 ms. So: the object URL comes from botocore (a pre-signed URL's scheme, host
+    class over ``http11.Connection`` 0.24 ms, and 0.16 ms per upload through ``put_many``.
+    So: the object URL comes from botocore (a pre-signed URL's scheme, host
     and path, so addressing style and endpoint rules are botocore's own), each request is
     signed with SigV4 here (``sigv4_headers``; tests check it against botocore's signer
     byte for byte), with the client's own credentials (refreshable ones refresh), and sent
@@ -644,7 +645,9 @@ class _FastS3:
                 if retries:  # nothing in flight: wait for the first retry to be due
                     time.sleep(max(0.0, retries[0][0] - time.monotonic()))
                 continue
-            wait = max(0.0, retries[0][0] - now) if retries else None
+            # Block until a request finishes, or until the next retry is due if a
+            # connection is free to take it (never a zero wait while all are busy: a spin).
+            wait = max(0.0, retries[0][0] - now) if retries and mux.free else None
             for (item, attempt), result in mux.poll(wait):
                 token, key = item[0], item[1]
                 response, error, retry = self._judge(result, "PutObject")
