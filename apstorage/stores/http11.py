@@ -232,7 +232,6 @@ class Connection:
 
                     if self.proxy:
                         self._tunnel(sock)
-
                     context = self.ssl_context or ssl.create_default_context()
                     sock = context.wrap_socket(sock, server_hostname=self.address[0])
             except BaseException:
@@ -247,7 +246,9 @@ class Connection:
         headers = {"Host": self.host}
         if self.proxy and self.proxy.authorization:
             headers["Proxy-Authorization"] = self.proxy.authorization
-        request = f"CONNECT {self.address[0]}:{self.address[1]} HTTP/1.1\r\n"
+        has_port = ":" in self.host.rsplit("]", 1)[-1]  # name:port or [v6]:port
+        authority = self.host if has_port else f"{self.host}:{self.address[1]}"
+        request = f"CONNECT {authority} HTTP/1.1\r\n"
         request += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         sock.sendall(request.encode("latin-1"))
         head = b""
