@@ -249,14 +249,13 @@ def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tup
     ``concurrency`` requests in flight from this thread, no thread hand-off per file.
     Larger ones (multipart for big LOCAL files) go to the worker pool meanwhile."""
     large = [c for c in group if c.stored_size > SMALL_OBJECT]
+    small_ones = [c for c in group if c.stored_size <= SMALL_OBJECT]
     futures = [(c, pool.submit(_upload_one, s3, local, c, payloads.get(c.row.id))) for c in large]
     settled: list[tuple[sql.Candidate, Outcome]] = []  # decided without an upload
     sizes: dict[str, int] = {}
 
     def small() -> Iterator[tuple[sql.Candidate, str, bytes, dict[str, str] | None]]:
-        for candidate in group:
-            if candidate.stored_size > SMALL_OBJECT:
-                continue
+        for candidate in small_ones:
             row = candidate.row
             if local is None:
                 body = payloads.get(row.id)
@@ -275,8 +274,7 @@ def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tup
             sizes[row.id] = len(body)
             yield candidate, row.key, body, _tags(row)
 
-    expected = len(group) - len(large)
-    for candidate, error in s3.put_many(small(), concurrency=concurrency, expected=expected):
+    for candidate, error in s3.put_many(small(), concurrency=concurrency, expected=len(small_ones)):
         yield candidate, error or sizes[candidate.row.id]
     yield from settled
     for candidate, future in futures:

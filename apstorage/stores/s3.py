@@ -602,8 +602,12 @@ class _FastS3:
                 time.sleep(self._backoff(attempt, error))
         raise self.store.translate(error, key)  # type: ignore[arg-type]
 
+    def _object_path(self, key: str) -> str:
+        """The request path of ``key`` (URI-encoded once, as SigV4 signs S3 paths)."""
+        return self.prefix + quote(key, safe="/~")
+
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> str:
-        path = self.prefix + quote(key, safe="/~")
+        path = self._object_path(key)
         response = self.request("PUT", path, headers=headers, body=data, operation="PutObject", key=key)
         return response.headers.get("etag", "").strip('"')
 
@@ -637,7 +641,7 @@ class _FastS3:
                 else:
                     break
                 _, key, body, headers = item
-                path = self.prefix + quote(key, safe="/~")
+                path = self._object_path(key)
                 mux.send((item, attempt), "PUT", path, self._sign("PUT", path, headers, body), body)
             if not mux.in_flight:
                 if exhausted and not retries:
