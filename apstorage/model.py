@@ -52,6 +52,11 @@ LEGACY_TYPES = {"STEP_FILE": "FLOW_STEP_FILE", "FILE": "UNKNOWN"}
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
+# The ``metadata`` key `presign --upload` sets on the rows it creates: when the PUT URL
+# expires (ISO-8601 UTC). Until then the row's object may still be on its way; after it
+# (and with no object) the upload never came, and `gc --pending` deletes the row.
+PENDING_UPLOAD_KEY = "apstorageUploadExpiresAt"
+
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 

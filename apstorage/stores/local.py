@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -88,8 +89,12 @@ class LocalStore(Store):
                 full = Path(dirpath) / name
                 key = full.relative_to(root).as_posix()
                 if key.startswith(prefix):
-                    with contextlib.suppress(FileNotFoundError):
-                        yield ObjectInfo(key, full.stat().st_size)
+                    try:
+                        st = full.stat()
+                    except FileNotFoundError:
+                        continue
+                    modified = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+                    yield ObjectInfo(key, st.st_size, modified)
 
 
 def _iter_file(fh: BinaryIO) -> Iterator[bytes]:

@@ -14,6 +14,7 @@ import hmac
 import itertools
 import threading
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -692,10 +693,26 @@ class _FastS3:
             root = ET.fromstring(response.body)
             ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
             for item in root.iter(f"{ns}Contents"):
-                yield ObjectInfo(item.findtext(f"{ns}Key") or "", int(item.findtext(f"{ns}Size") or 0))
+                yield ObjectInfo(
+                    item.findtext(f"{ns}Key") or "",
+                    int(item.findtext(f"{ns}Size") or 0),
+                    _last_modified(item.findtext(f"{ns}LastModified")),
+                )
             token = root.findtext(f"{ns}NextContinuationToken")
             if root.findtext(f"{ns}IsTruncated") != "true" or not token:
                 return
+
+
+def _last_modified(text: str | None) -> datetime | None:
+    """A listing's ``LastModified`` (ISO-8601, e.g. ``2026-01-02T03:04:05.000Z``) as a UTC
+    datetime; None when absent or unreadable (gc then never judges the object old)."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def canonical_query(query: dict[str, str]) -> str:
