@@ -473,6 +473,19 @@ def test_footprint_postgres_matches_pg_total_relation_size(pg_url, make_env, sto
     assert data["reclaimable"] >= 10 * 200_000
     assert data["reclaimable"] <= data["toast"] + data["table"]
     assert data["vacuum"] == 'VACUUM FULL "file"'
+    assert "every row" in data["method"]
+
+
+def test_footprint_postgres_samples_a_large_table(pg_url, make_env, storage_factory, monkeypatch) -> None:
+    storage = storage_factory(make_env(AP_POSTGRES_URL=pg_url))
+    storage.catalog.init_schema()
+    for _ in range(400):
+        seed(storage, "FLOW_RUN_LOG", Location.DB, NOW, data=b"x" * 100)
+    storage.catalog._execute('ANALYZE "file"')
+    monkeypatch.setattr(du_sql, "SAMPLE_PAGES", 1)  # every table is "large"
+    fp = du_sql.footprint(storage.catalog)
+    assert "sample" in fp.method and fp.rows == 400
+    assert fp.on_disk == storage.catalog._execute("SELECT pg_total_relation_size('\"file\"'::regclass)")[0][0]
 
 
 def test_footprint_sqlite_matches_page_counts(make_env, storage_factory, set_env, runner) -> None:

@@ -273,7 +273,7 @@ def _sqlite_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow
 
 # -- the table's own footprint -------------------------------------------------------------
 
-SAMPLE_ABOVE_ROWS = 1_000_000  # above this many rows (planner's estimate), sample 1 % of pages
+SAMPLE_PAGES = 2000  # heap pages read at most for the live-bytes aggregate (16 MiB); a sample above
 ROW_OVERHEAD = 28  # Postgres: tuple header (23, aligned to 24) + line pointer (4)
 PACKING = 1.15  # live bytes never pack pages completely: alignment, page and chunk headers
 
@@ -331,7 +331,8 @@ class Footprint:
 
 def footprint(catalog: Catalog) -> Footprint:
     """The ``file`` table's footprint: one catalog query for the sizes and one aggregate
-    over the rows (a 1 % page sample above ``SAMPLE_ABOVE_ROWS`` rows on Postgres)."""
+    over the rows — on Postgres over a sample of about ``SAMPLE_PAGES`` heap pages
+    (``TABLESAMPLE SYSTEM``) when the table has more, so ``du`` stays quick on any table."""
     if catalog.dialect == "postgres":
         return _pg_footprint(catalog)
     return _sqlite_footprint(catalog)
@@ -341,24 +342,27 @@ def _pg_footprint(catalog: Catalog) -> Footprint:
     sizes = catalog._execute(
         "SELECT pg_table_size(c.oid), "
         "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0), "
-        "pg_indexes_size(c.oid), pg_total_relation_size(c.oid), c.reltuples, "
+        "pg_indexes_size(c.oid), pg_total_relation_size(c.oid), c.relpages, "
         "NULLIF(c.reltoastrelid, 0), "
         "(SELECT n_dead_tup FROM pg_stat_all_tables s WHERE s.relid = c.oid) "
         "FROM pg_class c WHERE c.oid = '\"file\"'::regclass"
     )[0]
-    table_size, toast, indexes, total, reltuples, toast_oid, dead = sizes
+    table_size, toast, indexes, total, relpages, toast_oid, dead = sizes
     columns = " + ".join(f'COALESCE(pg_column_size("{c}"), 0)' for c in _PG_COLUMNS)
     aggregate = (
         f'SELECT COUNT(*), COALESCE(SUM(octet_length("data")), 0), '
         f'COALESCE(SUM({columns} + COALESCE(pg_column_size("data"), 0)), 0) FROM "file"'
-    )
-    if reltuples is not None and float(reltuples) > SAMPLE_ABOVE_ROWS:
-        n, data, live = catalog._execute(aggregate + " TABLESAMPLE SYSTEM (1)")[0]
-        scale = float(reltuples) / n if n else 0.0
-        rows, data, live = int(float(reltuples)), int(data * scale), int(live * scale)
-        how = "1 % page sample"
+    )  # octet_length and pg_column_size read a TOAST pointer, never the TOASTed bytes
+    (rows,) = catalog._execute('SELECT COUNT(*) FROM "file"')[0]
+    rows = int(rows)
+    if relpages and int(relpages) > SAMPLE_PAGES:
+        percent = 100.0 * SAMPLE_PAGES / int(relpages)
+        n, data, live = catalog._execute(aggregate + f" TABLESAMPLE SYSTEM ({percent:.6f})")[0]
+        scale = rows / n if n else 0.0
+        data, live = int(data * scale), int(live * scale)
+        how = f"a {percent:.2g} % page sample"
     else:
-        rows, data, live = (int(v) for v in catalog._execute(aggregate)[0])
+        data, live = (int(v) for v in catalog._execute(aggregate)[0][1:])
         how = "every row"
     live += rows * ROW_OVERHEAD
     heap_and_toast = int(table_size)
