@@ -265,12 +265,12 @@ def test_a_row_that_appears_after_the_listing_keeps_its_object(full_env, storage
 
 
 def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, set_env, tmp_path) -> None:
-    """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,500
+    """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,000
     orphans: every new row keeps its bytes."""
     storage = storage_factory(full_env)
     set_env(**full_env)
     seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
-    for _ in range(1500):
+    for _ in range(1000):
         orphan(storage, Location.LOCAL, age=3 * DAY)
     writers = {
         location: storage_factory({**full_env, "AP_FILE_STORAGE_LOCATION": location.value})
@@ -282,7 +282,7 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     made = []
     try:
-        while proc.poll() is None and len(made) < 300:
+        while proc.poll() is None and len(made) < 60:
             for location, writer in writers.items():
                 row = put_file(writer, PutRequest(str(source), "FLOW_RUN_LOG", project_id="live"))
                 made.append((row.id, location, row.key))
@@ -295,7 +295,7 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
     finally:
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert made and json.loads(out)["orphans"]["files"] == 1500
+    assert made and json.loads(out)["orphans"]["files"] == 1000
     for file_id, location, key in made:
         assert row_exists(storage, file_id)
         assert object_exists(storage, location, key), (location, key)
@@ -305,9 +305,9 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
 def test_kill_9_during_gc_then_a_rerun_keeps_the_invariant(local_env, storage_factory, set_env) -> None:
     storage = storage_factory(local_env)
     set_env(**local_env)
-    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(50)]
-    gone = [seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, NOW - timedelta(days=5), data=None) for _ in range(30)]
-    keys = [orphan(storage, Location.LOCAL, age=3 * DAY) for _ in range(3000)]
+    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(10)]
+    gone = [seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, NOW - timedelta(days=5), data=None) for _ in range(10)]
+    keys = [orphan(storage, Location.LOCAL, age=3 * DAY) for _ in range(2000)]
     root = Path(local_env["AP_LOCAL_STORAGE_PATH"])
     proc = subprocess.Popen([sys.executable, "-m", "apstorage", "gc"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
