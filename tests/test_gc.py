@@ -519,3 +519,46 @@ def test_vacuum_hint_only_when_much_is_reclaimable(make_env, storage_factory, mo
     monkeypatch.setattr(du_service, "VACUUM_HINT_BYTES", 1024 * 1024)
     hint = du_service.vacuum_hint(storage)
     assert hint is not None and "VACUUM" in hint and "MiB" in hint
+
+
+# -- the validator ----------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from apstorage.errors import UsageError  # noqa: E402
+from apstorage.services.gc import MIN_GRACE, parse_grace  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(
+    st.text(max_size=12),
+    st.integers(min_value=-10**9, max_value=10**12),
+    st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "H", "w"])),
+))
+def test_grace_is_a_duration_of_at_least_an_hour(value) -> None:
+    """Any input: a number of seconds >= 1 h, or UsageError (exit 2) naming --grace."""
+    try:
+        seconds = parse_grace(value)
+    except UsageError as exc:
+        assert "--grace" in exc.message and exc.exit_code == 2
+        return
+    assert isinstance(seconds, int) and seconds >= MIN_GRACE
+
+
+def test_sweep_and_gc_say_once_when_vacuum_would_return_much(local_env, storage_factory, set_env, runner,
+                                                             monkeypatch) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    for _ in range(20):
+        seed(storage, "FLOW_RUN_LOG", Location.DB, NOW - timedelta(days=60), data=os.urandom(100_000))
+    seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
+    monkeypatch.setattr(du_service, "VACUUM_HINT_BYTES", 1024 * 1024)
+    swept = runner.invoke(app, ["sweep-expired"], catch_exceptions=False)
+    assert swept.exit_code == 0
+    assert swept.stderr.count("VACUUM") == 1 and "could return about" in swept.stderr
+    lost = seed(storage, "FLOW_STEP_FILE", Location.DB, NOW - timedelta(days=3), data=None)
+    cleaned = invoke(runner, "--missing")
+    assert cleaned.exit_code == 0 and not row_exists(storage, lost.id)
+    assert cleaned.stderr.count("VACUUM") == 1
+    nothing = invoke(runner, "--missing")  # deleted nothing: no hint
+    assert "VACUUM" not in nothing.stderr
