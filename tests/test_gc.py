@@ -239,6 +239,22 @@ def test_presign_upload_marks_rows_pending_and_gc_judges_them(full_env, storage_
     assert row_exists(storage, a.id) and not row_exists(storage, b.id)
 
 
+def test_a_listing_in_folder_order_starts_over_and_counts_once(local_env, storage_factory) -> None:
+    """Projects `p` and `p-x`: a directory walk lists `project/p/...` first, byte order puts
+    `project/p-x/...` first; the pass starts over in folder order and nothing is counted
+    twice, deleted wrongly, or missed."""
+    storage = storage_factory(local_env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5), project=p)
+            for p in ("p", "p-x") for _ in range(3)]
+    keys = [orphan(storage, Location.LOCAL, age=2 * DAY, project=p) for p in ("p", "p-x") for _ in range(4)]
+    dry = collect_garbage(storage, dry_run=True)
+    report = collect_garbage(storage)
+    assert dry.orphans.files == report.orphans.files == 8
+    assert dry.missing.files == report.missing.files == 0 and report.reported_count == 0
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
+    assert all(row_exists(storage, r.id) and object_exists(storage, Location.LOCAL, r.key) for r in rows)
+
+
 # -- safety beside other commands ------------------------------------------------------------
 
 

@@ -160,6 +160,7 @@ class GcReport:
     max_delete_reached: bool = False
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _reported_ids: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def deleted(self) -> int:
@@ -189,6 +190,9 @@ class GcReport:
 
     def report_row(self, row: sql.JudgedRow, reason: str) -> None:
         with self._lock:
+            if row.id in self._reported_ids:  # a pass that started over meets it again
+                return
+            self._reported_ids.add(row.id)
             self.reported_count += 1
             if len(self.reported) < KEPT:
                 self.reported.append({
