@@ -542,7 +542,7 @@ def test_vacuum_hint_only_when_much_is_reclaimable(make_env, storage_factory, mo
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from apstorage.errors import UsageError  # noqa: E402
-from apstorage.services.gc import MIN_GRACE, parse_grace  # noqa: E402
+from apstorage.services.gc import MAX_GRACE, MIN_GRACE, parse_grace  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None)
@@ -552,13 +552,14 @@ from apstorage.services.gc import MIN_GRACE, parse_grace  # noqa: E402
     st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "H", "w"])),
 ))
 def test_grace_is_a_duration_of_at_least_an_hour(value) -> None:
-    """Any input: a number of seconds >= 1 h, or UsageError (exit 2) naming --grace."""
+    """Any input: a number of seconds from 1 h to ten years, or UsageError (exit 2)
+    naming --grace."""
     try:
         seconds = parse_grace(value)
     except UsageError as exc:
         assert "--grace" in exc.message and exc.exit_code == 2
         return
-    assert isinstance(seconds, int) and seconds >= MIN_GRACE
+    assert isinstance(seconds, int) and MIN_GRACE <= seconds <= MAX_GRACE
 
 
 def test_sweep_and_gc_say_once_when_vacuum_would_return_much(local_env, storage_factory, set_env, runner,

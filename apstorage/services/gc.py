@@ -69,6 +69,7 @@ from apstorage.stores.base import ObjectInfo, Store
 KINDS = ("orphans", "missing", "pending")
 DEFAULT_GRACE = 24 * 3600
 MIN_GRACE = 3600
+MAX_GRACE = 3650 * 86400  # ten years: beyond it, nothing could ever be old enough
 PENDING_MARGIN = 15 * 60  # s after a pre-signed URL expired before its row is judged
 BATCH = 1000  # objects or rows per batch
 DEFAULT_WORKERS = 8
@@ -98,12 +99,14 @@ def parse_kinds(orphans: bool = False, missing: bool = False, pending: bool = Fa
 
 
 def parse_grace(value: str | int | None) -> int:
-    """``--grace``: a duration of at least 1 h (UsageError, exit 2, otherwise)."""
+    """``--grace``: a duration from 1 h to 3650 d (UsageError, exit 2, otherwise)."""
     from apstorage.durations import parse_duration
 
     if value is None:
         return DEFAULT_GRACE
     seconds = parse_duration(value, "--grace")
+    if seconds > MAX_GRACE:
+        raise UsageError(f"--grace {value}: longer than 3650d (ten years); nothing would ever be old enough")
     if seconds < MIN_GRACE:
         raise UsageError(
             f"--grace {value}: {seconds} s is under 1 hour; an upload in flight (a put "
@@ -251,8 +254,8 @@ def collect_garbage(
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise UsageError(f"unknown gc kind(s) {unknown}; accepted: {', '.join(KINDS)}")
-    if grace < MIN_GRACE:
-        raise UsageError(f"--grace: {grace} s is under 1 hour", hint="use --grace 1h or more")
+    if not MIN_GRACE <= grace <= MAX_GRACE:
+        raise UsageError(f"--grace: {grace} s is not between 1 hour and 3650 days")
     if max_delete is not None and max_delete < 1:
         raise UsageError("--max-delete must be at least 1")
     if workers < 1:
