@@ -290,6 +290,10 @@ class _Outcome:
     def add(self, kind: str, location: str, size: int | None) -> None:
         self.counts.setdefault(kind, KindTally()).add(location, size)
 
+    def merge(self, other: "_Outcome") -> None:
+        for kind, tally in other.counts.items():
+            self.counts.setdefault(kind, KindTally()).extend(tally)
+
 
 class _Collector:
     def __init__(self, storage: Storage, report: GcReport, *, clock: datetime, workers: int,
@@ -595,7 +599,7 @@ class _GcTally:
         self.bytes = 0
         self.orphan_batch: list[ObjectInfo] = []
         self.inflight: dict[Future, None] = {}
-        self.outcomes: list[_Outcome] = []
+        self.held_counts = _Outcome()  # a dry pass's counts, kept until the pass is kept
         self.held: list[str] = []  # rows without bytes, held until one row has its bytes
         self.matched = False
         self.rows_refused = False
@@ -653,7 +657,7 @@ class _GcTally:
     def _collect(self, future: Future) -> None:
         outcome = future.result()
         if self.c.report.dry_run:
-            self.outcomes.append(outcome)
+            self.held_counts.merge(outcome)
         else:
             self.c._count(outcome)
 
@@ -663,7 +667,7 @@ class _GcTally:
             outcome = _Outcome()
             self.c._rows_batch(self.location, self.store, ids, outcome)
             if self.c.report.dry_run:
-                self.outcomes.append(outcome)
+                self.held_counts.merge(outcome)
             else:
                 self.c._count(outcome)
             if self.c.exhausted:
@@ -702,9 +706,8 @@ class _GcTally:
                 self.inflight.pop(future)
                 self._collect(future)
         if keep:
-            for outcome in self.outcomes:
-                self.c._count(outcome)
-        self.outcomes = []
+            self.c._count(self.held_counts)
+        self.held_counts = _Outcome()
 
 
 __all__ = [
