@@ -53,29 +53,45 @@ def decoded(row: FileRow, stored: Iterator[bytes]) -> Iterator[bytes]:
     """The file's original bytes from its ``stored`` chunks (as the store holds them).
 
     Refuses an unknown compression at once; damaged or truncated data and a stored size
-    that differs from ``row.size`` raise ``UnreadableFileError`` while iterating (the
-    size when the stored bytes end, before the decoder's own end-of-data check).
+    that differs from ``row.size`` raise ``UnreadableFileError`` while iterating. The size
+    is the first thing blamed: when decoding fails, the rest of the stored bytes are
+    counted, and a size that disagrees is reported instead of the decoder's complaint.
     """
     check_decodable(row)
-    if row.size is not None:
-        stored = _size_checked(row, stored)
-    return _decode(row, stored)
+    return _decode(row, _StoredBytes(row, stored))
 
 
-def _size_checked(row: FileRow, stored: Iterator[bytes]) -> Iterator[bytes]:
-    """Pass the stored chunks through; at their end, compare their length with ``size``."""
-    count = 0
-    for chunk in stored:
-        count += len(chunk)
-        yield chunk
-    if count != row.size:
-        raise UnreadableFileError(
-            f"file {row.id}: read {count} stored bytes but its row records size {row.size}; "
-            "the bytes were changed or cut short behind the catalog's back",
-        )
+class _StoredBytes:
+    """The stored chunks, counted; at their end the count must equal the row's size."""
+
+    def __init__(self, row: FileRow, chunks: Iterator[bytes]) -> None:
+        self.row = row
+        self.chunks = chunks
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.count += len(chunk)
+            yield chunk
+        self.check()
+
+    def check(self) -> None:
+        if self.row.size is not None and self.count != self.row.size:
+            raise UnreadableFileError(
+                f"file {self.row.id}: read {self.count} stored bytes but its row records size "
+                f"{self.row.size}; the bytes were changed or cut short behind the catalog's back",
+            )
+
+    def check_rest(self) -> None:
+        """After a decoding failure: count what is left, and blame the size if it is off."""
+        if self.row.size is None:
+            return
+        for chunk in self.chunks:
+            self.count += len(chunk)
+        self.check()
 
 
-def _decode(row: FileRow, stored: Iterator[bytes]) -> Iterator[bytes]:
+def _decode(row: FileRow, stored: _StoredBytes) -> Iterator[bytes]:
     import zlib
 
     import zstandard
@@ -83,19 +99,23 @@ def _decode(row: FileRow, stored: Iterator[bytes]) -> Iterator[bytes]:
     compression = row.compression
     try:
         if compression is Compression.GZIP:
-            yield from _gunzip(stored)
+            yield from _gunzip(iter(stored))
             return
+        chunks: Iterator[bytes] = iter(stored)
         if compression is Compression.NONE:
-            head, stored = _peek(stored, _MAGIC_LEN)
+            head, chunks = _peek(chunks, _MAGIC_LEN)
             if not starts_with_zstd_frame(head):
-                yield from stored
+                yield from chunks
                 return
-        yield from _unzstd(stored)
+        yield from _unzstd(chunks)
     except zstandard.ZstdError as exc:
+        stored.check_rest()
         raise UnreadableFileError(f"file {row.id}: {_what(row)} is damaged ({exc})") from None
     except zlib.error as exc:
+        stored.check_rest()
         raise UnreadableFileError(f"file {row.id}: {_what(row)} is damaged ({exc})") from None
     except _Truncated as exc:
+        stored.check_rest()
         raise UnreadableFileError(f"file {row.id}: {_what(row)} ends inside a {exc} (truncated)") from None
 
 

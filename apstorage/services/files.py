@@ -125,20 +125,16 @@ def stored_size_limits(settings: Settings, file_type: str, location: Location) -
     ]
     if location is Location.DB:
         db_max = MAX_DB_BYTES[settings.db_type]
-        why = (
-            f"AP_FILE_STORAGE_LOCATION={settings.storage_location.value}"
-            if follows_storage_location(file_type)
-            else f"{file_type} is a permanent type, always stored in the database whatever "
-            "AP_FILE_STORAGE_LOCATION says"
-        )
-        limits.append(
-            SizeLimit(
-                db_max,
-                f"over the {db_max} bytes one database value can hold ({why})",
-                "set AP_FILE_STORAGE_LOCATION=S3 (or LOCAL) to store execution data "
-                "outside the database",
+        if follows_storage_location(file_type):
+            why = f"AP_FILE_STORAGE_LOCATION={settings.storage_location.value}"
+            hint = "set AP_FILE_STORAGE_LOCATION=S3 (or LOCAL) to store execution data outside the database"
+        else:
+            why = (
+                f"{file_type} is a permanent type, stored in the database whatever "
+                "AP_FILE_STORAGE_LOCATION says"
             )
-        )
+            hint = "permanent files always live in the database; this one cannot be stored"
+        limits.append(SizeLimit(db_max, f"over the {db_max} bytes one database value can hold ({why})", hint))
     return limits
 
 
