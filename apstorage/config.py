@@ -13,7 +13,7 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from apstorage.errors import ConfigError
-from apstorage.model import Location
+from apstorage.model import Location, retention_race_warning
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
 REDACTED = "********"
@@ -66,6 +66,7 @@ class Settings:
     s3_delete_batch_size: int = 1000
     max_file_size_mb: int = 25
     execution_data_retention_days: int = 30
+    paused_flow_timeout_days: int = 30
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -75,6 +76,12 @@ class Settings:
     @property
     def max_file_size_bytes(self) -> int:
         return self.max_file_size_mb * 1024 * 1024
+
+    @property
+    def retention_race_warning(self) -> str | None:
+        """One line when AP_EXECUTION_DATA_RETENTION_DAYS is not greater than
+        AP_PAUSED_FLOW_TIMEOUT_DAYS (see ``model.retention_race_warning``), else None."""
+        return retention_race_warning(self.execution_data_retention_days, self.paused_flow_timeout_days)
 
     @property
     def postgres_target(self) -> str:
@@ -251,6 +258,7 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
         ),
         max_file_size_mb=integer("AP_MAX_FILE_SIZE_MB", 25, 1),
         execution_data_retention_days=integer("AP_EXECUTION_DATA_RETENTION_DAYS", 30, 1),
+        paused_flow_timeout_days=integer("AP_PAUSED_FLOW_TIMEOUT_DAYS", 30, 1),
         sources=sources,
     )
     if settings.db_type == "POSTGRES" and not (postgres_url or postgres_host):

@@ -30,7 +30,10 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
             table.add_row(f"[dim]{var}[/dim]", "", source)
         console.print(table)
 
-    Output(json_out).result({**data, "sources": settings.sources}, render)
+    out = Output(json_out)
+    out.result({**data, "sources": settings.sources}, render)
+    if settings.retention_race_warning:
+        out.warn(settings.retention_race_warning)
 
 
 @app.command()

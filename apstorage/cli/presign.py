@@ -15,9 +15,9 @@ from apstorage.errors import NotFoundError, PermissionDeniedError, UsageError
 
 
 def _complete_type(incomplete: str) -> list[str]:
-    from apstorage.model import EXECUTION_TYPES
+    from apstorage.model import LOCATION_TYPES
 
-    return sorted(t for t in EXECUTION_TYPES if t.startswith(incomplete.upper()))
+    return sorted(t for t in LOCATION_TYPES if t.startswith(incomplete.upper()))
 
 
 @app.command()
