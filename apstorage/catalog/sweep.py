@@ -186,6 +186,32 @@ def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]]) -> set[
     return deleted
 
 
+def delete_rows_sharing_bytes(
+    catalog: Catalog, keys: dict[str, list[tuple[str, str]]], batch_ids: list[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``keys`` ({key: [(row id, location), ...]} of one batch), find in one transaction
+    the keys some row outside the batch still references, and delete the batch's rows at
+    those keys there and then — their bytes stay, for the other row. Returns (the ids
+    deleted, the keys kept). The other keys' bytes may go; their rows are deleted later
+    (``delete_rows``), once the bytes are."""
+    from apstorage.catalog.refs import rows_referencing
+
+    if not keys:
+        return set(), set()
+    deleted: set[str] = set()
+    with catalog.transaction() as cur:
+        held = rows_referencing(cur, catalog, list(keys), exclude=batch_ids)
+        for key in held:
+            for file_id, location in keys[key]:
+                cur.execute(
+                    f'DELETE FROM "file" WHERE "id" = {catalog.ph} AND "location" = {catalog.ph} '
+                    'RETURNING "id"',
+                    (file_id, location),
+                )
+                deleted.update(r[0] for r in cur.fetchall())
+    return deleted, set(held)
+
+
 # -- the sweep lock ----------------------------------------------------------------------------
 
 SweepLock = RunLock
@@ -200,6 +226,7 @@ __all__ = [
     "ExpiredRow",
     "SweepLock",
     "delete_rows",
+    "delete_rows_sharing_bytes",
     "expired_page_params",
     "expired_page_sql",
     "has_project_retention",

@@ -404,12 +404,15 @@ def _managed(key: str) -> bool:
 
 
 def _stat(store: Store, key: str | None) -> ObjectInfo | None:
-    """stat, with a key the store refuses as unsafe (or no key) counting as absent."""
+    """stat, with a key the store refuses as unsafe (or no key), or a LOCAL path that is a
+    symbolic link (not a file of ours: stores/local.py), counting as absent."""
+    from apstorage.stores.local import LinkError
+
     if key is None:
         return None
     try:
         return store.stat(key)
-    except UsageError:
+    except (UsageError, LinkError):
         return None
 
 

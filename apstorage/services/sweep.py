@@ -288,6 +288,8 @@ class _Sweeper:
         self.workers = workers
         self.on_batch = on_batch
         self.refused_in_a_row: dict[Location, int] = {}
+        self.shared: set[str] | None = None  # keys more than one row holds
+        self.link_targets: set | None = None  # files links under the LOCAL root reach
 
     def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
         remaining = max_delete
@@ -361,6 +363,7 @@ class _Sweeper:
                 self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
                 continue
             batch.objects.setdefault(location, {}).setdefault(key, []).append(row)
+        self._keep_shared_bytes(batch, rows)
         for location in list(batch.objects):
             try:
                 batch.stores[location] = self._store(location)
@@ -370,6 +373,53 @@ class _Sweeper:
                         self.report.fail(row, file_type, key, str(exc))
                 self.report.abandoned_locations[location.value] = str(exc)
         return batch
+
+    def _keep_shared_bytes(self, batch: _Batch, rows: list[ExpiredRow]) -> None:
+        """Bytes another row still references are never deleted: for the keys more than
+        one row holds (``refs.shared_keys``, asked once per run), check in one transaction
+        which are referenced outside this batch, and delete the batch's rows at those keys
+        without touching their bytes. A LOCAL file a symbolic link under the root reaches
+        is kept the same way (its row is deleted, the file stays)."""
+        from apstorage.catalog import refs
+
+        if not batch.objects:
+            return
+        if self.shared is None:
+            self.shared = refs.shared_keys(self.storage.catalog)
+        shared: dict[str, list[tuple[str, str]]] = {}
+        reached: dict[str, list[tuple[str, str]]] = {}
+        for location, by_key in batch.objects.items():
+            for key, key_rows in by_key.items():
+                if key in self.shared:
+                    shared.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+                elif location is Location.LOCAL and self._reached_by_link(key):
+                    reached.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+        if not shared and not reached:
+            return
+        deleted, kept = sql.delete_rows_sharing_bytes(self.storage.catalog, shared, [r.id for r in rows])
+        kept |= set(reached)
+        if reached:
+            deleted |= sql.delete_rows(self.storage.catalog, _by_location(reached))
+        for location in list(batch.objects):
+            by_key = batch.objects[location]
+            for key in [k for k in by_key if k in kept]:
+                for row in by_key.pop(key):
+                    if row.id in deleted:
+                        self.report.count(batch.file_type, row.size)
+            if not by_key:
+                del batch.objects[location]
+
+    def _reached_by_link(self, key: str) -> bool:
+        try:
+            local = self._store(Location.LOCAL)
+        except ApStorageError:
+            return False
+        if self.link_targets is None:
+            self.link_targets = local.link_targets()
+        try:
+            return local.reached_by_link(key, self.link_targets)
+        except ApStorageError:
+            return False
 
     def _store(self, location: Location) -> Store:
         store = self.storage.store(location)
@@ -417,6 +467,14 @@ class _Sweeper:
                             report.count(batch.file_type, row.size)
         if self.on_batch is not None:
             self.on_batch(report.deleted - deleted_before, report.failed - failed_before)
+
+
+def _by_location(rows_by_key: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pairs in rows_by_key.values():
+        for file_id, location in pairs:
+            out.setdefault(location, []).append(file_id)
+    return out
 
 
 def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]]:

@@ -8,12 +8,14 @@ worker count), streaming transfers, and the translation of errors by HTTP status
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import heapq
 import hmac
 import itertools
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -168,16 +170,13 @@ class S3Store(Store):
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self.translate(cause, key) from None
             raise
-        info = self.stat(key)
-        if info is None or info.size != size:
-            raise ApStorageError(
-                f"s3://{self.bucket}/{key} holds {info.size if info else 'nothing'} bytes "
-                f"after uploading {size}"
-            )
+        # A multipart ETag ("hex-N") is no MD5 of the bytes: a HEAD proves the object.
+        self._proven_or_raise(key, size, None)
 
     def put_bytes(self, key: str, data: bytes, *, tags: dict[str, str] | None = None) -> None:
-        """One PutObject carrying Content-MD5, so the server refuses damaged bytes; the
-        returned ETag must equal that MD5 (it does for single-part, unencrypted objects).
+        """One PutObject carrying Content-MD5, so the server refuses damaged bytes. The
+        upload counts only when proven (``_proof_error``): an ETag equal to that MD5, else a
+        HEAD. Raises ApStorageError otherwise (a proven-failed object is removed first).
 
         Sent through ``_FastS3`` (our SigV4 over a keep-alive connection per thread)
         rather than ``client.put_object``: for small objects botocore's per-call machinery
@@ -186,7 +185,7 @@ class S3Store(Store):
         """
         digest = hashlib.md5(data)
         etag = self.fast.put(key, data, _put_headers(digest, tags))
-        error = self._etag_error(key, etag, digest)
+        error = self._proof_error(key, etag, digest, data)
         if error:
             raise error
 
@@ -200,24 +199,86 @@ class S3Store(Store):
         ``items`` is consumed lazily (at most ``concurrency`` bodies are held);
         ``expected``, how many there are, if known, bounds the connections opened."""
 
-        def requests() -> Iterator[tuple[Any, str, bytes, dict[str, str]]]:
-            for token, key, body, tags in items:
-                digest = hashlib.md5(body)
-                yield (token, key, digest), key, body, _put_headers(digest, tags)
+        body_of: dict[int, bytes] = {}  # held until proven (a HEAD may need checksums)
 
-        for (token, key, digest), result in self.fast.put_many(requests(), concurrency, expected):
+        def requests() -> Iterator[tuple[Any, str, bytes, dict[str, str]]]:
+            for seq, (token, key, body, tags) in enumerate(items):
+                digest = hashlib.md5(body)
+                body_of[seq] = body
+                yield (seq, token, key, digest), key, body, _put_headers(digest, tags)
+
+        for (seq, token, key, digest), result in self.fast.put_many(requests(), concurrency, expected):
+            body = body_of.pop(seq)
             if isinstance(result, ApStorageError):
                 yield token, result
             else:
-                yield token, self._etag_error(key, result, digest)
+                yield token, self._proof_error(key, result, digest, body)
 
-    def _etag_error(self, key: str, etag: str, digest: Any) -> ApStorageError | None:
-        if etag and "-" not in etag and etag != digest.hexdigest():
-            return ApStorageError(
-                f"s3://{self.bucket}/{key}: the server's ETag {etag} does not match the "
-                f"MD5 {digest.hexdigest()} of the bytes sent"
-            )
-        return None
+    # -- proof of an upload -------------------------------------------------------------
+    # A 2xx answer is not proof: a proxy or a faulty gateway can answer 2xx without
+    # storing anything (no ETag at all), and SSE-KMS / SSE-C buckets and multipart uploads
+    # answer with an ETag that is no MD5 of the bytes. So an upload counts when the ETag is
+    # the MD5 of the bytes sent; otherwise a HEAD decides: the object must be there with
+    # the size sent, and every checksum the store returns that can be computed here
+    # (CRC32, SHA-1, SHA-256) must match. A non-MD5 ETag alone is not a failure.
+
+    def _proof_error(self, key: str, etag: str | None, digest: Any, data: bytes) -> ApStorageError | None:
+        md5_hex = digest.hexdigest()
+        if etag and etag.strip('"').lower() == md5_hex:
+            return None
+        error = self._head_proof(key, len(data), md5_hex, data, discard=True)
+        if error is None:
+            return None
+        answered = f"the ETag {etag}" if etag else "no ETag"
+        return ApStorageError(
+            f"{error.message} (the upload was answered with {answered}, not the MD5 {md5_hex} "
+            "of the bytes sent, so a HEAD had to prove it)"
+        )
+
+    def _proven_or_raise(self, key: str, size: int, data: bytes | None) -> None:
+        error = self._head_proof(key, size, None, data, discard=True)
+        if error:
+            raise error
+
+    def prove(self, key: str, size: int, md5_hex: str | None = None, *, data: bytes | None = None) -> ApStorageError | None:
+        """None when the object at ``key`` is proven to hold ``size`` bytes (with MD5
+        ``md5_hex`` when its ETag is an MD5, and ``data``'s checksums when the store
+        returns some); else why not. Reads only: never deletes."""
+        return self._head_proof(key, size, md5_hex, data, discard=False)
+
+    def _head_proof(self, key: str, size: int, md5_hex: str | None, data: bytes | None, *,
+                    discard: bool) -> ApStorageError | None:
+        where = f"s3://{self.bucket}/{key}"
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return ApStorageError(
+                    f"{where} is not there after an upload the server answered with success; "
+                    "the upload does not count"
+                )
+            return ApStorageError(f"{where}: the upload could not be proven ({self.translate(exc)})")
+        except BotoCoreError as exc:
+            return ApStorageError(f"{where}: the upload could not be proven ({self.translate(exc)})")
+        stored = int(head.get("ContentLength", -1))
+        wrong = None
+        if stored != size:
+            wrong = f"{where} holds {stored} bytes after uploading {size}"
+        elif md5_hex and str(head.get("ETag", "")).strip('"').lower() == md5_hex:
+            return None
+        elif data is not None:
+            for field_name, compute in _CHECKSUMS.items():
+                value = head.get(field_name)
+                if value and "-" not in value and value != compute(data):
+                    wrong = f"{where}: the stored {field_name} {value} is not that of the bytes sent"
+                    break
+        if wrong is None:
+            return None
+        if discard:  # the caller owns the key: a proven-failed upload leaves no object
+            with contextlib.suppress(ApStorageError):
+                self.delete(key)
+            wrong += "; the object was removed"
+        return ApStorageError(wrong)
 
     @property
     def fast(self) -> "_FastS3":
@@ -430,6 +491,17 @@ class S3Store(Store):
             except BotoCoreError:
                 out[name] = "unsupported"
         return out
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+_CHECKSUMS = {  # HeadObject fields (ChecksumMode=ENABLED) computable without awscrt
+    "ChecksumCRC32": lambda data: _b64(zlib.crc32(data).to_bytes(4, "big")),
+    "ChecksumSHA1": lambda data: _b64(hashlib.sha1(data).digest()),
+    "ChecksumSHA256": lambda data: _b64(hashlib.sha256(data).digest()),
+}
 
 
 def _put_headers(digest: Any, tags: dict[str, str] | None) -> dict[str, str]:
