@@ -21,6 +21,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
+    ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
@@ -44,6 +45,7 @@ from apstorage.model import Location
 from apstorage.stores.base import CHUNK, ObjectInfo, Store
 from apstorage.stores.s3_http import (
     MAX_LIST_PAGE,
+    BodyCutShortError,
     BodyTooLargeError,
     DeadlineExceededError,
     Multiplexer,
@@ -211,7 +213,7 @@ class S3Store(Store):
             )
         if isinstance(exc, BodyTooLargeError):
             return BackendUnavailableError(f"S3 at {host} sent an answer too large to be S3's: {exc}")
-        if isinstance(exc, (IncompleteReadError, ResponseStreamingError)) or _cut_short(exc):
+        if isinstance(exc, (IncompleteReadError, ResponseStreamingError, BodyCutShortError)) or _cut_short(exc):
             return BackendUnavailableError(f"S3 at {host} closed the connection before the whole body arrived")
         if isinstance(exc, ProtocolViolationError):
             return BackendUnavailableError(f"S3 at {host} broke HTTP/1.1: {exc.kwargs.get('detail')}")
@@ -559,9 +561,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(item))
         yield item
         kwargs = getattr(item, "kwargs", None)
-        todo.append(kwargs.get("error") if isinstance(kwargs, dict) else None)
-        todo.extend((getattr(item, "reason", None), item.__cause__, item.__context__))
-        todo.extend(arg for arg in getattr(item, "args", ()) if isinstance(arg, BaseException))
+        error = kwargs.get("error") if isinstance(kwargs, dict) else None
+        todo.append(error if isinstance(error, BaseException) else None)
+        linked = (getattr(item, "reason", None), item.__cause__, item.__context__, *getattr(item, "args", ()))
+        todo.extend(link for link in linked if isinstance(link, BaseException))
 
 
 def _in_chain(exc: BaseException, kind: type | tuple[type, ...]) -> bool:
@@ -574,7 +577,7 @@ def _cut_short(exc: BaseException) -> bool:
 
     from urllib3.exceptions import IncompleteRead
 
-    return _in_chain(exc, (http.client.IncompleteRead, IncompleteRead)) or "closed in the middle of the body" in str(exc)
+    return _in_chain(exc, (http.client.IncompleteRead, IncompleteRead))
 
 
 def _cause(exc: BaseException) -> str:
@@ -718,8 +721,8 @@ class _FastS3:
             return self.retry.is_retryable(status, error.response["Error"]["Code"])
         # Transport failures botocore's standard mode retries (its transient exception
         # classes); a TLS verification failure or a refused proxy will not heal.
-        return isinstance(error, (HTTPClientError, EndpointConnectionError, ConnectTimeoutError)) and not isinstance(
-            error, (SSLError, ProxyConnectionError, BodyTooLargeError)
+        return isinstance(error, (HTTPClientError, BotoConnectionError)) and not isinstance(
+            error, (SSLError, BodyTooLargeError)
         )
 
     def request(

@@ -48,6 +48,7 @@ from botocore.awsrequest import (
     AWSPreparedRequest,
 )
 from botocore.exceptions import (
+    BotoCoreError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
@@ -88,6 +89,10 @@ class DeadlineExceededError(ReadTimeoutError):
 
 class BodyTooLargeError(HTTPClientError):
     fmt = 'The answer from endpoint "{endpoint_url}" is over {limit} bytes; refusing to buffer it'
+
+
+class BodyCutShortError(ConnectionClosedError):
+    fmt = 'Endpoint "{endpoint_url}" closed the connection in the middle of the body'
 
 
 class ProtocolViolationError(ConnectionClosedError):
@@ -220,7 +225,7 @@ def environ_proxies(url: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: Mapping[str, str]  # case-insensitive (urllib3's) or lower-cased (h11's)
+    headers: Mapping[str, str]  # case-insensitive (urllib3's) or lower-cased (the multiplexer's)
     body: bytes
 
 
@@ -345,18 +350,18 @@ def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = Non
 
     from urllib3 import exceptions as u3
 
-    if isinstance(exc, (HTTPClientError, ConnectionClosedError)):
-        return exc  # type: ignore[return-value]
+    if isinstance(exc, BotoCoreError):
+        return exc
     if isinstance(exc, (u3.SSLError, ssl.SSLError, ssl.CertificateError)) and not isinstance(
         exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
     ):
         return SSLError(endpoint_url=url, error=exc)
     if isinstance(exc, u3.ProxyError) and proxy_url:
         return ProxyConnectionError(proxy_url=mask_proxy_url(proxy_url), error=exc)
+    if isinstance(exc, (u3.NewConnectionError, socket.gaierror, ConnectionRefusedError)):
+        return EndpointConnectionError(endpoint_url=url, error=exc)  # (urllib3 2 makes it a ConnectTimeoutError)
     if isinstance(exc, (u3.ConnectTimeoutError,)):
         return ConnectTimeoutError(endpoint_url=url, error=exc)
-    if isinstance(exc, (u3.NewConnectionError, socket.gaierror, ConnectionRefusedError)):
-        return EndpointConnectionError(endpoint_url=url, error=exc)
     if isinstance(exc, (u3.ReadTimeoutError, TimeoutError, socket.timeout)):
         return ReadTimeoutError(endpoint_url=url, error=exc)
     if isinstance(exc, (u3.ProtocolError, u3.HTTPError, OSError)):
@@ -600,12 +605,13 @@ class Multiplexer:
     def _error(self, exc: Exception, *, connecting: bool = False) -> Exception:
         from urllib3 import exceptions as u3
 
-        if isinstance(exc, (HTTPClientError, ConnectionClosedError)):
+        if isinstance(exc, BotoCoreError):  # raised by ``_open``, already botocore's
             return exc
         ssl_error = isinstance(exc, u3.SSLError) or _is_ssl(exc)
         if connecting and self.proxy_url and isinstance(exc, (OSError, u3.HTTPError)) and not ssl_error:
             return ProxyConnectionError(proxy_url=mask_proxy_url(self.proxy_url), error=exc)
-        if connecting and isinstance(exc, (TimeoutError, socket.timeout, u3.ConnectTimeoutError)):
+        timed_out = isinstance(exc, (TimeoutError, socket.timeout, u3.ConnectTimeoutError))
+        if connecting and timed_out and not isinstance(exc, u3.NewConnectionError):
             return ConnectTimeoutError(endpoint_url=self.url, error=exc)
         if connecting and isinstance(exc, OSError) and not ssl_error:
             return EndpointConnectionError(endpoint_url=self.url, error=exc)
@@ -639,9 +645,6 @@ class Multiplexer:
         """Start a request on a free connection (the caller checks ``free`` first). A 2xx
         answer's body may hold ``limit`` bytes; an error's is cut at ``MAX_ERROR_BODY``."""
         slot = self._idle.pop()
-        now = time.monotonic()
-        slot.start(token, limit)
-        slot.idle_at, slot.due = now, now + self.timeouts.request
         connecting = False
         try:
             if slot.sock is not None and not self._still_open(slot):
@@ -651,6 +654,9 @@ class Multiplexer:
                 self._open(slot)
                 connecting = False
             self._track(slot)
+            now = time.monotonic()
+            slot.start(token, limit)
+            slot.idle_at, slot.due = now, now + self.timeouts.request
             if self._absolute:
                 target = f"{self.url}{target}"
                 headers = {**headers, **self._proxy_headers}
@@ -728,8 +734,9 @@ class Multiplexer:
             if slot.head_done and not slot.informational and not framed:  # framed by the close
                 slot.done, slot.keep_alive = True, False
                 return self._complete(slot)
-            what = "in the middle of the body" if slot.head_done else "before answering"
-            raise ConnectionClosedError(endpoint_url=self.url, error=ConnectionError(f"connection closed {what}"))
+            if slot.head_done:
+                raise BodyCutShortError(endpoint_url=self.url)
+            raise ConnectionClosedError(endpoint_url=self.url, error=ConnectionError("closed before answering"))
         try:
             slot.parser.feed_data(data)
         except httptools.HttpParserError as exc:
