@@ -812,7 +812,7 @@ def test_multiplexer_bounds_what_it_buffers(serve) -> None:
                 return
 
     server = serve(big)
-    mux = mux_for(server, 2)
+    mux = mux_for(server, 2, read=1)
     try:
         mux.send("ok", "GET", "/ok", {}, limit=1024 * 1024)
         mux.send("err", "GET", "/err", {})
@@ -1420,3 +1420,117 @@ def test_put_many_against_seaweedfs(seaweed, bucket: str, s3_env: dict[str, str]
             assert client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] == [], key
     finally:
         store.close()
+
+
+# ======================================================================================
+# End to end: the CLI against the fault-injecting stand-in (tests/s3_faults.py) and SeaweedFS
+
+
+def cli(env: dict[str, str | None], *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m apstorage`` with ``env`` on top of this process's environment minus AP_*
+    (a None value removes the variable)."""
+    import os
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AP_") and not k.lower().endswith("_proxy")}
+    full.update({k: v for k, v in env.items() if v is not None})
+    for name in [k for k, v in env.items() if v is None]:
+        full.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "apstorage", *args], env=full, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def faulty_env(faulty_s3, bucket: str, tmp_path: Path) -> dict[str, str]:
+    return {**faulty_s3.info.ap_env(bucket), "AP_CONFIG_PATH": str(tmp_path / "home"),
+            "AP_FILE_STORAGE_LOCATION": "S3", "AP_S3_TIMEOUT_SECONDS": "1"}
+
+
+@pytest.mark.parametrize("action, delay", [("stall", 30.0), ("trickle", 0.4)])
+def test_put_get_and_du_fail_with_exit_8_naming_the_host_when_s3_stalls_or_trickles(
+    faulty_s3, faulty_env: dict[str, str], tmp_path: Path, action: str, delay: float,
+) -> None:
+    from tests.s3_faults import Fault
+
+    (tmp_path / "in.txt").write_bytes(b"stored before the fault")
+    stored = cli(faulty_env, "put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    file_id = stored.stdout.strip()
+    faulty_s3.add(Fault(action, delay=delay))
+    host = urlsplit(faulty_s3.endpoint).netloc
+    word = "no complete answer" if action == "trickle" else "sent nothing"
+    commands = [["get", file_id, "-o", "-"], ["du", "--verify"]]
+    if action == "stall":  # (the stand-in trickles bodies; a PutObject answer has none)
+        commands.append(["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"])
+    for args in commands:
+        result = cli(faulty_env, *args, cwd=tmp_path)
+        assert result.returncode == 8, (args, result.stderr)
+        assert host in result.stderr and word in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action, words", [("reset", "reset the connection"),
+                                           ("cut_body", "before the whole body arrived")])
+def test_reset_and_cut_body_read_differently_and_exit_8(
+    faulty_s3, faulty_env: dict[str, str], tmp_path: Path, action: str, words: str,
+) -> None:
+    from tests.s3_faults import Fault
+
+    (tmp_path / "in.txt").write_bytes(b"x" * 5000)
+    stored = cli(faulty_env, "put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p", cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    faulty_s3.add(Fault(action, method="GET"))
+    result = cli(faulty_env, "get", stored.stdout.strip(), "-o", "-", cwd=tmp_path)
+    assert result.returncode == 8, result.stderr
+    assert words in result.stderr and urlsplit(faulty_s3.endpoint).netloc in result.stderr, result.stderr
+
+
+def test_a_migrate_against_a_store_throttling_at_50_per_second_finishes(
+    faulty_s3, faulty_env: dict[str, str], tmp_path: Path,
+) -> None:
+    import json
+
+    from apstorage.model import new_id
+    from apstorage.services.context import Storage
+    from tests.s3_faults import Fault
+
+    storage = Storage(settings_from({**faulty_env, "AP_FILE_STORAGE_LOCATION": "DB"}))
+    try:
+        storage.catalog.init_schema()
+        ids = [new_id() for _ in range(300)]
+        with storage.catalog.transaction() as cur:
+            p = storage.catalog.ph
+            cur.executemany(
+                f'INSERT INTO "file" ("id", "projectId", "location", "type", "size", "data", "compression", '
+                f'"created", "updated") VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)',
+                [(i, "proj", "DB", "FLOW_RUN_LOG", 100, i.encode() * 5, "NONE") for i in ids],
+            )
+    finally:
+        storage.close()
+    throttle = faulty_s3.add(Fault("throttle", method="PUT", rate=50))
+    result = cli({**faulty_env, "AP_S3_TIMEOUT_SECONDS": "30"}, "migrate-to-s3", "--json", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["migrated"], report["failed"]) == (300, 0), report
+    assert throttle.applied > 0  # it was throttled, slowed down, and finished
+
+
+def test_irsa_without_credentials_is_one_line_and_exit_3_on_every_command(
+    seaweed, bucket: str, tmp_path: Path,
+) -> None:
+    env = {
+        "AP_CONFIG_PATH": str(tmp_path / "home"), "AP_FILE_STORAGE_LOCATION": "S3",
+        "AP_S3_BUCKET": bucket, "AP_S3_ENDPOINT": seaweed.endpoint, "AP_S3_USE_IRSA": "true",
+        "HOME": str(tmp_path), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+        "AWS_PROFILE": None, "AWS_DEFAULT_PROFILE": None, "AWS_WEB_IDENTITY_TOKEN_FILE": None,
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": None, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+    }
+    (tmp_path / "in.txt").write_bytes(b"data")
+    for args in (["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"], ["du", "--verify"], ["check-iam"],
+                 ["lifecycle", "show"], ["migrate-to-s3"]):
+        result = cli(env, *args, cwd=tmp_path)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "AP_S3_USE_IRSA" in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)

@@ -128,7 +128,12 @@ class S3Store(Store):
         if not s.s3_use_irsa:
             kwargs["aws_access_key_id"] = s.s3_access_key_id
             kwargs["aws_secret_access_key"] = s.s3_secret_access_key.reveal()  # type: ignore[union-attr]
-        client = _session().create_client("s3", **kwargs)
+        from botocore.exceptions import ProfileNotFound
+
+        try:
+            client = _session().create_client("s3", **kwargs)
+        except ProfileNotFound as exc:
+            raise ConfigError(f"AWS_PROFILE: {exc}") from None
         self.session.attach(client)  # same proxies, TLS, timeouts and deadlines as the signed path
         return client
 
@@ -453,6 +458,19 @@ class S3Store(Store):
         except BotoCoreError as exc:
             raise self.translate(exc, key) from None
         return url, headers
+
+    def require_credentials(self) -> None:
+        """ConfigError (exit 3, one line) when AP_S3_USE_IRSA=true and the AWS chain finds
+        nothing; explicit keys were checked when the settings loaded."""
+        if not self.settings.s3_use_irsa:
+            return
+        try:
+            credentials = self.client._get_credentials()  # botocore keeps no public accessor
+            if credentials is None:
+                raise NoCredentialsError()
+            credentials.get_frozen_credentials()  # deferred providers load on first use
+        except NoCredentialsError:
+            raise no_credentials_error() from None
 
     def credentials_expiry(self) -> Any:  # datetime | None
         """When the credentials that sign requests expire (temporary STS/IRSA/SSO/process

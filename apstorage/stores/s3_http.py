@@ -327,7 +327,7 @@ class _DeadlineScope:
         with self.deadline.lock:
             fired, self.deadline.fired = self.deadline.fired, True  # the watchdog drops it
             self.deadline.sockets.clear()
-        if fired and exc is not None and isinstance(exc, Exception):
+        if fired and (exc is None or isinstance(exc, Exception)):  # a cut-off read may return short
             raise DeadlineExceededError(endpoint_url=self.url, seconds=self.deadline.seconds) from None
         return False
 
