@@ -64,6 +64,7 @@ class Settings:
     s3_use_signed_urls: bool = False
     s3_use_irsa: bool = False
     s3_delete_batch_size: int = 1000
+    s3_timeout_seconds: int = 60
     max_file_size_mb: int = 25
     execution_data_retention_days: int = 30
     paused_flow_timeout_days: int = 30
@@ -256,6 +257,7 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
         s3_delete_batch_size=integer(
             "AP_S3_DELETE_BATCH_SIZE", 100 if is_r2 else 1000, 1, 1000
         ),
+        s3_timeout_seconds=integer("AP_S3_TIMEOUT_SECONDS", 60, 1, 3600),
         max_file_size_mb=integer("AP_MAX_FILE_SIZE_MB", 25, 1),
         execution_data_retention_days=integer("AP_EXECUTION_DATA_RETENTION_DAYS", 30, 1),
         paused_flow_timeout_days=integer("AP_PAUSED_FLOW_TIMEOUT_DAYS", 30, 1),

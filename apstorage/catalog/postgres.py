@@ -41,9 +41,17 @@ CREATE TABLE "file" (
 """
 
 
+CONNECT_TIMEOUT = 10  # seconds: libpq's connect_timeout (a frozen server fails the command)
+# Seconds any one statement may run (Postgres' statement_timeout, set per connection). Generous:
+# migrate and sweep work in batches of at most a few thousand rows, each statement well under
+# a second; du over tens of millions of rows is one aggregate that may take minutes.
+STATEMENT_TIMEOUT = 900
+
+
 class PostgresCatalog(Catalog):
     ph = "%s"
     dialect = "postgres"
+    statement_timeout = STATEMENT_TIMEOUT
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -57,7 +65,7 @@ class PostgresCatalog(Catalog):
     # -- connections ----------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
         s = self.settings
-        kwargs: dict[str, Any] = {"connect_timeout": 10, "application_name": "apstorage"}
+        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage"}
         if s.postgres_url is not None:
             kwargs["conninfo"] = s.postgres_url.reveal()
         else:
@@ -85,8 +93,11 @@ class PostgresCatalog(Catalog):
         kwargs = self._conninfo()
         conninfo = kwargs.pop("conninfo")
         try:
-            return psycopg.connect(conninfo, autocommit=True, **kwargs)
-        except psycopg.OperationalError as exc:
+            conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+            # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
+            conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
+            return conn
+        except psycopg.Error as exc:
             raise self._translate(exc) from None
 
     def close(self) -> None:
@@ -103,6 +114,15 @@ class PostgresCatalog(Catalog):
 
     def _translate(self, exc: Exception) -> ApStorageError:
         reason = self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not finish a statement within {self.statement_timeout:g} s "
+                "(statement_timeout, set by apstorage); the server is overloaded or a lock is held"
+            )
+        if isinstance(exc, psycopg.OperationalError) and "timeout expired" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not answer within {CONNECT_TIMEOUT} s (connect timeout)"
+            )
         if isinstance(exc, pg_errors.UndefinedTable):
             return NotFoundError(
                 f'the "file" table does not exist in {self.target}; run `apstorage init`'

@@ -525,6 +525,7 @@ def run_checks(
         from apstorage.stores.s3 import S3Store
 
         store = S3Store(settings, workers=1)  # ConfigError (exit 3) when settings are missing
+    store.require_credentials()  # AP_S3_USE_IRSA=true with nothing to find: exit 3, before any check
     skipped = set(skip)
     endpoint = store.endpoint or f"AWS S3 ({settings.s3_region or 'us-east-1'})"
     report = CheckReport(bucket=store.bucket, prefix=prefix, endpoint=endpoint)
