@@ -456,6 +456,30 @@ class S3Store(Store):
             raise self.translate(exc) from None
         return [ObjectInfo(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
 
+    def read_tags(self, key: str) -> dict[str, str] | None:
+        """The object's tags (GetObjectTagging), or None when the store answers with
+        something that is not a tag set (a store without tagging, such as rclone's,
+        returns the object itself). One request; ``Range: bytes=0-0`` keeps it one byte
+        on a store that answers with the object (tagging requests ignore it)."""
+        import xml.etree.ElementTree as ET
+
+        fast = self.fast
+        response = fast.request(
+            "GET", fast._object_path(key), query={"tagging": ""}, headers={"Range": "bytes=0-0"},
+            operation="GetObjectTagging", key=key,
+        )
+        try:
+            root = ET.fromstring(response.body)
+        except ET.ParseError:
+            return None
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        if root.tag[len(ns):] != "Tagging":
+            return None
+        return {
+            tag.findtext(f"{ns}Key") or "": tag.findtext(f"{ns}Value") or ""
+            for tag in root.iter(f"{ns}Tag")
+        }
+
     def unsigned_url(self, key: str) -> str:
         """The plain (unsigned) URL of ``key``, addressed as this store addresses it."""
         client = getattr(self, "_unsigned_client", None)
@@ -492,7 +516,9 @@ class S3Store(Store):
         for name, operation, field in calls:
             try:
                 response = getattr(self.client, operation)(Bucket=self.bucket)
-                out[name] = dict(response.get(field, {}))
+                # A store that ignores the subresource answers 200 with something else
+                # (rclone: the bucket listing), which parses as an empty result.
+                out[name] = dict(response.get(field) or {}) or "unsupported"
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
