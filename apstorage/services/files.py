@@ -15,9 +15,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator
+from typing import IO, BinaryIO, Callable, Iterator
 
-from apstorage.errors import NotFoundError, PermissionDeniedError, TooLargeError, UsageError
+from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, TooLargeError, UsageError
 from apstorage.model import (
     ZSTD_MAGIC,
     Compression,
@@ -72,7 +72,12 @@ def validate_put(storage: Storage, req: PutRequest) -> tuple[str, Location, File
     return file_type, location, row
 
 
-def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False) -> FileRow:
+def put_file(
+    storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> FileRow:
+    """Store one file (see the module docstring for the write order). ``warn`` receives
+    one line when the store dropped the retention tag (read back after an S3 put)."""
     file_type, location, row = validate_put(storage, req)
     limit = storage.settings.max_file_size_bytes
     with contextlib.ExitStack() as stack:
@@ -88,13 +93,35 @@ def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None
         tags = RETENTION_TAG if is_execution_type(file_type) else None
         store.put(row.key, source, size, tags=tags)
         try:
-            return storage.catalog.insert(row)
+            inserted = storage.catalog.insert(row)
         except BaseException:
             # The row never made it: remove the bytes so nothing points nowhere.
             with contextlib.suppress(Exception):
                 store.delete(row.key)
             raise
+        if tags and warn is not None:
+            _warn_if_tag_dropped(store, row.key, tags, warn)
+        return inserted
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _warn_if_tag_dropped(store: object, key: str, tags: dict[str, str], warn: Callable[[str], None]) -> None:
+    """One GetObjectTagging after an S3 put: a store that keeps no tags (rclone's) makes
+    the bucket lifecycle rule miss the object, which is worth one line on stderr. A store
+    that refuses the read-back (no s3:GetObjectTagging) is not second-guessed."""
+    read_tags = getattr(store, "read_tags", None)
+    if read_tags is None:
+        return
+    try:
+        kept = read_tags(key)
+    except ApStorageError:
+        return
+    if kept is None or any(kept.get(k) != v for k, v in tags.items()):
+        tag = "&".join(f"{k}={v}" for k, v in tags.items())
+        warn(
+            f"the store did not keep the tag {tag} on {key}: the bucket lifecycle rule "
+            "(`apstorage lifecycle apply`) will miss it; `apstorage sweep-expired` still deletes it"
+        )
 
 
 def _open_source(
