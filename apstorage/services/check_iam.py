@@ -260,7 +260,7 @@ class _Run:
         self.readable.add(self.probe)
         self.put_outcome = "ok"
         detail = f"wrote s3://{self.bucket}/{self.probe} ({len(self.payload)} bytes, tag {tag})"
-        kept = self.tag_kept(self.probe)
+        kept = self.tag_kept(self.probe, len(self.payload))
         if kept is False:
             self.warnings.append(
                 f"the store did not keep the tag {tag} on the probe: the lifecycle rule "
@@ -416,10 +416,10 @@ class _Run:
         return CheckResult("clock", PASSED, detail, extra={"skewSeconds": round(skew, 1)})
 
     # -- shared -------------------------------------------------------------------------
-    def tag_kept(self, key: str) -> bool | None:
+    def tag_kept(self, key: str, size: int) -> bool | None:
         """Whether the store kept the retention tag on ``key`` (None: could not read it)."""
         try:
-            tags = self.store.read_tags(key)
+            tags = self.store.read_tags(key, size)
         except ApStorageError:
             return None  # s3:GetObjectTagging may be withheld: not this check's business
         return tags is not None and all(tags.get(k) == v for k, v in RETENTION_TAG.items())

@@ -100,12 +100,14 @@ def put_file(
                 store.delete(row.key)
             raise
         if tags and warn is not None:
-            _warn_if_tag_dropped(store, row.key, tags, warn)
+            _warn_if_tag_dropped(store, row.key, size, tags, warn)
         return inserted
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _warn_if_tag_dropped(store: object, key: str, tags: dict[str, str], warn: Callable[[str], None]) -> None:
+def _warn_if_tag_dropped(
+    store: object, key: str, size: int, tags: dict[str, str], warn: Callable[[str], None]
+) -> None:
     """One GetObjectTagging after an S3 put: a store that keeps no tags (rclone's) makes
     the bucket lifecycle rule miss the object, which is worth one line on stderr. A store
     that refuses the read-back (no s3:GetObjectTagging) is not second-guessed."""
@@ -113,7 +115,7 @@ def _warn_if_tag_dropped(store: object, key: str, tags: dict[str, str], warn: Ca
     if read_tags is None:
         return
     try:
-        kept = read_tags(key)
+        kept = read_tags(key, size)
     except ApStorageError:
         return
     if kept is None or any(kept.get(k) != v for k, v in tags.items()):

@@ -456,16 +456,18 @@ class S3Store(Store):
             raise self.translate(exc) from None
         return [ObjectInfo(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
 
-    def read_tags(self, key: str) -> dict[str, str] | None:
+    def read_tags(self, key: str, size: int | None = None) -> dict[str, str] | None:
         """The object's tags (GetObjectTagging), or None when the store answers with
         something that is not a tag set (a store without tagging, such as rclone's,
-        returns the object itself). One request; ``Range: bytes=0-0`` keeps it one byte
-        on a store that answers with the object (tagging requests ignore it)."""
+        returns the object itself). One request; for an object of ``size`` > 0 bytes,
+        ``Range: bytes=0-0`` keeps that answer one byte (tagging requests ignore it; an
+        empty object has no byte 0 to ask for)."""
         import xml.etree.ElementTree as ET
 
         fast = self.fast
+        headers = {"Range": "bytes=0-0"} if size else {}
         response = fast.request(
-            "GET", fast._object_path(key), query={"tagging": ""}, headers={"Range": "bytes=0-0"},
+            "GET", fast._object_path(key), query={"tagging": ""}, headers=headers,
             operation="GetObjectTagging", key=key,
         )
         try:
