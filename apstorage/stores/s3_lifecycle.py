@@ -113,7 +113,14 @@ def put_lifecycle(
     except BotoCoreError as exc:
         raise store.translate(exc) from None
     # A store that ignores ``?lifecycle`` may still answer 2xx: only a read-back proves it.
-    get_lifecycle(store)
+    after = get_lifecycle(store)
+    written = {rule.get("ID") for rule in rules if rule.get("ID")}
+    kept = {rule.get("ID") for rule in after.rules}
+    if not after.exists or not written <= kept:
+        raise _not_supported(
+            store, "write",
+            "2xx to the write, but reading the configuration back does not show the rules",
+        )
 
 
 def _not_supported(store: S3Store, action: str, answer: str) -> NotSupportedError:
