@@ -57,6 +57,16 @@ def rclone() -> Iterator[servers.S3Info]:
         yield info
 
 
+@pytest.fixture
+def faulty_s3(seaweed: servers.S3Info) -> Iterator["FaultyS3"]:
+    """The fault-injecting stand-in in front of SeaweedFS (tests/s3_faults.py); its
+    ``info`` points apstorage at the stand-in, buckets are SeaweedFS's own."""
+    from tests.s3_faults import FaultyS3
+
+    with FaultyS3(seaweed) as stand_in:
+        yield stand_in
+
+
 READONLY_IDENTITY = [
     {
         "name": "reader",
