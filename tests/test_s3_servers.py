@@ -346,3 +346,160 @@ def test_check_iam_on_a_missing_bucket_stops_after_list_and_writes_nothing(s3_se
     assert "AP_S3_BUCKET" in result.stderr and missing in result.stderr
     buckets = [b["Name"] for b in s3_server.info.client().list_buckets().get("Buckets", [])]
     assert missing not in buckets
+
+
+# -- answers real servers do not give on demand (tests/s3_faults.py) ------------------------
+
+
+@pytest.fixture
+def faulty_env(faulty_s3, bucket, set_env, tmp_path) -> dict[str, str]:
+    return set_env(**faulty_s3.info.ap_env(bucket), AP_FILE_STORAGE_LOCATION="S3",
+                   AP_LOCAL_STORAGE_PATH=str(tmp_path / "files"))
+
+
+def expired_rows(env: dict[str, str], names: list[str]) -> list[FileRow]:
+    """Rows 45 days old (past the 30-day retention) whose objects exist, keyed by name."""
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = []
+    with Storage(settings_from(env)) as storage:
+        store = storage.store(Location.S3)
+        for name in names:
+            row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3,
+                          created=now - dt.timedelta(days=45), project_id="proj1", size=4)
+            row = FileRow(**{**row.__dict__, "s3_key": f"project/proj1/FLOW_RUN_LOG/{name}"})
+            store.put(row.s3_key, io.BytesIO(b"old!"), 4)
+            rows.append(storage.catalog.insert(row))
+    return rows
+
+
+def rows_left(env: dict[str, str], rows: list[FileRow]) -> list[str]:
+    from apstorage.errors import NotFoundError
+
+    left = []
+    with Storage(settings_from(env)) as storage:
+        for row in rows:
+            try:
+                storage.catalog.get(row.id)
+                left.append(row.s3_key.rsplit("/", 1)[-1])
+            except NotFoundError:
+                pass
+    return left
+
+
+def test_a_truncated_listing_without_a_token_is_an_error_naming_the_store(faulty_s3, faulty_env, cli) -> None:
+    from tests.s3_faults import Fault
+
+    expired_rows(faulty_env, ["a", "b"])
+    faulty_s3.add(Fault("truncate_listing", method="GET", query="list-type", times=1))
+    result = cli("du", "--verify", "--json")
+    assert result.exit_code == 8, result.output
+    assert "truncated" in result.stderr and "no continuation token" in result.stderr
+    assert faulty_s3.endpoint.split("//")[1] in result.stderr  # the store, by host
+
+
+def test_empty_truncated_pages_are_followed(faulty_s3, faulty_env) -> None:
+    from tests.s3_faults import Fault
+
+    rows = expired_rows(faulty_env, ["a", "b", "c"])
+    fault = faulty_s3.add(Fault("empty_truncated", method="GET", query="list-type"))
+    with _closing(S3Store(settings_from(faulty_env))) as store:
+        assert sorted(o.key for o in store.list("project/")) == sorted(r.s3_key for r in rows)
+    assert fault.applied >= 1
+
+
+def test_listing_asks_for_url_encoding(faulty_s3, faulty_env) -> None:
+    expired_rows(faulty_env, ["a"])
+    with _closing(S3Store(settings_from(faulty_env))) as store:
+        list(store.list("project/"))
+    listings = [path for method, path in faulty_s3.requests if method == "GET" and "list-type=2" in path]
+    assert listings and all("encoding-type=url" in path for path in listings)
+
+
+def test_deletes_carry_content_md5(faulty_s3, faulty_env, cli) -> None:
+    """A store that predates botocore's CRC32 checksums refuses DeleteObjects without
+    Content-MD5 (MissingContentMD5): every sweep would fail, every night."""
+    from tests.s3_faults import Fault
+
+    rows = expired_rows(faulty_env, ["a", "b", "c"])
+    fault = faulty_s3.add(Fault("require_md5", method="POST", query="delete"))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 3 and rows_left(faulty_env, rows) == []
+    assert fault.applied == 1  # one DeleteObjects, let through because it carried the MD5
+
+
+def test_a_store_without_multi_object_delete_falls_back_to_one_by_one(faulty_s3, faulty_env, set_env, cli) -> None:
+    from tests.s3_faults import Fault
+
+    set_env(**faulty_env, AP_S3_DELETE_BATCH_SIZE="2")
+    rows = expired_rows(faulty_env, ["a", "b", "c", "d", "e"])
+    fault = faulty_s3.add(Fault("status", method="POST", query="delete", status=501, code="NotImplemented"))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 5 and rows_left(faulty_env, rows) == []
+    assert keys_in_stand_in(faulty_s3, faulty_env) == []
+    assert fault.applied == 1  # remembered for the run: asked once, not once per batch
+
+
+def test_malformed_xml_falls_back_to_one_by_one(faulty_s3, faulty_env, cli) -> None:
+    from tests.s3_faults import Fault
+
+    rows = expired_rows(faulty_env, ["a", "b"])
+    faulty_s3.add(Fault("status", method="POST", query="delete", status=400, code="MalformedXML", times=1))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 2 and rows_left(faulty_env, rows) == []
+
+
+@pytest.mark.parametrize("key_form", ["empty", "encoded"])
+def test_unmatched_delete_errors_are_verified_before_rows_go(faulty_s3, faulty_env, cli, key_form) -> None:
+    """Issue 13 item 9: error entries naming keys that were not sent make the whole batch
+    "unknown"; each key is deleted again and checked, so the refused object keeps its row."""
+    from tests.s3_faults import Fault
+
+    rows = expired_rows(faulty_env, ["keep me", "go-1", "go-2"])
+    faulty_s3.add(Fault("delete_refuse", method="POST", query="delete", value="keep me",
+                        key_form=key_form, code="AccessDenied"))
+    faulty_s3.add(Fault("status", method="DELETE", path="keep me", status=403, code="AccessDenied"))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["deleted"] == 2 and summary["failed"] == 1
+    assert rows_left(faulty_env, rows) == ["keep me"]
+    assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/keep me"]
+
+
+def keys_in_stand_in(faulty_s3, env: dict[str, str]) -> list[str]:
+    return sorted(keys_in(Server("seaweedfs", faulty_s3.upstream, True, True), env["AP_S3_BUCKET"]))
+
+
+def test_check_iam_hint_names_missing_content_md5_not_a_permission(faulty_s3, faulty_env, cli) -> None:
+    from tests.s3_faults import Fault
+
+    faulty_s3.add(Fault("status", method="POST", query="delete", status=400, code="MissingContentMD5"))
+    result = cli("check-iam", "--json")
+    assert result.exit_code == 1, result.output
+    delete = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["delete"]
+    assert delete["status"] == "failed" and "MissingContentMD5" in delete["detail"]
+    assert "Content-MD5" in delete["hint"] and "grant" not in delete["hint"]
+    assert "not a permission problem" in delete["hint"]
+
+
+@pytest.mark.parametrize(("status", "verdict"), [(404, "inconclusive"), (400, "passed"), (200, "failed")])
+def test_check_iam_reads_anonymous_answers(faulty_s3, faulty_env, cli, status, verdict) -> None:
+    """400/401/403: refused; 2xx: public; 404 (or anything else): inconclusive."""
+    from tests.s3_faults import Answer, Fault
+
+    def unsigned_get(req):
+        signed = "authorization" in req.headers or "X-Amz-Signature" in req.query
+        if req.method == "GET" and not signed:
+            return Answer(status, {"Content-Type": "application/xml"}, b"<Error><Code>Injected</Code></Error>")
+        return None
+
+    faulty_s3.add(Fault("custom", handler=unsigned_get))
+    result = cli("check-iam", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["anonymous-denied"]["status"] == verdict, checks["anonymous-denied"]
+    assert result.exit_code == (1 if verdict == "failed" else 0), result.output
+    if verdict == "inconclusive":
+        assert checks["anonymous-denied"]["ok"] is None and "HTTP 404" in checks["anonymous-denied"]["detail"]
