@@ -504,3 +504,76 @@ def test_check_iam_reads_anonymous_answers(faulty_s3, faulty_env, cli, status, v
     assert result.exit_code == (1 if verdict == "failed" else 0), result.output
     if verdict == "inconclusive":
         assert checks["anonymous-denied"]["ok"] is None and "HTTP 404" in checks["anonymous-denied"]["detail"]
+
+
+# -- the listing parser and the XML-safety rule (property tests) -----------------------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from apstorage.errors import BackendUnavailableError  # noqa: E402
+from apstorage.stores.s3 import _xml_unsafe, parse_list_page  # noqa: E402
+
+_KEYS = st.lists(st.text(min_size=1, max_size=40), max_size=5)
+
+
+def _listing(keys: list[str], *, encoded: bool, truncated: bool = False, token: str | None = None) -> bytes:
+    from urllib.parse import quote_plus
+    from xml.sax.saxutils import escape
+
+    contents = "".join(
+        f"<Contents><Key>{quote_plus(k, safe='/') if encoded else escape(k)}</Key><Size>{i}</Size></Contents>"
+        for i, k in enumerate(keys)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{contents}"
+        + (f"<NextContinuationToken>{token}</NextContinuationToken>" if token else "")
+        + ("<EncodingType>url</EncodingType>" if encoded else "")
+        + "</ListBucketResult>"
+    ).encode("utf-8", "surrogatepass")
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(_KEYS.map(lambda keys: [k for k in keys if not any("\ud800" <= c <= "\udfff" for c in k)]))
+def test_url_encoded_keys_come_back_exactly(keys: list[str]) -> None:
+    page = parse_list_page(_listing(keys, encoded=True, truncated=True, token="t"), "here", "b")
+    assert [o.key for o in page.objects] == keys
+    assert [o.size for o in page.objects] == list(range(len(keys)))
+    assert page.truncated and page.next_token == "t"
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_any_answer_parses_or_is_an_error_naming_the_store(body: bytes) -> None:
+    try:
+        parse_list_page(body, "http://store.example:9000", "b")
+    except BackendUnavailableError as exc:
+        assert "store.example:9000" in str(exc)
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(st.text(max_size=30))
+def test_a_key_is_batched_only_when_xml_carries_it(key: str) -> None:
+    """A key without characters XML 1.0 forbids (or that parsers rewrite) survives a
+    DeleteObjects body: the round trip through an XML parser gives it back unchanged."""
+    import xml.etree.ElementTree as ET
+    from xml.sax.saxutils import escape
+
+    if _xml_unsafe(key):
+        return
+    body = f"<Delete><Object><Key>{escape(key)}</Key></Object></Delete>".encode()
+    assert ET.fromstring(body).findtext("Object/Key") == key
+
+
+def test_folder_objects_are_not_orphans(seaweed, bucket, set_env, cli) -> None:
+    """Zero-byte keys ending in "/" (what consoles create to show a folder) hold no file.
+    (On SeaweedFS: rclone maps keys to file paths and keeps no such objects.)"""
+    set_env(**seaweed.ap_env(bucket), AP_FILE_STORAGE_LOCATION="S3")
+    client = seaweed.client()
+    for key in ("project/", "project/proj1/", "project/proj1/FLOW_RUN_LOG/"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    client.put_object(Bucket=bucket, Key="project/proj1/FLOW_RUN_LOG/real-orphan", Body=b"bytes")
+    result = cli("du", "--verify", "--json")
+    report = json.loads(result.stdout)["verify"]
+    assert [item["key"] for item in report["orphans"]["items"]] == ["project/proj1/FLOW_RUN_LOG/real-orphan"]
+    assert report["missing"]["files"] == 0
