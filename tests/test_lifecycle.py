@@ -470,12 +470,16 @@ def test_an_answer_that_is_not_a_configuration_is_not_supported(runner, scripted
     assert len([line for line in scripted.seen if line.startswith("GET")]) == 3
 
 
-def test_a_write_the_store_does_not_keep_is_not_supported(runner, scripted) -> None:
-    """404 NoSuchLifecycleConfiguration still means "no rules"; a 200 to the write that
-    reads back as nothing means the store ignored it."""
+def test_no_such_lifecycle_configuration_still_means_no_rules(runner, scripted) -> None:
     scripted.answers.update(GET=(404, _NO_CONFIG), PUT=(200, b""))
     shown = invoke(runner, "lifecycle", "show", "--json")
-    assert shown.exit_code == 0 and json.loads(shown.stdout)["configured"] is False
-    result = invoke(runner, "lifecycle", "apply")
-    assert result.exit_code == 6, result.output
-    assert "reading the configuration back does not show the rules" in result.stderr
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["configured"] is False
+    assert json.loads(shown.stdout)["missing"] == OURS
+
+
+def test_a_real_server_error_is_not_taken_for_not_supported(runner, scripted) -> None:
+    scripted.answers.update(GET=(500, b"<html><body>upstream broke</body></html>"), PUT=(500, b""))
+    result = invoke(runner, "lifecycle", "show")
+    assert result.exit_code == 8, result.output
+    assert "does not support" not in result.stderr
