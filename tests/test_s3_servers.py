@@ -542,8 +542,19 @@ def test_url_encoded_keys_come_back_exactly(keys: list[str]) -> None:
     assert page.truncated and page.next_token == "t"
 
 
+_LISTING_LIKE = st.builds(
+    lambda size, truncated, extra: (
+        "<ListBucketResult><IsTruncated>" + truncated + "</IsTruncated><Contents><Key>k</Key><Size>"
+        + size + "</Size></Contents>" + extra + "</ListBucketResult>"
+    ).encode("utf-8", "surrogatepass"),
+    st.text(max_size=8), st.sampled_from(["true", "false", "", "TRUE", "yes"]),
+    st.sampled_from(["", "<NextContinuationToken/>", "<EncodingType>url</EncodingType>"]),
+)
+
+
 @hsettings(max_examples=100, deadline=None)
-@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
+       | _LISTING_LIKE)
 def test_any_answer_parses_or_is_an_error_naming_the_store(body: bytes) -> None:
     try:
         parse_list_page(body, "http://store.example:9000", "b")

@@ -878,7 +878,12 @@ def parse_list_page(body: bytes, where: str, bucket: str) -> ListPage:
     objects = []
     for item in root.iter(f"{ns}Contents"):
         key = item.findtext(f"{ns}Key") or ""
-        objects.append(ObjectInfo(unquote_plus(key) if encoded else key, int(item.findtext(f"{ns}Size") or 0)))
+        size = (item.findtext(f"{ns}Size") or "0").strip()
+        if not (size.isascii() and size.isdigit()):
+            raise BackendUnavailableError(
+                f"S3 at {where} listed {key!r} in bucket {bucket!r} with a size of {size[:40]!r}"
+            )
+        objects.append(ObjectInfo(unquote_plus(key) if encoded else key, int(size)))
     truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
     token = root.findtext(f"{ns}NextContinuationToken") or None
     return ListPage(objects, truncated, token)
