@@ -57,7 +57,7 @@ def put(
         compress=(compress or "").lower() == "zstd",
     )
     with Storage() as storage:
-        row = put_file(storage, request, dry_run=dry_run)
+        row = put_file(storage, request, dry_run=dry_run, warn=out.warn)
     data = {
         "id": row.id,
         "location": row.location.value,

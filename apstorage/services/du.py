@@ -7,7 +7,8 @@ prefixes (``platform/`` and ``project/``) and reports three kinds of problem:
 
 - **missing**: a row at S3/LOCAL whose object or file is not there;
 - **orphans**: an object or file no row points at (a project deleted by cascade leaves
-  them behind: its rows go, its objects stay);
+  them behind: its rows go, its objects stay); zero-byte "folder" objects (keys ending
+  in "/") are not files and never orphans;
 - **size mismatches**: the object's size differs from the row's ``size`` (the stored
   size: for ``ZSTD`` rows, the compressed size, which is what the object holds).
 
@@ -399,6 +400,12 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     tally.into(report, check)
 
 
+def _folder_marker(info: ObjectInfo) -> bool:
+    """A zero-byte object whose key ends in "/": what consoles and some tools create to
+    show a folder. It holds no file, so it is never an orphan (nor counted)."""
+    return info.size == 0 and info.key.endswith("/")
+
+
 def _managed(key: str) -> bool:
     return key.startswith(MANAGED_PREFIXES)
 
@@ -521,6 +528,8 @@ class _ListingThreads:
         page: list[ObjectInfo] = []
         try:
             for info in store.list(prefix):
+                if _folder_marker(info):
+                    continue
                 page.append(info)
                 if len(page) >= LIST_PAGE:
                     if not self._put(q, page):

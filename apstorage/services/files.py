@@ -22,10 +22,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator
+from typing import IO, BinaryIO, Callable, Iterator
 
 from apstorage.config import Settings
-from apstorage.errors import NotFoundError, PermissionDeniedError, TooLargeError, UsageError
+from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, TooLargeError, UsageError
 from apstorage.model import (
     MAX_CATALOG_SIZE,
     MAX_DB_BYTES,
@@ -161,8 +161,13 @@ def too_large_error(what: str, limit: int, consequence: str) -> TooLargeError:
 # -- writing ------------------------------------------------------------------------------
 
 
-def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False) -> FileRow:
-    """Store one file; returns its row. Every limit is checked before anything is written."""
+def put_file(
+    storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> FileRow:
+    """Store one file; returns its row. Every limit is checked before anything is written.
+    ``warn`` receives one line when the store dropped the retention tag (read back after an
+    S3 put)."""
     file_type, location, row = validate_put(storage, req)
     settings = storage.settings
     stored_limits = stored_size_limits(settings, file_type, location)
@@ -179,15 +184,40 @@ def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None
         if location is Location.DB:
             return storage.catalog.insert(row, source.read())
         store = storage.store(location)
-        store.put(row.key, source, size, tags=retention_tags(file_type))
+        tags = retention_tags(file_type)
+        store.put(row.key, source, size, tags=tags)
         try:
-            return storage.catalog.insert(row)
+            inserted = storage.catalog.insert(row)
         except BaseException:
             # The row never made it: remove the bytes so nothing points nowhere.
             with contextlib.suppress(Exception):
                 store.delete(row.key)
             raise
+        if tags and warn is not None:
+            _warn_if_tag_dropped(store, row.key, size, tags, warn)
+        return inserted
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _warn_if_tag_dropped(
+    store: object, key: str, size: int, tags: dict[str, str], warn: Callable[[str], None]
+) -> None:
+    """One GetObjectTagging after an S3 put: a store that keeps no tags (rclone's) makes
+    the bucket lifecycle rule miss the object, which is worth one line on stderr. A store
+    that refuses the read-back (no s3:GetObjectTagging) is not second-guessed."""
+    read_tags = getattr(store, "read_tags", None)
+    if read_tags is None:
+        return
+    try:
+        kept = read_tags(key, size)
+    except ApStorageError:
+        return
+    if kept is None or any(kept.get(k) != v for k, v in tags.items()):
+        tag = "&".join(f"{k}={v}" for k, v in tags.items())
+        warn(
+            f"the store did not keep the tag {tag} on {key}: the bucket lifecycle rule "
+            "(`apstorage lifecycle apply`) will miss it; `apstorage sweep-expired` still deletes it"
+        )
 
 
 def _open_source(
