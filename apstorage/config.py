@@ -282,7 +282,8 @@ def _userinfo_end(rest: str) -> int | None:
             continue  # a user name never holds these: this '@' is in the path or query
         hostlist, _, path_query = _split_host(rest[i + 1:])
         path = path_query.partition("?")[0]
-        if "@" not in hostlist and "@" not in path:
+        hosts_ok = all(_HOST_RE.match(item) for item in hostlist.split(",")) if hostlist else True
+        if "@" not in hostlist and "@" not in path and hosts_ok:
             return i
     return None
 
@@ -467,8 +468,10 @@ def read_dotenv(path: Path) -> dict[str, str | None]:
 
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
+            statement = binding.original.string
+            skipped = statement[: len(statement) - len(statement.lstrip())].count("\n")
             raise ConfigError(
-                f"{path} line {binding.original.line}: cannot be parsed; accepted: NAME=value, "
+                f"{path} line {binding.original.line + skipped}: cannot be parsed; accepted: NAME=value, "
                 "NAME='value', NAME=\"value\", export NAME=value, # comments and blank lines"
             )
     return dict(dotenv_values(stream=io.StringIO(text)))
