@@ -8,7 +8,6 @@ wrapped in ``Secret`` as they are read and revealed only at the one call that ne
 
 from __future__ import annotations
 
-import difflib
 import io
 import os
 import re
@@ -659,6 +658,8 @@ def _near_misses(v: Mapping[str, str]) -> list[str]:
     for name in sorted(v):
         if not name.startswith("AP_") or name in _READ or name in PLATFORM_VARIABLES:
             continue
+        import difflib
+
         match = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
         if match:
             out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; did you mean {match[0]}?")
