@@ -89,6 +89,11 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_CATALOG_SIZE = 2**31 - 1
 MAX_DB_BYTES = {"POSTGRES": 2**30 - 1 - 4, "SQLITE3": 1_000_000_000}
 
+# The ``metadata`` key `presign --upload` sets on the rows it creates: when the PUT URL
+# expires (ISO-8601 UTC). Until then the row's object may still be on its way; after it
+# (and with no object) the upload never came, and `gc --pending` deletes the row.
+PENDING_UPLOAD_KEY = "apstorageUploadExpiresAt"
+
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Ids the platform makes: 21 characters of 0-9A-Za-z (nanoid over that alphabet; the columns
 # are varchar(21)). New rows must use them. Rows already in a catalog are read more

@@ -66,6 +66,11 @@ def sweep_expired_cmd(
             workers=workers,
             on_batch=lambda deleted, failed: bar.advance(deleted + failed),
         )
+        vacuum = None
+        if report.deleted and not dry_run:
+            from apstorage.services.du import vacuum_hint
+
+            vacuum = vacuum_hint(storage)
     data = report.to_json()
     for warning in report.warnings:
         out.warn(warning)
@@ -106,5 +111,7 @@ def sweep_expired_cmd(
                 f"deleted {report.deleted} files ({human_size(report.bytes)}); "
                 f"{report.failed} could not be deleted and were kept"
             )
+    if vacuum:
+        out.info(vacuum)
     if report.failed:
         raise typer.Exit(1)

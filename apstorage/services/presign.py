@@ -30,6 +30,7 @@ from apstorage.model import (
     iso_utc,
     LOCATION_TYPES,
     MAX_CATALOG_SIZE,
+    PENDING_UPLOAD_KEY,
     Compression,
     FileRow,
     Location,
@@ -329,6 +330,11 @@ def presign_uploads(
 
     store = storage.store(Location.S3)  # ConfigError (exit 3) when S3 is not configured
     tags = retention_tags(file_type)
+    signed_at = _now()
+    expires_at = signed_at + timedelta(seconds=seconds)
+    # Marked pending until the URL expires: `gc --pending` deletes the row after that if
+    # no object came (model.PENDING_UPLOAD_KEY).
+    pending = {PENDING_UPLOAD_KEY: iso_utc(expires_at)}
     rows = []
     for f in files:
         file_id = new_id()
@@ -342,10 +348,9 @@ def presign_uploads(
                 file_name=f.file_name,
                 size=f.size,
                 s3_key=object_key(file_id, file_type, request.project_id, request.platform_id),
+                metadata=dict(pending),
             )
         )
-    signed_at = _now()
-    expires_at = signed_at + timedelta(seconds=seconds)
     items: list[Presigned] = []
     for row in rows:
         if dry_run:

@@ -16,6 +16,7 @@ import itertools
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -1150,10 +1151,24 @@ def parse_list_page(body: bytes, where: str, bucket: str) -> ListPage:
             raise BackendUnavailableError(
                 f"S3 at {where} listed {key!r} in bucket {bucket!r} with a size of {size[:40]!r}"
             )
-        objects.append(ObjectInfo(unquote_plus(key) if encoded else key, int(size)))
+        objects.append(ObjectInfo(
+            unquote_plus(key) if encoded else key, int(size), _last_modified(item.findtext(f"{ns}LastModified"))
+        ))
     truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
     token = root.findtext(f"{ns}NextContinuationToken") or None
     return ListPage(objects, truncated, token)
+
+
+def _last_modified(text: str | None) -> datetime | None:
+    """A listing's ``LastModified`` (ISO-8601, e.g. ``2026-01-02T03:04:05.000Z``) as a UTC
+    datetime; None when absent or unreadable (gc then never judges the object old)."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def canonical_query(query: dict[str, str]) -> str:
