@@ -12,11 +12,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    try:
-        app(prog_name="apstorage")  # always ends in SystemExit (click's standalone mode)
-    except SystemExit as exc:
-        _exit(exc.code)
-    _exit(0)
+    from apstorage.cli.app import run
+
+    _exit(run())
 
 
 def _exit(code: object) -> None:

@@ -148,7 +148,8 @@ def _render_verify(console, result) -> None:
             console.print(f"{loc.location}: not checked ({loc.note})", markup=False)
     table = Table("problem", "files", "bytes", "what cleans it")
     table.columns[1].justify = table.columns[2].justify = "right"
-    names = {"missing": "missing objects", "orphans": "orphan objects", "sizeMismatches": "size mismatches"}
+    names = {"missing": "missing objects", "orphans": "orphan objects", "sizeMismatches": "size mismatches",
+             "refused": "refused by the store"}
     for kind in result.kinds():
         table.add_row(names[kind.kind], f"{kind.files:,}", human_size(kind.bytes),
                       CLEAN_SHORT[kind.kind] if kind.files else "")
@@ -165,6 +166,8 @@ def _render_verify(console, result) -> None:
                 line += f"  row size={item['size']} object size={item['objectSize']}"
             elif item.get("size") is not None:
                 line += f"  size={item['size']}"
+            if item.get("error"):
+                line += f"  error={item['error']}"
             console.print(line, markup=False, soft_wrap=True)
         if kind.files > len(kind.items):
             console.print(f"  … and {kind.files - len(kind.items):,} more (--json lists them all)", markup=False)

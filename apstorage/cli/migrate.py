@@ -20,7 +20,7 @@ def migrate_to_s3(
     ),
     workers: int = typer.Option(64, "--workers", min=1, max=256, help="Parallel uploads."),
     batch_size: int = typer.Option(100, "--batch-size", min=1, max=10000, help="Rows claimed per transaction."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Stop after this many files."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, max=1_000_000_000, help="Stop after this many files."),
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:

@@ -7,7 +7,8 @@ prefixes (``platform/`` and ``project/``) and reports three kinds of problem:
 
 - **missing**: a row at S3/LOCAL whose object or file is not there;
 - **orphans**: an object or file no row points at (a project deleted by cascade leaves
-  them behind: its rows go, its objects stay);
+  them behind: its rows go, its objects stay); zero-byte "folder" objects (keys ending
+  in "/") are not files and never orphans;
 - **size mismatches**: the object's size differs from the row's ``size`` (the stored
   size: for ``ZSTD`` rows, the compressed size, which is what the object holds).
 
@@ -41,7 +42,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from apstorage.catalog import du as sql
 from apstorage.catalog.du import KeyedRow, UsageFilter, UsageRow
-from apstorage.errors import ConfigError, UsageError
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+)
 from apstorage.model import Location, check_owner_id, parse_type, iso_utc
 from apstorage.services.context import Storage
 from apstorage.stores.base import ObjectInfo, Store
@@ -59,6 +67,7 @@ CLEAN_SHORT = {
     "missing": "`apstorage gc --missing` (execution data; permanent rows are reported)",
     "orphans": "`apstorage gc --orphans` (objects older than its --grace, 24h)",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
+    "refused": "check the key with your S3 tool; the rest was checked",
 }
 CLEAN = {
     "missing": (
@@ -76,6 +85,11 @@ CLEAN = {
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
         "read the file with `apstorage get ID` to check it, then store it again."
+    ),
+    "refused": (
+        "rows whose object the store refused to look up (an error other than not-found, "
+        "e.g. HTTP 400 for a key it will not take): their bytes could not be checked; the "
+        "rest of the catalog was. Look at the key with your S3 tool."
     ),
 }
 
@@ -300,13 +314,14 @@ class VerifyReport:
     missing: Problems = field(default_factory=lambda: Problems("missing"))
     orphans: Problems = field(default_factory=lambda: Problems("orphans"))
     size_mismatches: Problems = field(default_factory=lambda: Problems("sizeMismatches"))
+    refused: Problems = field(default_factory=lambda: Problems("refused"))
 
     @property
     def ok(self) -> bool:
-        return not (self.missing.files or self.orphans.files or self.size_mismatches.files)
+        return not any(kind.files for kind in self.kinds())
 
     def kinds(self) -> list[Problems]:
-        return [self.missing, self.orphans, self.size_mismatches]
+        return [self.missing, self.orphans, self.size_mismatches, self.refused]
 
     def to_json(self) -> dict:
         return {
@@ -315,6 +330,7 @@ class VerifyReport:
             "missing": self.missing.to_json(),
             "orphans": self.orphans.to_json(),
             "sizeMismatches": self.size_mismatches.to_json(),
+            "refused": self.refused.to_json(),
         }
 
 
@@ -327,6 +343,7 @@ class _Tally:
         self.missing = Problems("missing", limit)
         self.orphans = Problems("orphans", limit)
         self.mismatches = Problems("sizeMismatches", limit)
+        self.refused = Problems("refused", limit)
         self.objects = 0
         self.bytes = 0
 
@@ -336,6 +353,9 @@ class _Tally:
 
     def missing_row(self, row: KeyedRow) -> None:
         self.missing.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
+
+    def refused_row(self, row: KeyedRow, reason: str) -> None:
+        self.refused.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size, error=reason)
 
     def orphan(self, info: ObjectInfo) -> None:
         self.orphans.add(info.size, location=self.where, key=info.key, size=info.size)
@@ -352,6 +372,7 @@ class _Tally:
         report.missing.extend(self.missing)
         report.orphans.extend(self.orphans)
         report.size_mismatches.extend(self.mismatches)
+        report.refused.extend(self.refused)
 
 
 class _OutOfOrder(Exception):
@@ -373,6 +394,7 @@ def verify(
         missing=Problems("missing", limit),
         orphans=Problems("orphans", limit),
         size_mismatches=Problems("sizeMismatches", limit),
+        refused=Problems("refused", limit),
     )
     tick = on_listed or (lambda n: None)
     catalog = storage.catalog
@@ -432,18 +454,43 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     tally.into(report, check)
 
 
+def _folder_marker(info: ObjectInfo) -> bool:
+    """A zero-byte object whose key ends in "/": what consoles and some tools create to
+    show a folder. It holds no file, so it is never an orphan (nor counted)."""
+    return info.size == 0 and info.key.endswith("/")
+
+
 def _managed(key: str) -> bool:
     return key.startswith(MANAGED_PREFIXES)
 
 
-def _stat(store: Store, key: str | None) -> ObjectInfo | None:
-    """stat, with a key the store refuses as unsafe (or no key) counting as absent."""
+@dataclass(frozen=True)
+class _Refused:
+    """The store answered a lookup of one key with an error other than not-found."""
+
+    reason: str
+
+
+def _stat(store: Store, key: str | None) -> ObjectInfo | _Refused | None:
+    """stat, with a key the store refuses as unsafe (or no key) counting as absent, and
+    any other error about this one key (HTTP 400, a name the disk will not take) kept as
+    ``_Refused`` so the rest is still checked. A LOCAL path that is a symbolic link is not
+    a file of ours (stores/local.py) and counts as absent. Errors about the store as a
+    whole (it is unreachable, refuses the credentials, the bucket is gone) stop the run."""
+    from apstorage.stores.local import LinkError
+
     if key is None:
         return None
     try:
         return store.stat(key)
-    except UsageError:
+    except (UsageError, LinkError):
         return None
+    except (BackendUnavailableError, PermissionDeniedError, NotFoundError, ConfigError):
+        raise
+    except ApStorageError as exc:
+        return _Refused(exc.message)
+    except OSError as exc:  # LOCAL: a name too long, a component that is a file, ...
+        return _Refused(f"{exc.strerror or exc}")
 
 
 # -- the merge join -------------------------------------------------------------------------
@@ -497,6 +544,9 @@ def _merge_streams(rows: Iterator[KeyedRow], objects: Iterator[ObjectInfo], stor
         if not _managed(r.key):  # type: ignore[arg-type]
             # Outside the listed prefixes: ask the store about this one key.
             info = _stat(store, r.key)
+            if isinstance(info, _Refused):
+                tally.refused_row(r, info.reason)
+                return
             if info is not None:
                 tally.compare(r, info)
                 return
@@ -551,6 +601,8 @@ class _ListingThreads:
         page: list[ObjectInfo] = []
         try:
             for info in store.list(prefix):
+                if _folder_marker(info):
+                    continue
                 page.append(info)
                 if len(page) >= LIST_PAGE:
                     if not self._put(q, page):
@@ -629,7 +681,10 @@ def _stat_page(pool: ThreadPoolExecutor, store: Store, page: list[KeyedRow], tal
     the listed prefixes (compared here)."""
     seen = 0
     for row, info in zip(page, pool.map(lambda r: _stat(store, r.key), page)):
-        if info is None:
+        if isinstance(info, _Refused):
+            tally.refused_row(row, info.reason)
+            seen += 1
+        elif info is None:
             tally.missing_row(row)
             seen += 1
         elif not _managed(row.key):  # type: ignore[arg-type]
