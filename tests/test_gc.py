@@ -255,6 +255,26 @@ def test_a_listing_in_folder_order_starts_over_and_counts_once(local_env, storag
     assert all(row_exists(storage, r.id) and object_exists(storage, Location.LOCAL, r.key) for r in rows)
 
 
+def test_a_file_a_link_reaches_is_not_an_orphan(local_env, storage_factory) -> None:
+    """Row A's key is a symbolic link to a file no row names: A reads its bytes through it,
+    so gc keeps the file (and never touches the link)."""
+    storage = storage_factory(local_env)
+    target_key = orphan(storage, Location.LOCAL, age=2 * DAY)
+    root = Path(local_env["AP_LOCAL_STORAGE_PATH"])
+    row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.LOCAL, created=NOW - timedelta(days=5),
+                  project_id="proj1", size=7)
+    link = root / row.key
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(root / target_key)
+    storage.catalog.insert(FileRow(**{**row.__dict__, "s3_key": row.key}))
+    plain = orphan(storage, Location.LOCAL, age=2 * DAY)
+    report = collect_garbage(storage)
+    assert (root / target_key).is_file() and link.is_symlink()
+    assert not object_exists(storage, Location.LOCAL, plain)
+    assert report.orphans.files == 1 and report.skipped.get("linked") == 1
+    assert row_exists(storage, row.id)
+
+
 # -- safety beside other commands ------------------------------------------------------------
 
 

@@ -303,6 +303,7 @@ class _Collector:
         self.by_s3_key = False
         self.refused_in_a_row: dict[str, int] = {}
         self.abandoned: dict[str, str] = {}
+        self.link_targets: set | None = None  # files links under the LOCAL root reach
 
     # -- plumbing -------------------------------------------------------------------------
     def session(self) -> sql.Session:
@@ -463,13 +464,17 @@ class _Collector:
                 self.refused_in_a_row[location.value] = 0
 
     def _not_links(self, store: Store, infos: list[ObjectInfo]) -> list[ObjectInfo]:
-        """A symlink under the LOCAL root is never deleted by gc (a delete could reach the
-        file it points at, which a row may reference)."""
-        root = getattr(store, "root", None)
-        if root is None:
+        """A file under the LOCAL root that a symbolic link reaches is never an orphan: a
+        row whose key is the link reads its bytes through it (listings skip the links
+        themselves)."""
+        reached = getattr(store, "reached_by_link", None)
+        if reached is None:
             return infos
-        kept = [info for info in infos if not (root / info.key).is_symlink()]
-        self.report.skip("symlinks", len(infos) - len(kept))
+        with self.sessions_lock:
+            if self.link_targets is None:
+                self.link_targets = store.link_targets()  # type: ignore[attr-defined]
+        kept = [info for info in infos if not reached(info.key, self.link_targets)]
+        self.report.skip("linked", len(infos) - len(kept))
         return kept
 
     # -- rows without bytes -----------------------------------------------------------------
@@ -520,8 +525,8 @@ class _Collector:
     def _classify(self, row: sql.JudgedRow) -> str | None:
         report = self.report
         if row.upload_expires is not None:
-            expires = _parse_time(row.upload_expires)
-            if expires is None or expires + timedelta(seconds=PENDING_MARGIN) > self.clock:
+            deadline = _parse_time(row.upload_expires)
+            if deadline is None or deadline + timedelta(seconds=PENDING_MARGIN) > self.clock:
                 report.skip("inFlight", 1)
                 return None
             return "pending"
