@@ -143,7 +143,7 @@ def plant_everything(storage: Storage) -> dict[str, list]:
     # began, by LATER's clock within the grace): kept.
     for location in Location:
         gone["rows"].append(seed(storage, "TRIGGER_PAYLOAD", location, old, data=None))
-    kept["rows"].append(seed(storage, "TRIGGER_PAYLOAD", Location.S3, NOW + timedelta(minutes=1), data=None))
+    kept["rows"].append(seed(storage, "TRIGGER_PAYLOAD", Location.S3, NOW + timedelta(days=1), data=None))
     # Permanent rows and FLOW_BUNDLE without bytes: kept and reported.
     reported = [
         seed(storage, "SAMPLE_DATA", Location.DB, old, data=None),
