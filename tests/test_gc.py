@@ -271,7 +271,9 @@ def test_a_file_a_link_reaches_is_not_an_orphan(local_env, storage_factory) -> N
     report = collect_garbage(storage)
     assert (root / target_key).is_file() and link.is_symlink()
     assert not object_exists(storage, Location.LOCAL, plain)
-    assert report.orphans.files == 1 and report.skipped.get("linked") == 1
+    # The file is not an orphan, and the row whose key is the link is not missing.
+    assert report.orphans.files == 1 and report.skipped.get("linked") == 2
+    assert report.missing.files == 0 and report.failed == 0 and report.ok
     assert row_exists(storage, row.id)
 
 

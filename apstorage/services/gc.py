@@ -546,11 +546,18 @@ class _Collector:
             return set()
         present: set[str] = set()
 
+        from apstorage.stores.local import LinkError
+
         def ask(row: sql.JudgedRow) -> tuple[sql.JudgedRow, bool | str]:
             if row.key is None:
                 return row, False
             try:
                 return row, store.stat(row.key) is not None
+            except LinkError:
+                # The key is (or passes through) a symbolic link under the LOCAL root: the
+                # row may read its bytes through it; never judged missing.
+                self.report.skip("linked", 1)
+                return row, True
             except UsageError:
                 return row, False  # a key the store refuses as unsafe cannot hold bytes
             except ApStorageError as exc:
@@ -610,6 +617,10 @@ class _GcTally:
         if not self.matched:
             self.matched = True
             self._flush_rows()
+
+    def refused_row(self, row: KeyedRow, reason: str) -> None:
+        """The store would not say whether this row's bytes exist: never judged."""
+        self.c.report.skip("unchecked", 1)
 
     def orphan(self, info: ObjectInfo) -> None:
         c = self.c
