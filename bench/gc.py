@@ -67,8 +67,13 @@ def key_for(kind: str, i: int) -> tuple[str, str, str]:
 def s5cmd(s3, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key, AWS_REGION=s3.region)
-    return subprocess.run([peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, *args],
-                          env=env, check=True, capture_output=capture, text=True)
+    proc = subprocess.run([peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, *args],
+                          env=env, capture_output=capture, text=True)
+    if proc.returncode != 0 and not (args and args[0] == "ls"):
+        tail = "\n".join((proc.stderr or "").splitlines()[-5:])
+        raise SystemExit(f"s5cmd {' '.join(args[:3])} exited {proc.returncode}: {tail}")
+    proc.check_returncode()
+    return proc
 
 
 def count_objects(s3, bucket: str) -> int:
