@@ -214,7 +214,7 @@ def test_an_unreachable_endpoint_is_exit_8(runner, set_env, tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    set_env(AP_S3_BUCKET="b", AP_S3_ENDPOINT=f"http://127.0.0.1:{port}",
+    set_env(AP_S3_BUCKET="bkt", AP_S3_ENDPOINT=f"http://127.0.0.1:{port}",
             AP_S3_ACCESS_KEY_ID="k", AP_S3_SECRET_ACCESS_KEY="secret-value-123")
     junit = tmp_path / "down.xml"
     result = invoke(runner, "check-iam", "--json", "--junit-xml", str(junit))

@@ -158,12 +158,12 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
     assert rules_of(client, bucket) == after
 
     # new retention: our expiry rule updated in place, the rest untouched
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2")
-    assert plan["updated"] == [EXPIRE_RULE_ID] and plan["expirationDays"] == 9
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2")
+    assert plan["updated"] == [EXPIRE_RULE_ID] and plan["expirationDays"] == 42
     changed = rules_of(client, bucket)
     assert [r["ID"] for r in changed] == FOREIGN_IDS + OURS
     assert changed[: len(FOREIGN)] == before
-    assert by_id(changed)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 9}
+    assert by_id(changed)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 42}
 
     # show: every rule, ours marked
     shown = run_json(runner, "lifecycle", "show")
@@ -174,14 +174,14 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
     rows = {r["id"]: r for r in shown["rules"]}
     assert rows["team-date"]["rule"]["Expiration"]["Date"] == "2031-01-01T00:00:00Z"
     assert rows[EXPIRE_RULE_ID]["filter"] == "tag ap-retention=execution"
-    assert rows[EXPIRE_RULE_ID]["actions"] == "expire after 9 days"
+    assert rows[EXPIRE_RULE_ID]["actions"] == "expire after 42 days"
     assert rows["team-and"]["enabled"] is False
 
     # --replace removes foreign rules only when asked, and --dry-run still writes nothing
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2", "--replace", "--dry-run")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2", "--replace", "--dry-run")
     assert plan["removed"] == FOREIGN_IDS and plan["kept"] == OURS
     assert rules_of(client, bucket) == changed
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2", "--replace")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2", "--replace")
     assert plan["removed"] == FOREIGN_IDS and plan["written"] is True
     assert [r["ID"] for r in rules_of(client, bucket)] == OURS
 
@@ -189,7 +189,8 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
 def test_bucket_without_configuration(runner, bucket, s3_env, set_env) -> None:
     set_env(**s3_env)
     shown = run_json(runner, "lifecycle", "show")
-    assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS}
+    assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS,
+                     "minimumExpiryDays": 31, "problems": []}
     human = invoke(runner, "lifecycle", "show")
     assert human.exit_code == 0
     assert f"bucket {bucket} has no lifecycle rules" in human.stdout
@@ -325,14 +326,14 @@ def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
     assert plan["added"] == OURS and plan["kept"] == ids
     assert rules_of(client, moto_bucket) == before
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45")
     assert plan["added"] == OURS and plan["written"] is True
     after = rules_of(client, moto_bucket)
     assert after[: len(ids)] == before
-    assert by_id(after)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 15}
+    assert by_id(after)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 46}
     assert by_id(after)[EXPIRE_RULE_ID]["Filter"] == {"Tag": TAG_SET[0]}
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45")
     assert plan["changed"] is False and plan["kept"] == ids + OURS
     assert rules_of(client, moto_bucket) == after
 
@@ -340,7 +341,7 @@ def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
     assert [r["id"] for r in shown["rules"] if r["ours"]] == OURS
     assert {r["id"]: r["actions"] for r in shown["rules"]}["team-glacier"] == "move to GLACIER after 60 days"
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14", "--replace")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45", "--replace")
     assert plan["removed"] == ids and plan["kept"] == OURS
     assert [r["ID"] for r in rules_of(client, moto_bucket)] == OURS
 

@@ -8,6 +8,7 @@ import typer
 
 from apstorage.cli.app import JSON_OPTION, app, handle_errors
 from apstorage.cli.output import Output
+from apstorage.text import printable
 
 _MARKS = {
     "passed": ("✓", "green"),
@@ -44,10 +45,14 @@ def check_iam(
     stops after list and writes nothing), 8 endpoint unreachable.
     """
     from apstorage.config import load_settings
-    from apstorage.services.check_iam import MISSING_BUCKET_HINT, parse_skip, run_checks, write_junit
+    from apstorage.services.check_iam import (
+        MISSING_BUCKET_HINT, parse_skip, prepare_junit_path, run_checks, write_junit,
+    )
 
     out = Output(json_out)
     names = parse_skip(skip)
+    if junit_xml:
+        prepare_junit_path(junit_xml)
     settings = load_settings()
     report = run_checks(settings, prefix=prefix, skip=sorted(names))
     if junit_xml:
@@ -60,7 +65,7 @@ def check_iam(
         table = Table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
         for check in report.checks:
             mark, style = _MARKS[check.status]
-            result = Text(check.detail)
+            result = Text(printable(check.detail))
             if check.hint:
                 result.append(f"\nhint: {check.hint}", style="yellow")
             table.add_row(Text(mark, style=style), check.name, check.permission, result)

@@ -576,6 +576,7 @@ def run_checks(
         from apstorage.stores.s3 import S3Store
 
         store = S3Store(settings, workers=1)  # ConfigError (exit 3) when settings are missing
+    store.require_credentials()  # AP_S3_USE_IRSA=true with nothing to find: exit 3, before any check
     skipped = set(skip)
     endpoint = store.endpoint or f"AWS S3 ({settings.s3_region or 'us-east-1'})"
     report = CheckReport(bucket=store.bucket, prefix=prefix, endpoint=endpoint)
@@ -693,9 +694,24 @@ def junit_xml(report: CheckReport) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def prepare_junit_path(path: str) -> str:
+    """Check the --junit-xml target before any probe runs, creating missing parent folders
+    (``reports/s3-iam.xml`` on a fresh checkout). Returns the absolute path."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise UsageError(f"--junit-xml: {path} is a folder; give a file path such as {path.rstrip('/')}/s3-iam.xml")
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    except PermissionError:
+        raise PermissionDeniedError(f"--junit-xml: cannot create the folder {os.path.dirname(target)}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"--junit-xml: cannot create the folder {os.path.dirname(target)}: {exc.strerror}") from None
+    return target
+
+
 def write_junit(report: CheckReport, path: str) -> None:
     data = junit_xml(report)
-    target = os.path.abspath(path)
+    target = prepare_junit_path(path)
     try:
         with open(target, "wb") as fh:
             fh.write(data)
@@ -712,6 +728,7 @@ __all__ = [
     "CheckResult",
     "junit_xml",
     "parse_skip",
+    "prepare_junit_path",
     "run_checks",
     "write_junit",
 ]
