@@ -91,8 +91,17 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_CATALOG_SIZE = 2**31 - 1
 MAX_DB_BYTES = {"POSTGRES": 2**30 - 1 - 4, "SQLITE3": 1_000_000_000}
 
+# The ``metadata`` key `presign --upload` sets on the rows it creates: when the PUT URL
+# expires (ISO-8601 UTC). Until then the row's object may still be on its way; after it
+# (and with no object) the upload never came, and `gc --pending` deletes the row.
+PENDING_UPLOAD_KEY = "apstorageUploadExpiresAt"
+
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+# Ids the platform makes: 21 characters of 0-9A-Za-z (nanoid over that alphabet; the columns
+# are varchar(21)). New rows must use them. Rows already in a catalog are read more
+# tolerantly ('_' and '-', up to 64), as before, so an odd existing id still works.
+NEW_ID_RE = re.compile(r"[0-9A-Za-z]{1,21}")
+_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def new_id() -> str:
@@ -145,21 +154,31 @@ def follows_storage_location(file_type: str) -> bool:
     return file_type in LOCATION_TYPES
 
 
-def check_owner_id(value: str, flag: str) -> str:
-    """Project and platform ids become path segments: only id characters are allowed."""
-    if not _ID_RE.match(value):
-        raise UsageError(f"{flag}: {value!r} is not a valid id (letters, digits, '_' and '-' only)")
+def check_owner_id(value: str, flag: str, *, new: bool = False) -> str:
+    """Project and platform ids become path segments: only id characters are allowed.
+
+    ``new`` (an id for a row about to be written): at most 21 characters of ``0-9A-Za-z``,
+    the platform's alphabet. Otherwise (a row already in the catalog) ``_`` and ``-`` and up
+    to 64 characters pass too. A trailing newline or any control character never passes.
+    """
+    pattern = NEW_ID_RE if new else _ID_RE
+    if not pattern.fullmatch(value):
+        from apstorage.text import printable
+
+        accepted = "1 to 21 letters and digits (0-9A-Za-z), as the platform makes ids" if new \
+            else "letters, digits, '_' and '-' only"
+        raise UsageError(f"{flag}: {printable(repr(value[:80]))} is not a valid id; accepted: {accepted}")
     return value
 
 
 def check_owner(project_id: str | None, platform_id: str | None) -> None:
-    """Every file has an owner, and owner ids become key segments: refuse anything else."""
+    """Every new file has an owner, and owner ids become key segments: refuse anything else."""
     if not project_id and not platform_id:
         raise UsageError("give --project ID or --platform ID: every file has an owner")
-    if project_id:
-        check_owner_id(project_id, "--project")
-    if platform_id:
-        check_owner_id(platform_id, "--platform")
+    if project_id is not None:
+        check_owner_id(project_id, "--project", new=True)
+    if platform_id is not None:
+        check_owner_id(platform_id, "--platform", new=True)
 
 
 def object_key(

@@ -57,7 +57,7 @@ def put(
         compress=(compress or "").lower() == "zstd",
     )
     with Storage() as storage:
-        row = put_file(storage, request, dry_run=dry_run)
+        row = put_file(storage, request, dry_run=dry_run, warn=out.warn)
     data = {
         "id": row.id,
         "location": row.location.value,
@@ -93,11 +93,11 @@ def get(
     size or cannot be decoded; with -o PATH nothing is left behind then.
     """
     from apstorage.services.context import Storage
-    from apstorage.services.files import write_file
+    from apstorage.services.files import write_file_to
 
     if json_out and output == "-":
         raise UsageError("--json needs -o PATH: standard output carries the file's bytes")
     with Storage() as storage:
-        row = write_file(storage, file_id, output)
+        row, written = write_file_to(storage, file_id, output)
     if output != "-":
-        Output(json_out).result(row.to_json(), lambda c: c.print(f"wrote {output}", markup=False))
+        Output(json_out).result(row.to_json(), lambda c: c.print(f"wrote {written}", markup=False))

@@ -27,12 +27,12 @@ _CHANGE_STYLE = {"added": "green", "updated": "yellow", "kept": "dim", "removed"
 @handle_errors
 def apply_cmd(
     retention_days: Optional[int] = typer.Option(
-        None, "--retention-days", min=1, metavar="N",
+        None, "--retention-days", min=1, max=36500, metavar="N",
         help="Days execution data is kept (default: AP_EXECUTION_DATA_RETENTION_DAYS; "
         "a shorter expiry than that + 1 day is refused).",
     ),
     grace_days: int = typer.Option(
-        1, "--grace-days", min=0, metavar="N",
+        1, "--grace-days", min=0, max=36500, metavar="N",
         help="Extra days before the bucket expires tagged objects, so the catalog sweep "
         "deletes them first.",
     ),

@@ -17,7 +17,7 @@ FAILURES_PRINTED = 20
 @handle_errors
 def sweep_expired_cmd(
     retention_days: Optional[int] = typer.Option(
-        None, "--retention-days", min=1, metavar="N",
+        None, "--retention-days", min=1, max=36500, metavar="N",
         help="Delete execution data older than N days (default: AP_EXECUTION_DATA_RETENTION_DAYS, 30).",
     ),
     types: Optional[str] = typer.Option(
@@ -30,7 +30,7 @@ def sweep_expired_cmd(
         help="Rows selected and deleted per batch (one short transaction each).",
     ),
     max_delete: Optional[int] = typer.Option(
-        None, "--max-delete", min=1, metavar="N", help="Stop after N files in this run.",
+        None, "--max-delete", min=1, max=1_000_000_000, metavar="N", help="Stop after N files in this run.",
     ),
     workers: int = typer.Option(
         8, "--workers", min=1, max=64, metavar="N",
@@ -66,6 +66,11 @@ def sweep_expired_cmd(
             workers=workers,
             on_batch=lambda deleted, failed: bar.advance(deleted + failed),
         )
+        vacuum = None
+        if report.deleted and not dry_run:
+            from apstorage.services.du import vacuum_hint
+
+            vacuum = vacuum_hint(storage)
     data = report.to_json()
     for warning in report.warnings:
         out.warn(warning)
@@ -106,5 +111,7 @@ def sweep_expired_cmd(
                 f"deleted {report.deleted} files ({human_size(report.bytes)}); "
                 f"{report.failed} could not be deleted and were kept"
             )
+    if vacuum:
+        out.info(vacuum)
     if report.failed:
         raise typer.Exit(1)

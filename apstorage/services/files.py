@@ -22,10 +22,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator
+from typing import IO, BinaryIO, Callable, Iterator
 
 from apstorage.config import Settings
-from apstorage.errors import NotFoundError, PermissionDeniedError, TooLargeError, UsageError
+from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, TooLargeError, UsageError
 from apstorage.model import (
     MAX_CATALOG_SIZE,
     MAX_DB_BYTES,
@@ -64,6 +64,23 @@ class PutRequest:
     compress: bool = False
 
 
+MAX_NAME_LENGTH = 1024
+
+
+def check_file_name(name: object, where: str) -> str | None:
+    """Why ``name`` cannot be recorded as a new file's name, or None: it must be a
+    non-empty string of at most MAX_NAME_LENGTH printable characters."""
+    from apstorage.text import has_control
+
+    if not isinstance(name, str) or not name.strip():
+        return f"{where} must be a non-empty string"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{where} is longer than {MAX_NAME_LENGTH} characters"
+    if has_control(name) is not None:
+        return f"{where} holds a control character; accepted: printable text"
+    return None
+
+
 def location_for(file_type: str, configured: Location) -> Location:
     """Execution data and flow bundles follow the setting; permanent files live in DB
     (the platform's own rule)."""
@@ -78,6 +95,8 @@ def validate_put(storage: Storage, req: PutRequest) -> tuple[str, Location, File
     file_id = new_id()
     key = object_key(file_id, file_type, req.project_id, req.platform_id)
     name = req.name if req.name is not None else (None if req.source == "-" else Path(req.source).name)
+    if name is not None and (problem := check_file_name(name, "--name" if req.name is not None else "the file's name")):
+        raise UsageError(problem + ("" if req.name is not None else "; give --name"))
     row = FileRow(
         id=file_id,
         type=file_type,
@@ -161,8 +180,13 @@ def too_large_error(what: str, limit: int, consequence: str) -> TooLargeError:
 # -- writing ------------------------------------------------------------------------------
 
 
-def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False) -> FileRow:
-    """Store one file; returns its row. Every limit is checked before anything is written."""
+def put_file(
+    storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None, dry_run: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> FileRow:
+    """Store one file; returns its row. Every limit is checked before anything is written.
+    ``warn`` receives one line when the store dropped the retention tag (read back after an
+    S3 put)."""
     file_type, location, row = validate_put(storage, req)
     settings = storage.settings
     stored_limits = stored_size_limits(settings, file_type, location)
@@ -179,15 +203,40 @@ def put_file(storage: Storage, req: PutRequest, *, stdin: BinaryIO | None = None
         if location is Location.DB:
             return storage.catalog.insert(row, source.read())
         store = storage.store(location)
-        store.put(row.key, source, size, tags=retention_tags(file_type))
+        tags = retention_tags(file_type)
+        store.put(row.key, source, size, tags=tags)
         try:
-            return storage.catalog.insert(row)
+            inserted = storage.catalog.insert(row)
         except BaseException:
             # The row never made it: remove the bytes so nothing points nowhere.
             with contextlib.suppress(Exception):
                 store.delete(row.key)
             raise
+        if tags and warn is not None:
+            _warn_if_tag_dropped(store, row.key, size, tags, warn)
+        return inserted
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _warn_if_tag_dropped(
+    store: object, key: str, size: int, tags: dict[str, str], warn: Callable[[str], None]
+) -> None:
+    """One GetObjectTagging after an S3 put: a store that keeps no tags (rclone's) makes
+    the bucket lifecycle rule miss the object, which is worth one line on stderr. A store
+    that refuses the read-back (no s3:GetObjectTagging) is not second-guessed."""
+    read_tags = getattr(store, "read_tags", None)
+    if read_tags is None:
+        return
+    try:
+        kept = read_tags(key, size)
+    except ApStorageError:
+        return
+    if kept is None or any(kept.get(k) != v for k, v in tags.items()):
+        tag = "&".join(f"{k}={v}" for k, v in tags.items())
+        warn(
+            f"the store did not keep the tag {tag} on {key}: the bucket lifecycle rule "
+            "(`apstorage lifecycle apply`) will miss it; `apstorage sweep-expired` still deletes it"
+        )
 
 
 def _open_source(
@@ -282,16 +331,46 @@ def stored_bytes(storage: Storage, row: FileRow) -> Iterator[bytes]:
 
 
 def write_file(storage: Storage, file_id: str, output: str) -> FileRow:
-    """Copy a file's bytes to ``output`` (a path or "-"). A path is written whole or not
-    at all: a temp file beside it is renamed into place once complete, and removed when
-    reading or decoding fails. To stdout, bytes flow as they are read: a fault found at
-    the end (a short object, a truncated frame) still raises, after the bytes before it."""
+    """Copy a file's bytes to ``output`` (a path, an existing folder, or "-").
+
+    A folder gets ``FOLDER/<fileName>`` with the name made safe (``safe_file_name``), as
+    ``aws s3 cp`` does with a folder target. A path is written whole or not at all: a temp
+    file beside it is renamed into place once complete, with the mode an existing file
+    had, else the mode the umask gives a new file. A device (``/dev/stdout``) is written
+    in place. Reading or decoding failures remove the temp file; to stdout, bytes flow
+    as they are read and a fault found at the end (a short object, a truncated frame)
+    still raises, after the bytes before it. ``write_file_to`` also returns the path
+    written."""
+    return write_file_to(storage, file_id, output)[0]
+
+
+def write_file_to(storage: Storage, file_id: str, output: str) -> tuple[FileRow, str]:
+    """``write_file``, also returning the path written ("-" for standard output)."""
+    import stat as stat_mod
+
     row, chunks = open_file(storage, file_id)
     if output == "-":
         _copy(chunks, sys.stdout.buffer)
         sys.stdout.buffer.flush()
-        return row
+        return row, "-"
     target = Path(output)
+    if target.is_dir():
+        target = target / safe_file_name(row.file_name, row.id)
+    elif output.endswith(("/", os.sep)):
+        raise NotFoundError(f"output folder {output} does not exist")
+    try:
+        existing = target.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise PermissionDeniedError(f"cannot write to {target}: {exc.strerror}") from None
+    if existing is not None and stat_mod.S_ISDIR(existing.st_mode):
+        raise UsageError(f"-o: {target} is a folder")
+    if existing is not None and not stat_mod.S_ISREG(existing.st_mode):
+        with open(target, "wb") as out:  # a device or a pipe: nothing to rename
+            _copy(chunks, out)
+        return row, str(target)
+    mode = stat_mod.S_IMODE(existing.st_mode) if existing is not None else 0o666 & ~_umask()
     directory = target.parent if str(target.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
@@ -299,7 +378,10 @@ def write_file(storage: Storage, file_id: str, output: str) -> FileRow:
         raise NotFoundError(f"output folder {directory} does not exist") from None
     except PermissionError:
         raise PermissionDeniedError(f"cannot write to {directory}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"-o: cannot write {target}: {exc.strerror}") from None
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             _copy(chunks, out)
         os.replace(tmp, target)
@@ -307,7 +389,29 @@ def write_file(storage: Storage, file_id: str, output: str) -> FileRow:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return row
+    return row, str(target)
+
+
+def safe_file_name(name: str | None, fallback: str) -> str:
+    """A recorded file name as one safe path component: its last ``/`` or ``\\`` part,
+    control and bidi characters replaced by ``_``; ``fallback`` (the id) when nothing usable
+    is left (empty, ``.``, ``..``, or over 255 bytes)."""
+    from apstorage.text import has_control
+
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    while (at := has_control(base)) is not None:
+        base = base[:at] + "_" + base[at + 1:]
+    base = base.strip()
+    if base in ("", ".", "..") or len(base.encode("utf-8", "surrogatepass")) > 255:
+        return fallback
+    return base
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> None:
@@ -329,4 +433,7 @@ __all__ = [
     "retention_tags",
     "stored_bytes",
     "write_file",
+    "write_file_to",
+    "safe_file_name",
+    "decompressed",
 ]

@@ -30,6 +30,7 @@ from apstorage.model import (
     iso_utc,
     LOCATION_TYPES,
     MAX_CATALOG_SIZE,
+    PENDING_UPLOAD_KEY,
     Compression,
     FileRow,
     Location,
@@ -39,7 +40,7 @@ from apstorage.model import (
     parse_type,
 )
 from apstorage.services.context import Storage
-from apstorage.services.files import retention_tags, too_large_error
+from apstorage.services.files import check_file_name, retention_tags, too_large_error
 
 MAX_EXPIRES = 604800  # 7 days: the longest a SigV4 pre-signed URL can live
 DEFAULT_EXPIRES = {"GET": MAX_EXPIRES, "PUT": 3600}
@@ -111,7 +112,7 @@ def resolve_expires(value: str | int | None, method: str) -> int:
     """Seconds a URL lives: the default for ``method`` when not given; over 7 days refused."""
     if value is None:
         return DEFAULT_EXPIRES[method]
-    seconds = parse_duration(value, "--expires")
+    seconds = parse_duration(value, "--expires", maximum=10**13)  # over 7 days: refused below
     if seconds > MAX_EXPIRES:
         raise UsageError(
             f"--expires {value}: {seconds} s is longer than 7 days (604800 s), the most a "
@@ -221,18 +222,35 @@ def _not_in_s3(storage: Storage, row: FileRow) -> NotSupportedError:
 # -- the upload flow --------------------------------------------------------------------
 
 
-def parse_upload_json(text: str, source: str = "--from-json") -> list[UploadFile]:
-    """``{"files": [{"fileName": .., "fileSize": ..}, ...]}`` → UploadFiles (exit 2 on errors)."""
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # --from-json: a batch of 10,000 entries is ~1 MB
+MAX_BATCH_FILES = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4  # 5 TiB, S3's largest object
+
+def parse_upload_json(text: str | bytes, source: str = "--from-json") -> list[UploadFile]:
+    """``{"files": [{"fileName": .., "fileSize": ..}, ...]}`` → UploadFiles (exit 2 on errors).
+
+    Refused whole, naming the entry, before anything is created: a document over
+    MAX_DOCUMENT_BYTES or nested too deep, more than MAX_BATCH_FILES entries, a missing or
+    empty ``fileName`` (or one with control characters), a ``fileSize`` that is missing,
+    negative, not a whole number, or over 5 TiB."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise UsageError(f"{source}: the document is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB; split the batch")
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{source}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{source}: the document is nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # a number of thousands of digits, bad bytes
+        raise UsageError(f"{source}: not a document this accepts ({str(exc)[:120]})") from None
     files = document.get("files") if isinstance(document, dict) else None
     if not isinstance(files, list) or not files:
         raise UsageError(
             f'{source}: expected {{"files": [{{"fileName": ..., "fileSize": ...}}, ...]}} '
             "with at least one file"
         )
+    if len(files) > MAX_BATCH_FILES:
+        raise UsageError(f"{source}: {len(files)} files; at most {MAX_BATCH_FILES} per batch")
     problems: list[str] = []
     out: list[UploadFile] = []
     for i, entry in enumerate(files):
@@ -240,15 +258,33 @@ def parse_upload_json(text: str, source: str = "--from-json") -> list[UploadFile
             problems.append(f"files[{i}] is not an object")
             continue
         name, size = entry.get("fileName"), entry.get("fileSize")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"files[{i}].fileName must be a non-empty string")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problem = check_file_name(name, f"files[{i}].fileName")
+        if problem:
+            problems.append(problem)
+        if "fileSize" not in entry:
+            problems.append(f"files[{i}].fileSize is missing")
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
             problems.append(f"files[{i}].fileSize must be a whole number of bytes >= 0")
+        elif size > MAX_OBJECT_SIZE:
+            problems.append(f"files[{i}].fileSize is over 5 TiB, the largest S3 object")
         if not problems:
             out.append(UploadFile(name, size))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     return out
+
+
+class _Float:
+    """A JSON number with a fraction or exponent, or NaN/Infinity: never a size or a name."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _no_float(text: str) -> _Float:
+    return _Float(text)
 
 
 def presign_uploads(
@@ -273,8 +309,9 @@ def presign_uploads(
     if not files:
         raise UsageError("nothing to upload: give --name and --size, or --from-json")
     for f in files:
-        if not f.file_name.strip():
-            raise UsageError("--name: a file name cannot be empty")
+        problem = check_file_name(f.file_name, "--name")
+        if problem:
+            raise UsageError(problem)
         if f.size < 0:
             raise UsageError(f"--size: {f.size} is not a size; give a whole number of bytes >= 0")
     limit = storage.settings.max_file_size_bytes
@@ -293,6 +330,11 @@ def presign_uploads(
 
     store = storage.store(Location.S3)  # ConfigError (exit 3) when S3 is not configured
     tags = retention_tags(file_type)
+    signed_at = _now()
+    expires_at = signed_at + timedelta(seconds=seconds)
+    # Marked pending until the URL expires: `gc --pending` deletes the row after that if
+    # no object came (model.PENDING_UPLOAD_KEY).
+    pending = {PENDING_UPLOAD_KEY: iso_utc(expires_at)}
     rows = []
     for f in files:
         file_id = new_id()
@@ -306,10 +348,9 @@ def presign_uploads(
                 file_name=f.file_name,
                 size=f.size,
                 s3_key=object_key(file_id, file_type, request.project_id, request.platform_id),
+                metadata=dict(pending),
             )
         )
-    signed_at = _now()
-    expires_at = signed_at + timedelta(seconds=seconds)
     items: list[Presigned] = []
     for row in rows:
         if dry_run:
