@@ -499,3 +499,21 @@ def test_a_row_deleted_while_being_migrated_counts_as_gone(make_env, faulty_s3, 
     assert not row_exists(storage, doomed)
     assert s3_keys(storage) == {Raw(storage, i).key for i in expected}  # no orphan left
     assert_invariant(storage, expected)
+
+
+def test_a_multipart_upload_answered_2xx_but_never_completed_moves_nothing(faulty_env, faulty_s3, storage_factory) -> None:
+    """CompleteMultipartUpload answered 200 without being forwarded: the HEAD finds no
+    object, so the row stays LOCAL with its file."""
+    storage = storage_factory(faulty_env)
+    body = os.urandom(17 * 1024 * 1024)  # over the multipart threshold
+    big = add_row(storage, Location.LOCAL, body, file_type="FLOW_STEP_FILE")
+    fault = faulty_s3.add(Fault(action="status", method="POST", query="uploadId", status=200,
+                                value="<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"))
+    report = migrate_to_s3(storage, MigrateOptions(workers=2))
+    assert fault.applied == 1
+    assert (report.migrated, report.failed) == (0, 1) and report.failures[0]["id"] == big
+    assert Raw(storage, big).location is Location.LOCAL
+    assert_invariant(storage, {big: body})
+    faulty_s3.clear()
+    assert migrate_to_s3(storage, MigrateOptions(workers=2)).migrated == 1
+    assert_invariant(storage, {big: body})
