@@ -43,11 +43,11 @@ OLD = NOW - timedelta(days=45)
 def add_row(storage: Storage, location: Location, data: bytes | None, *, file_type: str = "FLOW_RUN_LOG",
             project: str | None = "p1", platform: str | None = None, s3_key: str | None = None,
             created: datetime = NOW, size: int | None | str = "auto", compression: str = "NONE",
-            write: bool = True) -> str:
+            write: bool = True, file_id: str | None = None) -> str:
     """Insert a row with plain SQL (any odd value the platform may leave), its bytes where
     ``location`` says (``write=False``: the bytes are someone else's, already there)."""
     catalog = storage.catalog
-    file_id = new_id()
+    file_id = file_id or new_id()
     if location is not Location.DB and s3_key is None:
         s3_key = object_key(file_id, file_type, project, platform)
     if write and data is not None and location is not Location.DB:
@@ -517,3 +517,27 @@ def test_a_multipart_upload_answered_2xx_but_never_completed_moves_nothing(fault
     faulty_s3.clear()
     assert migrate_to_s3(storage, MigrateOptions(workers=2)).migrated == 1
     assert_invariant(storage, {big: body})
+
+
+def test_a_local_row_swept_before_its_file_was_read_counts_as_gone(make_env, faulty_s3, bucket, tmp_path, storage_factory) -> None:
+    """A sweep deletes a LOCAL row's file, then the row, while migrate is busy with the
+    batch: the row counts as gone, not as a failure."""
+    env = make_env(**faulty_s3.info.ap_env(bucket), AP_LOCAL_STORAGE_PATH=str(tmp_path / "local"))
+    storage = storage_factory(env)
+    first = add_row(storage, Location.LOCAL, b"moved", project="trig", file_id="0" * 20 + "1")
+    doomed = add_row(storage, Location.LOCAL, b"swept", project="doomed", file_id="z" * 21)
+    doomed_path = storage.store(Location.LOCAL).path_for(Raw(storage, doomed).key)
+    db_path = Path(env["AP_CONFIG_PATH"]) / "apstorage.sqlite"
+
+    def sweep_it(req):
+        doomed_path.unlink()  # a sweep deletes the bytes first, then the row
+        other = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+        other.execute('DELETE FROM "file" WHERE "id" = ?', (doomed,))
+        other.close()
+        return None
+
+    faulty_s3.add(Fault(action="custom", method="PUT", path="/project/trig/", handler=sweep_it))
+    report = migrate_to_s3(storage, MigrateOptions(workers=1, sources=(Location.LOCAL,)))
+    assert (report.migrated, report.failed, report.gone) == (1, 0, 1), report.failures
+    assert_invariant(storage, {first: b"moved"})
+    assert s3_keys(storage) == {Raw(storage, first).key}
