@@ -395,21 +395,25 @@ def test_local_copies_left_by_a_crash_are_removed_by_the_next_run(env, storage_f
         file_id = add_row(storage, Location.LOCAL, body, file_type="FLOW_STEP_FILE")
         expected[file_id] = leftover[file_id] = body
     unproven = add_row(storage, Location.LOCAL, b"object missing", file_type="FLOW_STEP_FILE")
+    differs = add_row(storage, Location.LOCAL, b"same size, other", file_type="FLOW_STEP_FILE")
     still_local = add_row(storage, Location.LOCAL, b"a local row's file", file_type="FLOW_STEP_FILE")
     expected[still_local] = b"a local row's file"
     # What a killed run leaves: objects uploaded and rows flipped, files not yet removed.
     p = storage.catalog.ph
-    for file_id in [*leftover, unproven]:
+    for file_id in [*leftover, unproven, differs]:
         key = Raw(storage, file_id).key
         if file_id in leftover:
             s3.put_bytes(key, leftover[file_id])
+        elif file_id == differs:
+            s3.put_bytes(key, b"SAME SIZE, OTHER")
         storage.catalog._execute(f'UPDATE "file" SET "location" = \'S3\' WHERE "id" = {p}', (file_id,))
     report = migrate_to_s3(storage, MigrateOptions(sources=(Location.LOCAL,), workers=2))
-    assert (report.leftovers_removed, report.leftovers_kept) == (3, 1)
+    assert (report.leftovers_removed, report.leftovers_kept) == (3, 2)
     assert (report.migrated, report.failed) == (1, 0)
     for file_id in leftover:
         assert local.stat(Raw(storage, file_id).key) is None
     assert local.get(Raw(storage, unproven).key) == b"object missing"  # kept: S3 lacks it
+    assert local.get(Raw(storage, differs).key) == b"same size, other"  # kept: not its bytes
     assert_invariant(storage, expected)
 
 
