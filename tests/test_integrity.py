@@ -30,7 +30,6 @@ from apstorage.model import Location, new_id, object_key
 from apstorage.services.context import Storage
 from apstorage.services.migrate import MigrateOptions, migrate_to_s3
 from apstorage.services.sweep import sweep_expired
-from tests.conftest import settings_from
 from tests.s3_faults import Fault
 
 NOW = datetime.now(timezone.utc)
