@@ -436,7 +436,13 @@ def _remove_leftovers(run: _Run) -> None:
     page: list[str] = []
 
     def settle(keys: list[str]) -> None:
-        owners = refs.rows_referencing(None, catalog, keys)
+        # The rows whose own key each file is (by id: cheap), and, for the keys several
+        # rows hold, every row naming them.
+        owners = refs.rows_referencing(None, catalog, keys, by_id_only=True)
+        shared = [k for k in keys if k in run.shared]
+        if shared:
+            for key, holders in refs.rows_referencing(None, catalog, shared).items():
+                owners[key] = holders
         for key in keys:
             holders = owners.get(key)
             if not holders or any(location != Location.S3.value for _, location in holders):
