@@ -35,9 +35,9 @@ from apstorage.catalog import migrate as sql
 from apstorage.catalog import refs
 from apstorage.catalog.locks import try_run_lock
 from apstorage.errors import ApStorageError, NotFoundError, UsageError
-from apstorage.model import ALL_TYPES, EXECUTION_TYPES, Location, is_execution_type, parse_type
+from apstorage.model import ALL_TYPES, LOCATION_TYPES, Location, follows_storage_location, parse_type
 from apstorage.services.context import Storage
-from apstorage.services.files import RETENTION_TAG
+from apstorage.services.files import retention_tags
 
 READ_BUDGET = 32 * 1024 * 1024  # bytes of DB rows held in memory at once
 SMALL_OBJECT = 1024 * 1024  # files up to this are uploaded by put_many, larger by the pool
@@ -125,10 +125,11 @@ def parse_sources(text: str) -> tuple[Location, ...]:
 
 
 def types_for(source: Location, opts: MigrateOptions) -> frozenset[str]:
-    """DB: execution data, plus permanent files with --include-permanent. LOCAL: every type."""
+    """DB: the types that follow AP_FILE_STORAGE_LOCATION (execution data and flow
+    bundles), plus permanent files with --include-permanent. LOCAL: every type."""
     if opts.types:
         chosen = frozenset(parse_type(t, "--types") for t in opts.types)
-        permanent = sorted(t for t in chosen if not is_execution_type(t))
+        permanent = sorted(t for t in chosen if not follows_storage_location(t))
         if source is Location.DB and permanent and not opts.include_permanent:
             raise UsageError(
                 f"--types: {', '.join(permanent)} are permanent files; add --include-permanent "
@@ -137,7 +138,7 @@ def types_for(source: Location, opts: MigrateOptions) -> frozenset[str]:
         return chosen
     if source is Location.LOCAL or opts.include_permanent:
         return frozenset(ALL_TYPES)
-    return EXECUTION_TYPES
+    return LOCATION_TYPES
 
 
 Progress = Callable[[int, int], None]
@@ -571,7 +572,7 @@ def _read_small(local, key: str) -> bytes | None:
 
 
 def _tags(row) -> dict[str, str] | None:
-    return RETENTION_TAG if is_execution_type(row.type) else None
+    return retention_tags(row.type)
 
 
 def _by_read_budget(batch: list[_Job]) -> Iterable[list[_Job]]:

@@ -1,6 +1,12 @@
 """`sweep-expired`: delete expired execution data, bytes first, then exactly the rows whose
 bytes are gone.
 
+What expires (DESIGN §1, as the platform computes it): rows of the six expiring types
+(``model.EXPIRING_TYPES``; never ``FLOW_BUNDLE``, never permanent types) created longer ago
+than their project's effective retention: the project's own ``executionDataRetentionDays``
+clamped to [``AP_PAUSED_FLOW_TIMEOUT_DAYS``, ``AP_EXECUTION_DATA_RETENTION_DAYS``] when the
+platform's ``project`` table has that column and the project sets it, else the global.
+
 Order of work, one batch at a time:
 
 1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
@@ -34,12 +40,15 @@ from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
 from apstorage.errors import ApStorageError, UsageError
 from apstorage.model import (
-    EXECUTION_TYPES,
+    EXPIRING_TYPES,
+    FLOW_BUNDLE,
     PERMANENT_TYPES,
     Location,
+    effective_retention_days,
     iso_utc,
     object_key,
     parse_type,
+    retention_race_warning,
 )
 from apstorage.services.context import Storage
 from apstorage.stores.base import Store
@@ -85,7 +94,9 @@ class SweepReport:
     max_delete_reached: bool = False
     project_retention: bool = False
     projects_with_shorter_retention: int = 0
+    pause_timeout_days: int = 0
     abandoned_locations: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for t in self.types:
@@ -121,23 +132,32 @@ class SweepReport:
             "cutoff": iso_utc(self.cutoff),
             "projectRetention": self.project_retention,
             "projectsWithShorterRetention": self.projects_with_shorter_retention,
+            "pausedFlowTimeoutDays": self.pause_timeout_days,
+            "warnings": list(self.warnings),
             "abandonedLocations": dict(self.abandoned_locations),
             "failures": [f.to_json() for f in self.failures],
         }
 
 
 def resolve_types(values: Iterable[str] | None) -> list[str]:
-    """The execution types to sweep (all by default); a permanent type is refused (exit 2)."""
+    """The expiring types to sweep (all by default). A permanent type or ``FLOW_BUNDLE``
+    is refused (exit 2): the platform never expires either by age."""
     names = [v for v in (values or []) if v.strip()]
     if not names:
-        return sorted(EXECUTION_TYPES)
+        return sorted(EXPIRING_TYPES)
     out: list[str] = []
+    expiring = ", ".join(sorted(EXPIRING_TYPES))
     for value in names:
         name = parse_type(value, "--types")
         if name in PERMANENT_TYPES:
             raise UsageError(
                 f"--types: {name} is permanent data and is never swept; "
-                f"execution-data types: {', '.join(sorted(EXECUTION_TYPES))}"
+                f"execution-data types: {expiring}"
+            )
+        if name == FLOW_BUNDLE:
+            raise UsageError(
+                f"--types: {name} is never swept: the platform removes a flow bundle with its "
+                f"flow version, never by age; execution-data types: {expiring}"
             )
         if name not in out:
             out.append(name)
@@ -169,9 +189,15 @@ def sweep_expired(
     if days < 1:
         raise UsageError("--retention-days must be at least 1")
     now = now or datetime.now(timezone.utc)
+    pause = storage.settings.paused_flow_timeout_days
     report = SweepReport(
-        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types
+        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types,
+        pause_timeout_days=pause,
     )
+    name = "AP_EXECUTION_DATA_RETENTION_DAYS" if retention_days is None else "--retention-days"
+    warning = retention_race_warning(days, pause, name)
+    if warning:
+        report.warnings.append(warning)
     catalog = storage.catalog
     lock = None if dry_run else sql.try_sweep_lock(catalog)
     if not dry_run and lock is None:
@@ -193,8 +219,9 @@ def _pages(
     storage: Storage, report: SweepReport, now: datetime, batch_size: int
 ) -> Iterator[tuple[str, list[ExpiredRow]]]:
     """(type, rows) pages: first every row older than the retention, type by type; then,
-    when projects carry their own shorter retention, the younger rows those projects
-    no longer keep (by the (projectId, type, created) index)."""
+    for each project whose effective retention (``model.effective_retention_days``: its own
+    value clamped to [pause timeout, retention]) is shorter, the younger rows that project
+    no longer keeps (by the (projectId, type, created) index)."""
     catalog = storage.catalog
     for file_type in report.types:
         for stored in sql.stored_type_names(file_type):
@@ -202,12 +229,15 @@ def _pages(
     if not sql.has_project_retention(catalog):
         return
     report.project_retention = True
+    if report.pause_timeout_days >= report.retention_days:
+        return  # the clamp's floor is the ceiling: no project keeps less than the retention
     after = ""
     while True:
-        projects = sql.projects_with_shorter_retention(
-            catalog, report.retention_days, after=after, limit=PROJECT_PAGE
-        )
-        for project_id, days in projects:
+        projects = sql.projects_below(catalog, report.retention_days, after=after, limit=PROJECT_PAGE)
+        for project_id, own_days in projects:
+            days = effective_retention_days(own_days, report.retention_days, report.pause_timeout_days)
+            if days >= report.retention_days:
+                continue
             report.projects_with_shorter_retention += 1
             cutoff = now - timedelta(days=days)
             for file_type in report.types:

@@ -25,6 +25,7 @@ import errno
 import os
 import stat as stat_mod
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -165,7 +166,7 @@ class LocalStore(Store):
                     continue  # a link (not ours), a socket, a FIFO
                 key = full.relative_to(root).as_posix()
                 if key.startswith(prefix):
-                    yield ObjectInfo(key, info.st_size)
+                    yield ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, timezone.utc))
 
     def link_targets(self) -> set[Path]:
         """Resolved paths that symbolic links under the root point at, inside the root (a
