@@ -64,6 +64,14 @@ def migrate_to_s3(
             f"{report.skipped} skipped, {report.failed} failed",
             markup=False,
         )
+        if report.gone:
+            console.print(f"  {report.gone} rows were deleted meanwhile (a sweep): skipped", markup=False)
+        if report.leftovers_removed or report.leftovers_kept:
+            console.print(
+                f"  LOCAL copies left by an interrupted run: {report.leftovers_removed} removed, "
+                f"{report.leftovers_kept} kept (their S3 object could not be proven)",
+                markup=False,
+            )
         for failure in report.failures[:20]:
             console.print(f"  failed {failure['id']}: {failure['reason']}", markup=False)
         if report.failed > 20:

@@ -59,6 +59,11 @@ class MigrateOptions:
 Outcome = int | None | Exception  # of one file: bytes moved; None: nothing to move; or why it failed
 
 
+class SourceMissing(ApStorageError):
+    """The bytes to move are not there (a LOCAL file, a DB row's data): a failure — unless
+    the row itself is gone too, deleted meanwhile (a concurrent sweep)."""
+
+
 @dataclass
 class MigrateReport:
     migrated: int = 0
@@ -334,6 +339,7 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
     postgres = catalog.dialect == "postgres"
     while True:
         uploaded: dict[str, tuple[_Job, int]] = {}  # id -> (job, bytes sent)
+        vanished: list[tuple[_Job, Outcome]] = []  # bytes not found: the row may be gone
         with sql.batch_scope(catalog) as cur:
             batch = _claim(run, cur, catalog, source, types, cursor)
             if batch is None:
@@ -347,6 +353,8 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
                         if run.progress:
                             with run.lock:
                                 run.progress(1, outcome)
+                    elif isinstance(outcome, SourceMissing) or (outcome is None and job.candidate.has_data):
+                        vanished.append((job, outcome))  # settled once the batch is done
                     else:
                         with run.lock:
                             run.report.record(job.row.id, outcome, from_db=local is None)
@@ -365,6 +373,7 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
             for file_id in flipped:
                 run.report.record(file_id, uploaded[file_id][1], from_db=local is None)
         _settle_unflipped(run, catalog, [job for i, (job, _) in uploaded.items() if i not in flipped])
+        _settle_vanished(run, catalog, vanished, from_db=local is None)
         if local is not None:
             _remove_local_copies(run, catalog, [uploaded[i][0].key for i in flipped])
 
@@ -385,6 +394,19 @@ def _settle_unflipped(run: _Run, catalog, jobs: list[_Job]) -> None:
         if job.key not in held:
             with contextlib.suppress(ApStorageError):
                 run.s3.delete(job.key)
+
+
+def _settle_vanished(run: _Run, catalog, vanished: list[tuple[_Job, Outcome]], *, from_db: bool) -> None:
+    """Rows whose bytes were not found: gone (and skipped) when the row was deleted
+    meanwhile, else the outcome as it was (a failure naming the row)."""
+    for job, outcome in vanished:
+        if refs.row_exists(None, catalog, job.row.id) is None:
+            with run.lock:
+                run.report.skipped += 1
+                run.report.gone += 1
+        else:
+            with run.lock:
+                run.report.record(job.row.id, outcome, from_db=from_db)
 
 
 def _remove_local_copies(run: _Run, catalog, keys: list[str]) -> None:
@@ -415,7 +437,13 @@ def _remove_leftovers(run: _Run) -> None:
     page: list[str] = []
 
     def settle(keys: list[str]) -> None:
-        owners = refs.rows_referencing(None, catalog, keys)
+        # The rows whose own key each file is (by id: cheap), and, for the keys several
+        # rows hold, every row naming them.
+        owners = refs.rows_referencing(None, catalog, keys, by_id_only=True)
+        shared = [k for k in keys if k in run.shared]
+        if shared:
+            for key, holders in refs.rows_referencing(None, catalog, shared).items():
+                owners[key] = holders
         for key in keys:
             holders = owners.get(key)
             if not holders or any(location != Location.S3.value for _, location in holders):
@@ -534,7 +562,7 @@ def _read_small(local, key: str) -> bytes | None:
     try:
         fh, _ = local.open_file(key)
     except NotFoundError:
-        raise ApStorageError(f"LOCAL file for {key} is missing") from None
+        raise SourceMissing(f"LOCAL file for {key} is missing") from None
     try:
         with fh:
             body = fh.read(SMALL_OBJECT + 1)
@@ -572,7 +600,7 @@ def _upload_one(s3, local, job: _Job, payload: bytes | None) -> int | None:
     try:
         fh, size = local.open_file(job.key)
     except NotFoundError:
-        raise ApStorageError(f"LOCAL file for {job.key} is missing") from None
+        raise SourceMissing(f"LOCAL file for {job.key} is missing") from None
     with fh:
         s3.put(job.key, fh, size, tags=tags)
     return size

@@ -11,9 +11,13 @@ Order of work, one batch at a time:
 
 1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
    (``created``, ``id``) — the (``type``, ``created``) index serves it;
-2. delete their bytes: S3 objects by DeleteObjects (``AP_S3_DELETE_BATCH_SIZE`` keys per
+2. keep the bytes another row still references: for keys more than one row holds, one
+   transaction finds those referenced outside the batch and deletes the batch's rows at
+   them without touching the bytes (likewise a LOCAL file a symbolic link under the root
+   reaches); ``_keep_shared_bytes``;
+3. delete the other bytes: S3 objects by DeleteObjects (``AP_S3_DELETE_BATCH_SIZE`` keys per
    request), LOCAL files one by one; DB rows carry their bytes and need nothing;
-3. delete, in one short transaction, the rows whose bytes are gone. A key the store
+4. delete, in one short transaction, the rows whose bytes are gone. A key the store
    refused keeps its row and is reported. A missing object counts as deleted.
 
 A batch that failed as a whole is split in halves and retried, so one bad key cannot

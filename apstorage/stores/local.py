@@ -5,7 +5,8 @@ leave one at a row's path, pointing at another row's file; following it would ma
 delete remove the *other* row's bytes. So, consistently:
 
 * reading (``open``, ``open_file``, ``stat``) through a link under the root — the file
-  itself or any folder on its way — raises ``LinkError`` (exit 1) naming the path: ``get``
+  itself or any folder on its way — raises ``LinkError`` (exit 1) naming the path (a link
+  that leaves the root: UsageError, an unsafe key, as any other way out is): ``get``
   refuses it, ``migrate-to-s3`` reports the row as a failure, ``du --verify`` counts it as
   missing; ``list`` does not yield links;
 * ``delete`` never follows a link: a link at the key is removed itself (its target stays),
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError
+from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, UsageError
 from apstorage.model import Location, safe_relative_key
 from apstorage.stores.base import CHUNK, ObjectInfo, Store
 
@@ -67,11 +68,12 @@ class LocalStore(Store):
             except NotADirectoryError:
                 return path
             if stat_mod.S_ISLNK(mode):
+                root = path.parents[len(parts) - 1]
+                target = here.resolve()
+                if target != root and root not in target.parents:
+                    raise UsageError(f"unsafe object key {key!r}: it leaves {root} through a link")
                 what = "is a symbolic link" if last else f"lies under {here}, a symbolic link"
-                raise LinkError(
-                    f"LOCAL file {path} {what}; apstorage does not follow links under "
-                    f"{path.parents[len(parts) - 1]}"
-                )
+                raise LinkError(f"LOCAL file {path} {what}; apstorage does not follow links under {root}")
         return path
 
     def put(self, key: str, source: BinaryIO, size: int, *, tags: dict[str, str] | None = None) -> None:
