@@ -368,6 +368,8 @@ class S3Store(Store):
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
             except (ClientError, BotoCoreError) as exc:
+                if self.transport_error(exc) is not None:  # S3 cannot be reached: exit 8, as everywhere
+                    raise self.transport_error(exc) from None
                 reason = str(self.translate(exc))
                 failed.update({k: reason for k in batch})
                 continue
