@@ -4,7 +4,7 @@ Who does what:
 
 - **urllib3, through botocore's ``URLLib3Session``** (subclassed as ``Session``) sends every
   one-at-a-time request: the botocore client's (GET, HEAD, multipart, DeleteObjects,
-  lifecycle...: routed here by a ``before-send`` hook) and the signed path's (single PUT,
+  lifecycle...: this session replaces the client's own) and the signed path's (single PUT,
   listing pages, bucket check). So every request has the same proxy rule (botocore's:
   ``get_environ_proxies`` then ``ProxyConfiguration.proxy_url_for`` — HTTP_PROXY,
   HTTPS_PROXY, NO_PROXY; ``ALL_PROXY`` is not read by botocore, so not here either), the same
@@ -258,12 +258,13 @@ class Session(URLLib3Session):
         return self._proxy_config.proxy_url_for(url)
 
     def attach(self, client: Any) -> None:
-        """Send ``client``'s requests through this session (botocore's ``before-send``
-        event: a handler returning a response replaces botocore's own send)."""
-        client.meta.events.register("before-send.s3", self._before_send)
-
-    def _before_send(self, request: AWSPreparedRequest, **_: Any) -> Any:
-        return self.send(request)
+        """Send ``client``'s requests through this session: it becomes the client's
+        endpoint's HTTP session, where botocore's own ``URLLib3Session`` was (botocore has no
+        public setter; a ``before-send`` handler would also run when another handler, such
+        as moto's, has already answered). The client's own session is closed unused."""
+        endpoint = client._endpoint
+        endpoint.http_session.close()
+        endpoint.http_session = self
 
     def send(self, request: AWSPreparedRequest) -> Any:
         with self.deadline(request.url):
