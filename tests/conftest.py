@@ -1,5 +1,5 @@
 """Session fixtures: a real Postgres (pgserver, or AP_TEST_POSTGRES_URL) and a real S3
-server (SeaweedFS), both on 127.0.0.1, started once per test session and stopped after.
+server (SeaweedFS; rclone's S3 server as a second implementation), all on 127.0.0.1, started once per test session and stopped after.
 
 Nothing here skips: a server that cannot start fails the tests that need it.
 """
@@ -46,6 +46,14 @@ def postgres() -> Iterator[servers.PostgresInfo]:
 @pytest.fixture(scope="session")
 def seaweed() -> Iterator[servers.S3Info]:
     with servers.seaweedfs_server(identities=READONLY_IDENTITY) as info:
+        yield info
+
+
+@pytest.fixture(scope="session")
+def rclone() -> Iterator[servers.S3Info]:
+    """rclone's S3 server: signatures and pre-signed expiry enforced, no lifecycle API,
+    no tags (see ``servers.rclone_server``)."""
+    with servers.rclone_server() as info:
         yield info
 
 

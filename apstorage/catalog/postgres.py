@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from datetime import datetime
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ from apstorage.config import Settings
 from apstorage.errors import (
     ApStorageError,
     BackendUnavailableError,
+    ConfigError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -55,10 +57,8 @@ class PostgresCatalog(Catalog):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.target = f"postgres://{settings.postgres_target}"
-        self._secrets = [
-            s.reveal() for s in (settings.postgres_url, settings.postgres_password) if s
-        ]
+        self.dsn = settings.postgres
+        self.target = f"postgres://{self.dsn.target}"
         self._ca_file: str | None = None
         self.conn = self.connect()
 
@@ -66,18 +66,9 @@ class PostgresCatalog(Catalog):
     def _conninfo(self) -> dict[str, Any]:
         s = self.settings
         kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage"}
-        if s.postgres_url is not None:
-            kwargs["conninfo"] = s.postgres_url.reveal()
-        else:
-            kwargs.update(
-                conninfo="",
-                host=s.postgres_host,
-                port=s.postgres_port,
-                dbname=s.postgres_database,
-                user=s.postgres_username,
-            )
-            if s.postgres_password is not None:
-                kwargs["password"] = s.postgres_password.reveal()
+        # Keywords, never a URL string: libpq does not re-parse the password (config.py
+        # parsed AP_POSTGRES_URL once, whatever its password holds).
+        kwargs.update(self.dsn.connect_kwargs(), conninfo="")
         if s.postgres_use_ssl:
             kwargs["sslmode"] = "require"
             if s.postgres_ssl_ca:
@@ -107,13 +98,19 @@ class PostgresCatalog(Catalog):
             with contextlib.suppress(OSError):
                 os.unlink(self._ca_file)
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
-
     def _translate(self, exc: Exception) -> ApStorageError:
-        reason = self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        """A psycopg error → the documented exit code, naming the user, database, host and
+        port or socket as configured. libpq's own text is shown only scrubbed of every
+        secret form, and only after our own words."""
+        from apstorage.config import scrub
+
+        text = str(exc).strip()
+        reason = scrub(text.splitlines()[0].strip() if text else type(exc).__name__)
+        reason = reason.split(" failed: ", 1)[-1]  # 'connection to server at "h" (ip), port p failed: X'
+        lowered = text.lower()
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        named = re.search(r'(?:user|role) "([^"]*)"', text)
+        user = self.dsn.user or (named.group(1) if named else "(the default user)")
         if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in reason:
             return BackendUnavailableError(
                 f"Postgres at {self.target} did not finish a statement within {self.statement_timeout:g} s "
@@ -128,14 +125,29 @@ class PostgresCatalog(Catalog):
                 f'the "file" table does not exist in {self.target}; run `apstorage init`'
             )
         if isinstance(exc, pg_errors.InsufficientPrivilege):
-            return PermissionDeniedError(f"Postgres at {self.target} refused: {reason}")
-        lowered = reason.lower()
-        if "authentication failed" in lowered or "no password supplied" in lowered:
+            return PermissionDeniedError(f"Postgres at {self.target} refused user {user}: {reason}")
+        if sqlstate == "3D000" or re.search(r'database ".*" does not exist', text):
+            return NotFoundError(
+                f"database {self.dsn.dbname or '(the default)'} does not exist on "
+                f"{self.target}",
+                hint="check AP_POSTGRES_URL or AP_POSTGRES_DATABASE",
+            )
+        if sqlstate in ("28000", "28P01") or re.search(r'role ".*" does not exist', text) or any(
+            marker in lowered
+            for marker in (
+                "authentication failed", "no password supplied", "password authentication",
+                "pg_hba.conf", "scram", "password is required",
+                "server requested", "auth method",
+            )
+        ):
             return PermissionDeniedError(
-                f"Postgres at {self.target} refused the credentials: {reason}"
+                f"Postgres at {self.target} refused the credentials of user {user}: {reason}",
+                hint="check the user and password in AP_POSTGRES_URL or AP_POSTGRES_USERNAME / AP_POSTGRES_PASSWORD",
             )
         if isinstance(exc, psycopg.OperationalError):
             return BackendUnavailableError(f"cannot reach Postgres at {self.target}: {reason}")
+        if isinstance(exc, psycopg.ProgrammingError) and "connection" in lowered and "option" in lowered:
+            return ConfigError(f"AP_POSTGRES_URL is not accepted by libpq: {reason}")
         return ApStorageError(f"Postgres error at {self.target}: {reason}")
 
     @contextlib.contextmanager

@@ -20,7 +20,7 @@ def migrate_to_s3(
     ),
     workers: int = typer.Option(64, "--workers", min=1, max=256, help="Parallel uploads."),
     batch_size: int = typer.Option(100, "--batch-size", min=1, max=10000, help="Rows claimed per transaction."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Stop after this many files."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, max=1_000_000_000, help="Stop after this many files."),
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -43,6 +43,7 @@ def migrate_to_s3(
         dry_run=dry_run,
     )
     out = Output(json_out)
+    vacuum = None
     with Storage(workers=workers) as storage:
         if dry_run:
             report = run(storage, opts)
@@ -50,6 +51,10 @@ def migrate_to_s3(
             total, total_bytes = plan(storage, opts) if out.progress_enabled else (None, None)
             with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
                 report = run(storage, opts, progress=bar.advance)
+            if report.freed_db_bytes:
+                from apstorage.services.du import vacuum_hint
+
+                vacuum = vacuum_hint(storage)
     data = report.to_json()
 
     def render(console) -> None:
@@ -65,10 +70,7 @@ def migrate_to_s3(
             console.print(f"  ... and {report.failed - 20} more (see --json)", markup=False)
 
     out.result(data, render)
-    if report.freed_db_bytes and not json_out:
-        out.info(
-            f"{human_size(report.freed_db_bytes)} of bytea left the file table; run VACUUM "
-            '(or VACUUM FULL "file" in a quiet window) to return the space to the system'
-        )
+    if vacuum:
+        out.info(vacuum)
     if report.failed:
         raise typer.Exit(1)

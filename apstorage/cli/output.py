@@ -12,6 +12,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from apstorage.text import printable
+
 
 def human_size(n: int | None) -> str:
     if n is None:
@@ -33,17 +35,13 @@ class Output:
     @property
     def out(self):  # rich.console.Console on stdout
         if self._out is None:
-            from rich.console import Console
-
-            self._out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+            self._out = _safe_console(sys.stdout)
         return self._out
 
     @property
     def err(self):  # rich.console.Console on stderr
         if self._err is None:
-            from rich.console import Console
-
-            self._err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+            self._err = _safe_console(sys.stderr)
         return self._err
 
     def result(self, data: Any, render: Callable[[Any], None] | None = None) -> None:
@@ -61,7 +59,10 @@ class Output:
         self.err.print(f"warning: {message}", style="yellow", markup=False)
 
     def error(self, message: str, hint: str | None = None) -> None:
-        """One line: what went wrong and, when there is one, what to do about it."""
+        """One line: what went wrong and, when there is one, what to do about it.
+
+        Like every string printed here, it goes out with control characters escaped and
+        known secrets blanked (``_safe_console``): one line, whatever the message quotes."""
         line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
         self.err.print(line, style="bold red", markup=False, soft_wrap=True)
 
@@ -97,6 +98,22 @@ class Output:
         with RichProgress(*columns, console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=total, rate="", moved="")
             yield Progress(bar, task, bytes_total)
+
+
+def _safe_console(file: Any) -> Any:
+    """A Rich console that escapes control characters (``apstorage.text.printable``) and
+    blanks known secrets (``config.scrub``) in every string it renders: messages and table
+    cells alike, since keys, names and ids come from a catalog or a server. No markup and
+    no emoji codes: ``[red]`` or ``:x:`` in a key prints as written."""
+    from rich.console import Console
+
+    from apstorage.config import scrub
+
+    class SafeConsole(Console):
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(printable(scrub(text)), **kwargs)
+
+    return SafeConsole(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 class Progress:

@@ -8,12 +8,15 @@ worker count), streaming transfers, and the translation of errors by HTTP status
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import heapq
 import hmac
 import itertools
 import threading
 import time
+import zlib
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -81,6 +84,7 @@ class S3Store(Store):
         self._fast: _FastS3 | None = None
         self._session: Session | None = None
         self._lock = threading.RLock()
+        self._multi_delete = True  # False once the store answered NotImplemented
 
     # -- client -----------------------------------------------------------------------
     @property
@@ -252,16 +256,13 @@ class S3Store(Store):
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self.translate(cause, key) from None
             raise
-        info = self.stat(key)
-        if info is None or info.size != size:
-            raise ApStorageError(
-                f"s3://{self.bucket}/{key} holds {info.size if info else 'nothing'} bytes "
-                f"after uploading {size}"
-            )
+        # A multipart ETag ("hex-N") is no MD5 of the bytes: a HEAD proves the object.
+        self._proven_or_raise(key, size, None)
 
     def put_bytes(self, key: str, data: bytes, *, tags: dict[str, str] | None = None) -> None:
-        """One PutObject carrying Content-MD5, so the server refuses damaged bytes; the
-        returned ETag must equal that MD5 (it does for single-part, unencrypted objects).
+        """One PutObject carrying Content-MD5, so the server refuses damaged bytes. The
+        upload counts only when proven (``_proof_error``): an ETag equal to that MD5, else a
+        HEAD. Raises ApStorageError otherwise (a proven-failed object is removed first).
 
         Sent through ``_FastS3`` (our SigV4 over a keep-alive connection per thread)
         rather than ``client.put_object``: for small objects botocore's per-call machinery
@@ -271,7 +272,7 @@ class S3Store(Store):
         """
         digest = hashlib.md5(data)
         etag = self.fast.put(key, data, _put_headers(digest, tags))
-        error = self._etag_error(key, etag, digest)
+        error = self._proof_error(key, etag, digest, data)
         if error:
             raise error
 
@@ -285,24 +286,86 @@ class S3Store(Store):
         ``items`` is consumed lazily (at most ``concurrency`` bodies are held);
         ``expected``, how many there are, if known, bounds the connections opened."""
 
-        def requests() -> Iterator[tuple[Any, str, bytes, dict[str, str]]]:
-            for token, key, body, tags in items:
-                digest = hashlib.md5(body)
-                yield (token, key, digest), key, body, _put_headers(digest, tags)
+        body_of: dict[int, bytes] = {}  # held until proven (a HEAD may need checksums)
 
-        for (token, key, digest), result in self.fast.put_many(requests(), concurrency, expected):
+        def requests() -> Iterator[tuple[Any, str, bytes, dict[str, str]]]:
+            for seq, (token, key, body, tags) in enumerate(items):
+                digest = hashlib.md5(body)
+                body_of[seq] = body
+                yield (seq, token, key, digest), key, body, _put_headers(digest, tags)
+
+        for (seq, token, key, digest), result in self.fast.put_many(requests(), concurrency, expected):
+            body = body_of.pop(seq)
             if isinstance(result, ApStorageError):
                 yield token, result
             else:
-                yield token, self._etag_error(key, result, digest)
+                yield token, self._proof_error(key, result, digest, body)
 
-    def _etag_error(self, key: str, etag: str, digest: Any) -> ApStorageError | None:
-        if etag and "-" not in etag and etag != digest.hexdigest():
-            return ApStorageError(
-                f"s3://{self.bucket}/{key}: the server's ETag {etag} does not match the "
-                f"MD5 {digest.hexdigest()} of the bytes sent"
-            )
-        return None
+    # -- proof of an upload -------------------------------------------------------------
+    # A 2xx answer is not proof: a proxy or a faulty gateway can answer 2xx without
+    # storing anything (no ETag at all), and SSE-KMS / SSE-C buckets and multipart uploads
+    # answer with an ETag that is no MD5 of the bytes. So an upload counts when the ETag is
+    # the MD5 of the bytes sent; otherwise a HEAD decides: the object must be there with
+    # the size sent, and every checksum the store returns that can be computed here
+    # (CRC32, SHA-1, SHA-256) must match. A non-MD5 ETag alone is not a failure.
+
+    def _proof_error(self, key: str, etag: str | None, digest: Any, data: bytes) -> ApStorageError | None:
+        md5_hex = digest.hexdigest()
+        if etag and etag.strip('"').lower() == md5_hex:
+            return None
+        error = self._head_proof(key, len(data), md5_hex, data, discard=True)
+        if error is None:
+            return None
+        answered = f"the ETag {etag}" if etag else "no ETag"
+        return ApStorageError(
+            f"{error.message} (the upload was answered with {answered}, not the MD5 {md5_hex} "
+            "of the bytes sent, so a HEAD had to prove it)"
+        )
+
+    def _proven_or_raise(self, key: str, size: int, data: bytes | None) -> None:
+        error = self._head_proof(key, size, None, data, discard=True)
+        if error:
+            raise error
+
+    def prove(self, key: str, size: int, md5_hex: str | None = None, *, data: bytes | None = None) -> ApStorageError | None:
+        """None when the object at ``key`` is proven to hold ``size`` bytes (with MD5
+        ``md5_hex`` when its ETag is an MD5, and ``data``'s checksums when the store
+        returns some); else why not. Reads only: never deletes."""
+        return self._head_proof(key, size, md5_hex, data, discard=False)
+
+    def _head_proof(self, key: str, size: int, md5_hex: str | None, data: bytes | None, *,
+                    discard: bool) -> ApStorageError | None:
+        where = f"s3://{self.bucket}/{key}"
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return ApStorageError(
+                    f"{where} is not there after an upload the server answered with success; "
+                    "the upload does not count"
+                )
+            return ApStorageError(f"{where}: the upload could not be proven ({self.translate(exc)})")
+        except BotoCoreError as exc:
+            return ApStorageError(f"{where}: the upload could not be proven ({self.translate(exc)})")
+        stored = int(head.get("ContentLength", -1))
+        wrong = None
+        if stored != size:
+            wrong = f"{where} holds {stored} bytes after uploading {size}"
+        elif md5_hex and str(head.get("ETag", "")).strip('"').lower() == md5_hex:
+            return None
+        elif data is not None:
+            for field_name, compute in _CHECKSUMS.items():
+                value = head.get(field_name)
+                if value and "-" not in value and value != compute(data):
+                    wrong = f"{where}: the stored {field_name} {value} is not that of the bytes sent"
+                    break
+        if wrong is None:
+            return None
+        if discard:  # the caller owns the key: a proven-failed upload leaves no object
+            with contextlib.suppress(ApStorageError):
+                self.delete(key)
+            wrong += "; the object was removed"
+        return ApStorageError(wrong)
 
     @property
     def fast(self) -> "_FastS3":
@@ -356,28 +419,103 @@ class S3Store(Store):
             raise self.translate(exc, key) from None
 
     def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
-        """DeleteObjects in batches of ``AP_S3_DELETE_BATCH_SIZE``; returns refused keys."""
+        """Delete ``keys``; returns {refused key: reason}. A missing key counts as deleted.
+
+        DeleteObjects in batches of ``AP_S3_DELETE_BATCH_SIZE``, carrying ``Content-MD5``
+        (stores that predate the CRC32 checksums botocore >= 1.36 sends refuse a batch
+        without it, ``MissingContentMD5``). One DeleteObject per key instead:
+
+        - for keys XML 1.0 cannot carry (control characters): a batch would fail with
+          MalformedXML on every run;
+        - for the whole batch when the store refuses the request as MalformedXML;
+        - for the rest of the run once the store answers NotImplemented (501): it has no
+          multi-object delete;
+        - for the whole batch when the answer cannot be matched to the request (an error
+          entry for a key that was not sent, or without a key): each key is deleted again
+          and a HEAD confirms it is gone, so no row is removed on a guess.
+        """
+        keys = list(dict.fromkeys(keys))
+        one_by_one = [k for k in keys if _xml_unsafe(k)]
+        batchable = [k for k in keys if not _xml_unsafe(k)]
         failed: dict[str, str] = {}
-        batch_size = self.settings.s3_delete_batch_size
-        keys = list(keys)
-        for start in range(0, len(keys), batch_size):
-            batch = keys[start : start + batch_size]
-            try:
-                response = self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-                )
-            except (ClientError, BotoCoreError) as exc:
-                if self.transport_error(exc) is not None:  # S3 cannot be reached: exit 8, as everywhere
-                    raise self.transport_error(exc) from None
-                reason = str(self.translate(exc))
-                failed.update({k: reason for k in batch})
+        confirm: list[str] = []
+        batch_size = max(1, self.settings.s3_delete_batch_size)
+        for start in range(0, len(batchable), batch_size):
+            batch = batchable[start : start + batch_size]
+            if not self._multi_delete:
+                one_by_one.extend(batch)
                 continue
-            for err in response.get("Errors", []):
-                if err.get("Code") in ("NoSuchKey", "NotFound"):
-                    continue
-                failed[err["Key"]] = f"{err.get('Code')}: {err.get('Message', '')}".strip()
+            outcome = self._delete_batch(batch)
+            if outcome is None:
+                one_by_one.extend(batch)
+            elif outcome is _UNMATCHED:
+                confirm.extend(batch)
+            else:
+                failed.update(outcome)  # type: ignore[arg-type]
+        failed.update(self._delete_each(one_by_one))
+        if confirm:
+            failed.update(self._delete_each(confirm, confirm=True))
         return failed
+
+    def _delete_batch(self, batch: list[str]) -> dict[str, str] | object | None:
+        """One DeleteObjects: the refused keys, or None when the batch must go key by key,
+        or ``_UNMATCHED`` when the answer names keys that were not sent."""
+        client = self.client
+        # Registered once per client (unique_id); botocore sends only a CRC32 otherwise.
+        client.meta.events.register(
+            "before-sign.s3.DeleteObjects", _add_content_md5, unique_id="apstorage-delete-md5"
+        )
+        try:
+            response = client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NotImplemented", "XNotImplemented") or status == 501:
+                self._multi_delete = False  # for the rest of this run
+                return None
+            if code == "MalformedXML":
+                return None
+            reason = _reason(self.translate(exc), code)
+            return {k: reason for k in batch}
+        except BotoCoreError as exc:
+            transport = self.transport_error(exc)
+            if transport is not None:  # S3 cannot be reached, or stalls: exit 8, as everywhere
+                raise transport from None
+            reason = str(self.translate(exc))
+            return {k: reason for k in batch}
+        sent = set(batch)
+        errors = response.get("Errors", [])
+        if any(err.get("Key") not in sent for err in errors):
+            return _UNMATCHED
+        refused: dict[str, str] = {}
+        for err in errors:
+            if err.get("Code") in ("NoSuchKey", "NotFound"):
+                continue
+            refused[err["Key"]] = f"{err.get('Code')}: {err.get('Message', '')}".strip(" :")
+        return refused
+
+    def _delete_each(self, keys: list[str], *, confirm: bool = False) -> dict[str, str]:
+        """DeleteObject per key, a few at a time; with ``confirm``, a HEAD afterwards
+        must find nothing. Returns the refused keys with reasons."""
+        if not keys:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(key: str) -> str | None:
+            try:
+                self.delete(key)
+                if confirm and self.stat(key) is not None:
+                    return "the object is still there after DeleteObject answered success"
+            except ApStorageError as exc:
+                return _reason(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+            results = list(pool.map(one, keys))
+        return {key: reason for key, reason in zip(keys, results) if reason is not None}
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -502,6 +640,32 @@ class S3Store(Store):
             raise self.translate(exc) from None
         return [ObjectInfo(o["Key"], int(o["Size"])) for o in page.get("Contents", [])]
 
+    def read_tags(self, key: str, size: int | None = None) -> dict[str, str] | None:
+        """The object's tags (GetObjectTagging), or None when the store answers with
+        something that is not a tag set (a store without tagging, such as rclone's,
+        returns the object itself). One request; for an object of ``size`` > 0 bytes,
+        ``Range: bytes=0-0`` keeps that answer one byte (tagging requests ignore it; an
+        empty object has no byte 0 to ask for)."""
+        import xml.etree.ElementTree as ET
+
+        fast = self.fast
+        headers = {"Range": "bytes=0-0"} if size else {}
+        response = fast.request(
+            "GET", fast._object_path(key), query={"tagging": ""}, headers=headers,
+            operation="GetObjectTagging", key=key,
+        )
+        try:
+            root = ET.fromstring(response.body)
+        except ET.ParseError:
+            return None
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        if root.tag[len(ns):] != "Tagging":
+            return None
+        return {
+            tag.findtext(f"{ns}Key") or "": tag.findtext(f"{ns}Value") or ""
+            for tag in root.iter(f"{ns}Tag")
+        }
+
     def unsigned_url(self, key: str) -> str:
         """The plain (unsigned) URL of ``key``, addressed as this store addresses it."""
         client = getattr(self, "_unsigned_client", None)
@@ -538,7 +702,9 @@ class S3Store(Store):
         for name, operation, field in calls:
             try:
                 response = getattr(self.client, operation)(Bucket=self.bucket)
-                out[name] = dict(response.get(field, {}))
+                # A store that ignores the subresource answers 200 with something else
+                # (rclone: the bucket listing), which parses as an empty result.
+                out[name] = dict(response.get(field) or {}) or "unsupported"
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -551,6 +717,48 @@ class S3Store(Store):
             except BotoCoreError:
                 out[name] = "unsupported"
         return out
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+_CHECKSUMS = {  # HeadObject fields (ChecksumMode=ENABLED) computable without awscrt
+    "ChecksumCRC32": lambda data: _b64(zlib.crc32(data).to_bytes(4, "big")),
+    "ChecksumSHA1": lambda data: _b64(hashlib.sha1(data).digest()),
+    "ChecksumSHA256": lambda data: _b64(hashlib.sha256(data).digest()),
+}
+
+
+_UNMATCHED = object()  # a DeleteObjects answer that cannot be matched to its request
+
+
+def _xml_unsafe(key: str) -> bool:
+    """Whether ``key`` holds a character a DeleteObjects XML body cannot carry faithfully:
+    C0 controls (XML 1.0 forbids most; parsers turn CR into LF), U+FFFE, U+FFFF, lone
+    surrogates."""
+    return any(
+        ch < " " or ch in "\ufffe\uffff" or "\ud800" <= ch <= "\udfff" for ch in key
+    )
+
+
+def _add_content_md5(request: Any, **_: Any) -> None:
+    """botocore event handler (before-sign, DeleteObjects): a Content-MD5 of the body,
+    which S3 requires on DeleteObjects and which stores older than the CRC32 checksums
+    insist on."""
+    if "Content-MD5" in request.headers:
+        return
+    body = request.body
+    if isinstance(body, str):
+        body = body.encode()
+    if isinstance(body, (bytes, bytearray)):
+        request.headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def _reason(exc: ApStorageError, code: str = "") -> str:
+    """A refusal as one line; the S3 code is kept in it (hints are chosen from it)."""
+    text = str(exc)
+    return text if not code or code in text else f"{text} [{code}]"
 
 
 def _put_headers(digest: Any, tags: dict[str, str] | None) -> dict[str, str]:
@@ -876,23 +1084,94 @@ class _FastS3:
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """ListObjectsV2 pages parsed for key and size only: botocore spends most of a
         listing parsing every field (LastModified through dateutil alone is over half).
-        A page is at most ``MAX_LIST_PAGE`` bytes."""
-        import xml.etree.ElementTree as ET
+        A page is at most ``MAX_LIST_PAGE`` bytes.
 
+        Faithful (DESIGN §2): every page asks for ``encoding-type=url`` and its keys are
+        decoded when the server says it encoded them, so a key holding a character XML
+        cannot carry comes back under its own name; an empty truncated page is followed;
+        a truncated page without a continuation token, or one repeating the previous
+        token, is an error naming the store (never a silently short listing)."""
         path = self.prefix.rstrip("/") or "/"
         token: str | None = None
+        pages = 0
         while True:
-            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
+            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url"}
             if token:
                 query["continuation-token"] = token
             response = self.request("GET", path, query=query, operation="ListObjectsV2")
-            root = ET.fromstring(response.body)
-            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-            for item in root.iter(f"{ns}Contents"):
-                yield ObjectInfo(item.findtext(f"{ns}Key") or "", int(item.findtext(f"{ns}Size") or 0))
-            token = root.findtext(f"{ns}NextContinuationToken")
-            if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+            pages += 1
+            page = parse_list_page(response.body, self.store.where, self.store.bucket)
+            yield from page.objects
+            if not page.truncated:
                 return
+            if not page.next_token or page.next_token == token:
+                what = "no continuation token" if not page.next_token else "the same continuation token again"
+                raise BackendUnavailableError(
+                    f"S3 at {self.store.where} answered page {pages} of the listing of bucket "
+                    f"{self.store.bucket!r} (prefix {prefix!r}) as truncated but with {what}; "
+                    "the listing cannot be completed"
+                )
+            token = page.next_token
+
+
+class ListPage:
+    """One ListObjectsV2 answer: its objects (keys decoded), whether more follow, the
+    token for the next page."""
+
+    __slots__ = ("objects", "truncated", "next_token")
+
+    def __init__(self, objects: list[ObjectInfo], truncated: bool, next_token: str | None) -> None:
+        self.objects = objects
+        self.truncated = truncated
+        self.next_token = next_token
+
+
+def parse_list_page(body: bytes, where: str, bucket: str) -> ListPage:
+    """Parse a ListObjectsV2 body; keys are URL-decoded when ``EncodingType`` is ``url``
+    (as botocore decodes them: ``unquote_plus``). An answer that is not a listing is a
+    ``BackendUnavailableError`` naming the store."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import unquote_plus
+
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise BackendUnavailableError(
+            f"S3 at {where} sent a listing of bucket {bucket!r} that is not valid XML ({exc})"
+        ) from None
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag[len(ns):] != "ListBucketResult":
+        raise BackendUnavailableError(
+            f"S3 at {where} answered a listing of bucket {bucket!r} with "
+            f"<{root.tag[len(ns):]}>, not a ListBucketResult"
+        )
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+    objects = []
+    for item in root.iter(f"{ns}Contents"):
+        key = item.findtext(f"{ns}Key") or ""
+        size = (item.findtext(f"{ns}Size") or "0").strip()
+        if not (size.isascii() and size.isdigit()):
+            raise BackendUnavailableError(
+                f"S3 at {where} listed {key!r} in bucket {bucket!r} with a size of {size[:40]!r}"
+            )
+        objects.append(ObjectInfo(
+            unquote_plus(key) if encoded else key, int(size), _last_modified(item.findtext(f"{ns}LastModified"))
+        ))
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
+    token = root.findtext(f"{ns}NextContinuationToken") or None
+    return ListPage(objects, truncated, token)
+
+
+def _last_modified(text: str | None) -> datetime | None:
+    """A listing's ``LastModified`` (ISO-8601, e.g. ``2026-01-02T03:04:05.000Z``) as a UTC
+    datetime; None when absent or unreadable (gc then never judges the object old)."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def canonical_query(query: dict[str, str]) -> str:
