@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Iterator
 
 from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
-from apstorage.errors import ApStorageError, UsageError
+from apstorage.errors import ApStorageError, BackendUnavailableError, UsageError
 from apstorage.model import (
     EXPIRING_TYPES,
     FLOW_BUNDLE,
@@ -492,6 +492,8 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
         store = batch.stores[location]
         try:
             results[location] = delete_keys(store, keys, split=location is Location.S3)
+        except BackendUnavailableError:
+            raise  # the store cannot be reached (or stalls): exit 8, as on every command
         except ApStorageError as exc:
             results[location] = ({k: str(exc) for k in keys}, True)
     return results

@@ -485,6 +485,9 @@ class S3Store(Store):
             reason = _reason(self.translate(exc), code)
             return {k: reason for k in batch}
         except BotoCoreError as exc:
+            transport = self.transport_error(exc)
+            if transport is not None:  # S3 cannot be reached, or stalls: exit 8, as everywhere
+                raise transport from None
             reason = str(self.translate(exc))
             return {k: reason for k in batch}
         sent = set(batch)
