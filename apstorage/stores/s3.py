@@ -542,7 +542,8 @@ class S3Store(Store):
         code: missing bucket 4, refused 5, unreachable 8."""
         fast = self.fast
         fast.request(
-            "GET", fast.prefix.rstrip("/") or "/", query={"list-type": "2", "max-keys": "1"},
+            "GET", fast.prefix.rstrip("/") or "/",
+            query={"list-type": "2", "max-keys": "1", "encoding-type": "url"},
             operation="ListObjectsV2",
         )
 
