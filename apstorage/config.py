@@ -17,7 +17,7 @@ from typing import Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 from apstorage.errors import ConfigError
-from apstorage.model import Location
+from apstorage.model import Location, retention_race_warning
 from apstorage.text import has_control
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
@@ -50,8 +50,10 @@ VARIABLES = (
     "AP_S3_USE_SIGNED_URLS",
     "AP_S3_USE_IRSA",
     "AP_S3_DELETE_BATCH_SIZE",
+    "AP_S3_TIMEOUT_SECONDS",
     "AP_MAX_FILE_SIZE_MB",
     "AP_EXECUTION_DATA_RETENTION_DAYS",
+    "AP_PAUSED_FLOW_TIMEOUT_DAYS",
 )
 _FALLBACKS = {"AP_S3_REGION": "AWS_REGION", "AP_S3_ENDPOINT": "AWS_ENDPOINT_URL"}
 _READ = frozenset(VARIABLES) | frozenset(_FALLBACKS.values())
@@ -60,7 +62,7 @@ _READ = frozenset(VARIABLES) | frozenset(_FALLBACKS.values())
 PLATFORM_VARIABLES = frozenset(
     """AP_REDIS_PASSWORD AP_REDIS_USE_SSL AP_REDIS_HOST AP_REDIS_PORT AP_REDIS_URL
     AP_REDIS_USER AP_REDIS_DB AP_REDIS_SSL_CA_FILE AP_POSTGRES_POOL_SIZE
-    AP_POSTGRES_IDLE_TIMEOUT_MS AP_PAUSED_FLOW_TIMEOUT_DAYS AP_MAX_FLOW_RUN_LOG_SIZE_MB
+    AP_POSTGRES_IDLE_TIMEOUT_MS AP_MAX_FLOW_RUN_LOG_SIZE_MB
     AP_SMTP_PASSWORD AP_SMTP_USE_SSL AP_QUEUE_UI_PASSWORD AP_LOKI_PASSWORD AP_CACHE_PATH
     AP_ISSUE_ARCHIVE_DAYS""".split()
 )
@@ -326,8 +328,10 @@ class Settings:
     s3_use_signed_urls: bool = False
     s3_use_irsa: bool = False
     s3_delete_batch_size: int = 1000
+    s3_timeout_seconds: int = 60
     max_file_size_mb: int = 25
     execution_data_retention_days: int = 30
+    paused_flow_timeout_days: int = 30
     postgres_dsn: PostgresDsn | None = field(default=None, compare=False, repr=False)
     sources: dict = field(default_factory=dict, compare=False, repr=False)
     warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -341,6 +345,11 @@ class Settings:
         return self.max_file_size_mb * 1024 * 1024
 
     @property
+    def retention_race_warning(self) -> str | None:
+        """One line when AP_EXECUTION_DATA_RETENTION_DAYS is not greater than
+        AP_PAUSED_FLOW_TIMEOUT_DAYS (see ``model.retention_race_warning``), else None."""
+        return retention_race_warning(self.execution_data_retention_days, self.paused_flow_timeout_days)
+
     def postgres(self) -> PostgresDsn:
         """The Postgres connection, from AP_POSTGRES_URL or the AP_POSTGRES_* fields."""
         if self.postgres_dsn is not None:
@@ -410,8 +419,10 @@ class Settings:
             "AP_S3_USE_SIGNED_URLS": self.s3_use_signed_urls,
             "AP_S3_USE_IRSA": self.s3_use_irsa,
             "AP_S3_DELETE_BATCH_SIZE": self.s3_delete_batch_size,
+            "AP_S3_TIMEOUT_SECONDS": self.s3_timeout_seconds,
             "AP_MAX_FILE_SIZE_MB": self.max_file_size_mb,
             "AP_EXECUTION_DATA_RETENTION_DAYS": self.execution_data_retention_days,
+            "AP_PAUSED_FLOW_TIMEOUT_DAYS": self.paused_flow_timeout_days,
         }
         rows = []
         for name in VARIABLES:
@@ -618,6 +629,8 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
         execution_data_retention_days=integer(
             "AP_EXECUTION_DATA_RETENTION_DAYS", 30, 1, MAX_RETENTION_DAYS
         ),
+        s3_timeout_seconds=integer("AP_S3_TIMEOUT_SECONDS", 60, 1, 3600),
+        paused_flow_timeout_days=integer("AP_PAUSED_FLOW_TIMEOUT_DAYS", 30, 1, MAX_RETENTION_DAYS),
         postgres_dsn=dsn,
         sources=sources,
         warnings=tuple(_near_misses(v)),

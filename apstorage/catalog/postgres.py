@@ -43,9 +43,17 @@ CREATE TABLE "file" (
 """
 
 
+CONNECT_TIMEOUT = 10  # seconds: libpq's connect_timeout (a frozen server fails the command)
+# Seconds any one statement may run (Postgres' statement_timeout, set per connection). Generous:
+# migrate and sweep work in batches of at most a few thousand rows, each statement well under
+# a second; du over tens of millions of rows is one aggregate that may take minutes.
+STATEMENT_TIMEOUT = 900
+
+
 class PostgresCatalog(Catalog):
     ph = "%s"
     dialect = "postgres"
+    statement_timeout = STATEMENT_TIMEOUT
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -57,7 +65,7 @@ class PostgresCatalog(Catalog):
     # -- connections ----------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
         s = self.settings
-        kwargs: dict[str, Any] = {"connect_timeout": 10, "application_name": "apstorage"}
+        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage"}
         # Keywords, never a URL string: libpq does not re-parse the password (config.py
         # parsed AP_POSTGRES_URL once, whatever its password holds).
         kwargs.update(self.dsn.connect_kwargs(), conninfo="")
@@ -76,7 +84,10 @@ class PostgresCatalog(Catalog):
         kwargs = self._conninfo()
         conninfo = kwargs.pop("conninfo")
         try:
-            return psycopg.connect(conninfo, autocommit=True, **kwargs)
+            conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+            # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
+            conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
+            return conn
         except psycopg.Error as exc:
             raise self._translate(exc) from None
 
@@ -100,6 +111,15 @@ class PostgresCatalog(Catalog):
         sqlstate = getattr(exc, "sqlstate", None) or ""
         named = re.search(r'(?:user|role) "([^"]*)"', text)
         user = self.dsn.user or (named.group(1) if named else "(the default user)")
+        if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not finish a statement within {self.statement_timeout:g} s "
+                "(statement_timeout, set by apstorage); the server is overloaded or a lock is held"
+            )
+        if isinstance(exc, psycopg.OperationalError) and "timeout expired" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not answer within {CONNECT_TIMEOUT} s (connect timeout)"
+            )
         if isinstance(exc, pg_errors.UndefinedTable):
             return NotFoundError(
                 f'the "file" table does not exist in {self.target}; run `apstorage init`'

@@ -17,7 +17,8 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
     """
     from apstorage.config import load_settings
 
-    rows = load_settings().describe()
+    settings = load_settings()
+    rows = settings.describe()
 
     def render(console) -> None:
         # Plain aligned columns, not a Rich table: nothing is cut or wrapped at any width.
@@ -27,7 +28,10 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
         for name, value, source in [("variable", "value", "source"), *shown]:
             console.print(f"{name:<{name_w}}  {value:<{value_w}}  {source}".rstrip(), soft_wrap=True)
 
-    Output(json_out).result({"settings": rows}, render)
+    out = Output(json_out)
+    out.result({"settings": rows}, render)
+    if settings.retention_race_warning:
+        out.warn(settings.retention_race_warning)
 
 
 def _text(value: object) -> str:

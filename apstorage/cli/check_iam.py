@@ -10,7 +10,12 @@ from apstorage.cli.app import JSON_OPTION, app, handle_errors
 from apstorage.cli.output import Output
 from apstorage.text import printable
 
-_MARKS = {"passed": ("✓", "green"), "failed": ("✗", "bold red"), "skipped": ("–", "dim")}
+_MARKS = {
+    "passed": ("✓", "green"),
+    "failed": ("✗", "bold red"),
+    "skipped": ("–", "dim"),
+    "inconclusive": ("?", "yellow"),
+}
 
 
 @app.command("check-iam")
@@ -36,10 +41,13 @@ def check_iam(
     Runs list, put, get, presign-get, presign-put, anonymous-denied, delete and clock in
     order, each naming the IAM permission it exercises, with a hint for each failure.
     Probe objects are removed even when a check fails or the run is interrupted.
-    Exit 0 all passed, 1 some failed, 3 configuration missing, 8 endpoint unreachable.
+    Exit 0 all passed, 1 some failed, 3 configuration missing, 4 bucket missing (the run
+    stops after list and writes nothing), 8 endpoint unreachable.
     """
     from apstorage.config import load_settings
-    from apstorage.services.check_iam import parse_skip, prepare_junit_path, run_checks, write_junit
+    from apstorage.services.check_iam import (
+        MISSING_BUCKET_HINT, parse_skip, prepare_junit_path, run_checks, write_junit,
+    )
 
     out = Output(json_out)
     names = parse_skip(skip)
@@ -66,9 +74,13 @@ def check_iam(
     out.result(report.to_json(), render)
     for key in report.leftover:
         out.warn(f"probe object left behind (these credentials could not delete it): {key}")
+    for warning in report.warnings:
+        out.warn(warning)
     failed = [c.name for c in report.failed]
     if report.unreachable is not None:
         out.error(report.unreachable, "check AP_S3_ENDPOINT and the network")
+    elif report.missing_bucket is not None:
+        out.error(report.missing_bucket, MISSING_BUCKET_HINT)
     elif failed:
         if not json_out:  # one unwrapped line per hint, easy to copy from a CI log
             for check in report.failed:

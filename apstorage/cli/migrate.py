@@ -43,6 +43,7 @@ def migrate_to_s3(
         dry_run=dry_run,
     )
     out = Output(json_out)
+    vacuum = None
     with Storage(workers=workers) as storage:
         if dry_run:
             report = run(storage, opts)
@@ -50,6 +51,10 @@ def migrate_to_s3(
             total, total_bytes = plan(storage, opts) if out.progress_enabled else (None, None)
             with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
                 report = run(storage, opts, progress=bar.advance)
+            if report.freed_db_bytes:
+                from apstorage.services.du import vacuum_hint
+
+                vacuum = vacuum_hint(storage)
     data = report.to_json()
 
     def render(console) -> None:
@@ -65,10 +70,7 @@ def migrate_to_s3(
             console.print(f"  ... and {report.failed - 20} more (see --json)", markup=False)
 
     out.result(data, render)
-    if report.freed_db_bytes and not json_out:
-        out.info(
-            f"{human_size(report.freed_db_bytes)} of bytea left the file table; run VACUUM "
-            '(or VACUUM FULL "file" in a quiet window) to return the space to the system'
-        )
+    if vacuum:
+        out.info(vacuum)
     if report.failed:
         raise typer.Exit(1)

@@ -15,9 +15,9 @@ from apstorage.errors import NotFoundError, PermissionDeniedError, UsageError
 
 
 def _complete_type(incomplete: str) -> list[str]:
-    from apstorage.model import EXECUTION_TYPES
+    from apstorage.model import LOCATION_TYPES
 
-    return sorted(t for t in EXECUTION_TYPES if t.startswith(incomplete.upper()))
+    return sorted(t for t in LOCATION_TYPES if t.startswith(incomplete.upper()))
 
 
 @app.command()
@@ -156,7 +156,11 @@ def _upload_hint(out: Output, result) -> None:
     if result.dry_run:
         out.info(f"dry run: {len(result.items)} file(s) validated; nothing was created")
         return
-    headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in item.headers.items() if k != "Content-Length")
+    # Content-Type given: without it curl sends a form content type, which some stores
+    # keep (one emulator even stores the upload as an empty object).
+    sent = {"Content-Type": "application/octet-stream"}
+    sent.update((k, v) for k, v in item.headers.items() if k != "Content-Length")
+    headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in sent.items())
     if len(result.items) == 1:
         out.info(f"created file {item.id} at {item.s3_key}; upload exactly {item.size} bytes with:")
         out.info(f"  curl -X PUT {headers} --data-binary @FILE '<url>'")

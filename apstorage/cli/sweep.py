@@ -22,8 +22,8 @@ def sweep_expired_cmd(
     ),
     types: Optional[str] = typer.Option(
         None, "--types", metavar="T,..",
-        help="Comma-separated execution-data types to sweep (default: all of them). "
-        "Permanent types are refused.",
+        help="Comma-separated execution-data types to sweep (default: all six). "
+        "Permanent types and FLOW_BUNDLE are refused.",
     ),
     batch_size: int = typer.Option(
         1000, "--batch-size", min=1, max=100_000, metavar="N",
@@ -43,7 +43,9 @@ def sweep_expired_cmd(
 
     Bytes go first, then exactly the rows whose bytes are gone.
 
-    Only execution-data types are swept; permanent files are never touched. A file its
+    Only execution data that expires is swept; FLOW_BUNDLE and permanent files are never
+    touched. A project's own executionDataRetentionDays counts, clamped to
+    [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]. A file its
     store refuses to delete keeps its row and makes the run exit 1. Safe in cron: a run
     that finds another one holding the sweep lock exits 0 and says so; output only when
     there is something to say.
@@ -64,7 +66,14 @@ def sweep_expired_cmd(
             workers=workers,
             on_batch=lambda deleted, failed: bar.advance(deleted + failed),
         )
+        vacuum = None
+        if report.deleted and not dry_run:
+            from apstorage.services.du import vacuum_hint
+
+            vacuum = vacuum_hint(storage)
     data = report.to_json()
+    for warning in report.warnings:
+        out.warn(warning)
 
     if report.lock_held:
         out.info("another sweep-expired run holds the sweep lock; this run did nothing")
@@ -102,5 +111,7 @@ def sweep_expired_cmd(
                 f"deleted {report.deleted} files ({human_size(report.bytes)}); "
                 f"{report.failed} could not be deleted and were kept"
             )
+    if vacuum:
+        out.info(vacuum)
     if report.failed:
         raise typer.Exit(1)

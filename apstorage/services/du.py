@@ -7,7 +7,8 @@ prefixes (``platform/`` and ``project/``) and reports three kinds of problem:
 
 - **missing**: a row at S3/LOCAL whose object or file is not there;
 - **orphans**: an object or file no row points at (a project deleted by cascade leaves
-  them behind: its rows go, its objects stay);
+  them behind: its rows go, its objects stay); zero-byte "folder" objects (keys ending
+  in "/") are not files and never orphans;
 - **size mismatches**: the object's size differs from the row's ``size`` (the stored
   size: for ``ZSTD`` rows, the compressed size, which is what the object holds).
 
@@ -62,25 +63,24 @@ LIST_QUEUE_PAGES = 8  # pages a listing thread may run ahead
 STAT_WORKERS = 8  # concurrent stat/HEAD requests when rows are checked one by one
 
 # What would clean each kind of problem, in a few words (tables) and in full (JSON).
-# Honest: no apstorage command deletes orphans or rows without bytes on demand yet.
 CLEAN_SHORT = {
-    "missing": "`sweep-expired` once expired; no command yet otherwise",
-    "orphans": "no command yet (a later `gc`); S3 lifecycle rule for tagged execution data",
+    "missing": "`apstorage gc --missing` (execution data; permanent rows are reported)",
+    "orphans": "`apstorage gc --orphans` (objects older than its --grace, 24h)",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
     "refused": "check the key with your S3 tool; the rest was checked",
 }
 CLEAN = {
     "missing": (
-        "rows whose bytes are gone: `apstorage sweep-expired` deletes them once they are "
-        "expired execution data; no apstorage command removes them sooner yet (a later "
-        "`apstorage gc` may). First check AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point "
-        "where the platform writes."
+        "rows whose bytes are gone: `apstorage gc --missing` deletes execution-data rows "
+        "older than its --grace (24h by default); rows `presign --upload` made whose URL "
+        "expired with no upload go with `apstorage gc --pending`. Permanent rows are never "
+        "deleted: gc reports them (exit 1) for a person to look at. First check "
+        "AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point where the platform writes."
     ),
     "orphans": (
-        "objects no row points at: no apstorage command deletes them yet (a later "
-        "`apstorage gc` may). S3 objects tagged as execution data expire under "
-        "`apstorage lifecycle apply`'s rule; otherwise remove them with your S3 tool or rm "
-        "after checking."
+        "objects no row points at: `apstorage gc --orphans` deletes those older than its "
+        "--grace (24h by default), re-checking the catalog just before each batch; "
+        "`apstorage gc --orphans --dry-run` lists what it would take."
     ),
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
@@ -92,6 +92,10 @@ CLEAN = {
         "rest of the catalog was. Look at the key with your S3 tool."
     ),
 }
+
+# When a run has left this much reclaimable space in the catalog, say so once.
+VACUUM_HINT_BYTES = 64 * 1024 * 1024
+VACUUM_HINT_SHARE = 0.20
 
 
 # -- usage ------------------------------------------------------------------------------------
@@ -153,6 +157,7 @@ class DuReport:
     groups: list[UsageRow]
     created_before: datetime | None = None
     verify: "VerifyReport | None" = None
+    catalog: "sql.Footprint | None" = None
 
     @property
     def files(self) -> int:
@@ -180,6 +185,8 @@ class DuReport:
         }
         if self.created_before is not None:
             data["createdBefore"] = iso_utc(self.created_before)
+        if self.catalog is not None:
+            data["catalog"] = self.catalog.to_json()
         if self.verify is not None:
             data["verify"] = self.verify.to_json()
         return data
@@ -199,7 +206,34 @@ def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = N
     )
     groups = sql.usage(storage.catalog, request.by, where)
     groups.sort(key=lambda g: (-g.bytes, -g.files, tuple("" if k is None else str(k) for k in g.keys)))
-    return DuReport(by=request.by, groups=groups, created_before=created_before)
+    return DuReport(
+        by=request.by, groups=groups, created_before=created_before,
+        catalog=sql.footprint(storage.catalog),
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:,.1f} MiB"
+
+
+def vacuum_hint(storage: Storage) -> str | None:
+    """One line suggesting VACUUM (SQLite) or VACUUM FULL (Postgres) when the ``file``
+    table could return more than ``VACUUM_HINT_BYTES`` and more than
+    ``VACUUM_HINT_SHARE`` of its size; None otherwise. Called after the commands that
+    empty rows (migrate-to-s3, sweep-expired, gc); the figures come from
+    ``catalog.du.footprint``."""
+    fp = sql.footprint(storage.catalog)
+    if fp.reclaimable <= VACUUM_HINT_BYTES or fp.reclaimable <= VACUUM_HINT_SHARE * fp.on_disk:
+        return None
+    share = fp.reclaimable / fp.on_disk if fp.on_disk else 0
+    if fp.dialect == "postgres":
+        how = 'run VACUUM FULL "file" in a quiet window (it locks the table while it rewrites it)'
+    else:
+        how = f"run VACUUM on {storage.catalog.target.removeprefix('sqlite:')} while no apstorage command runs"
+    return (
+        f"the catalog's file table could return about {_mib(fp.reclaimable)} of "
+        f"{_mib(fp.on_disk)} ({share:.0%}) to the system: {how}"
+    )
 
 
 # -- verify -----------------------------------------------------------------------------------
@@ -420,6 +454,12 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     tally.into(report, check)
 
 
+def _folder_marker(info: ObjectInfo) -> bool:
+    """A zero-byte object whose key ends in "/": what consoles and some tools create to
+    show a folder. It holds no file, so it is never an orphan (nor counted)."""
+    return info.size == 0 and info.key.endswith("/")
+
+
 def _managed(key: str) -> bool:
     return key.startswith(MANAGED_PREFIXES)
 
@@ -434,13 +474,16 @@ class _Refused:
 def _stat(store: Store, key: str | None) -> ObjectInfo | _Refused | None:
     """stat, with a key the store refuses as unsafe (or no key) counting as absent, and
     any other error about this one key (HTTP 400, a name the disk will not take) kept as
-    ``_Refused`` so the rest is still checked. Errors about the store as a whole (it is
-    unreachable, refuses the credentials, the bucket is gone) stop the run."""
+    ``_Refused`` so the rest is still checked. A LOCAL path that is a symbolic link is not
+    a file of ours (stores/local.py) and counts as absent. Errors about the store as a
+    whole (it is unreachable, refuses the credentials, the bucket is gone) stop the run."""
+    from apstorage.stores.local import LinkError
+
     if key is None:
         return None
     try:
         return store.stat(key)
-    except UsageError:
+    except (UsageError, LinkError):
         return None
     except (BackendUnavailableError, PermissionDeniedError, NotFoundError, ConfigError):
         raise
@@ -558,6 +601,8 @@ class _ListingThreads:
         page: list[ObjectInfo] = []
         try:
             for info in store.list(prefix):
+                if _folder_marker(info):
+                    continue
                 page.append(info)
                 if len(page) >= LIST_PAGE:
                     if not self._put(q, page):
@@ -678,6 +723,7 @@ def _lookup_batch(catalog, batch: list[ObjectInfo], tally: _Tally, *, odd: int) 
 
 __all__ = [
     "CLEAN",
+    "vacuum_hint",
     "DEFAULT_BY",
     "DuReport",
     "DuRequest",

@@ -9,7 +9,8 @@ worker or browser talks to S3 directly.
   against ``AP_MAX_FILE_SIZE_MB``), every URL is signed, and only then are all rows
   inserted in one transaction — a failure anywhere leaves no row behind. Each PUT URL
   is bound to its declared size (``content-length`` is a signed header) and, for
-  execution data, to the ``ap-retention=execution`` tag (``x-amz-tagging``, signed).
+  execution data that expires, to the ``ap-retention=execution`` tag (``x-amz-tagging``,
+  signed); a ``FLOW_BUNDLE`` is never tagged (the platform never expires it by age).
 
 Expiry: 604800 s (7 days) is the SigV4 maximum; longer is refused, never clamped.
 """
@@ -24,21 +25,22 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from apstorage.durations import format_duration, parse_duration
-from apstorage.errors import NotSupportedError, UsageError
+from apstorage.errors import NotSupportedError, TooLargeError, UsageError
 from apstorage.model import (
     iso_utc,
-    EXECUTION_TYPES,
+    LOCATION_TYPES,
+    MAX_CATALOG_SIZE,
+    PENDING_UPLOAD_KEY,
     Compression,
     FileRow,
     Location,
     check_owner,
-    is_execution_type,
     new_id,
     object_key,
     parse_type,
 )
 from apstorage.services.context import Storage
-from apstorage.services.files import RETENTION_TAG, check_file_name, too_large_error
+from apstorage.services.files import check_file_name, retention_tags, too_large_error
 
 MAX_EXPIRES = 604800  # 7 days: the longest a SigV4 pre-signed URL can live
 DEFAULT_EXPIRES = {"GET": MAX_EXPIRES, "PUT": 3600}
@@ -173,17 +175,17 @@ def presign_file(
             row.key, seconds, content_disposition=content_disposition(row.file_name or row.id)
         )
         headers: dict[str, str] = {}
-        if row.compression is Compression.ZSTD:
+        if row.compression is not Compression.NONE:
             warnings.append(
-                f"file {row.id} is stored zstd-compressed (compression ZSTD); the URL serves "
-                "the compressed bytes — `apstorage get` decompresses them"
+                f"file {row.id} is stored compressed (compression {row.compression.value}); "
+                "the URL serves the compressed bytes — `apstorage get` decompresses them"
             )
     else:
         url, headers = store.presign_put(  # type: ignore[attr-defined]
             row.key,
             seconds,
             content_length=row.size,
-            tags=RETENTION_TAG if is_execution_type(row.type) else None,
+            tags=retention_tags(row.type),
         )
         if row.compression is Compression.ZSTD:
             warnings.append(
@@ -296,11 +298,12 @@ def presign_uploads(
     """Create one S3 row per file and a PUT URL bound to its size; all or nothing."""
     seconds = resolve_expires(expires, "PUT")
     file_type = parse_type(request.file_type)
-    if file_type not in EXECUTION_TYPES:
+    if file_type not in LOCATION_TYPES:
         raise NotSupportedError(
             f"{file_type} is a permanent type: permanent files are always stored in the "
             "database, so they are not uploaded to S3",
-            hint="pre-signed uploads are for execution data: " + ", ".join(sorted(EXECUTION_TYPES)),
+            hint="pre-signed uploads are for execution data and flow bundles: "
+            + ", ".join(sorted(LOCATION_TYPES)),
         )
     check_owner(request.project_id, request.platform_id)
     if not files:
@@ -317,9 +320,21 @@ def presign_uploads(
         names = ", ".join(f"{f.file_name!r} ({f.size} bytes)" for f in too_large[:5])
         more = f" and {len(too_large) - 5} more" if len(too_large) > 5 else ""
         raise too_large_error(f"{names}{more} too large", limit, "nothing was created")
+    uncatalogued = [f for f in files if f.size > MAX_CATALOG_SIZE]
+    if uncatalogued:  # AP_MAX_FILE_SIZE_MB may be set above what the size column holds
+        names = ", ".join(f"{f.file_name!r} ({f.size} bytes)" for f in uncatalogued[:5])
+        raise TooLargeError(
+            f"{names} over the {MAX_CATALOG_SIZE} bytes the catalog's size column (a 32-bit "
+            "integer in the platform's schema) can record; nothing was created"
+        )
 
     store = storage.store(Location.S3)  # ConfigError (exit 3) when S3 is not configured
-    tags = RETENTION_TAG  # every type here is execution data
+    tags = retention_tags(file_type)
+    signed_at = _now()
+    expires_at = signed_at + timedelta(seconds=seconds)
+    # Marked pending until the URL expires: `gc --pending` deletes the row after that if
+    # no object came (model.PENDING_UPLOAD_KEY).
+    pending = {PENDING_UPLOAD_KEY: iso_utc(expires_at)}
     rows = []
     for f in files:
         file_id = new_id()
@@ -333,14 +348,15 @@ def presign_uploads(
                 file_name=f.file_name,
                 size=f.size,
                 s3_key=object_key(file_id, file_type, request.project_id, request.platform_id),
+                metadata=dict(pending),
             )
         )
-    signed_at = _now()
-    expires_at = signed_at + timedelta(seconds=seconds)
     items: list[Presigned] = []
     for row in rows:
         if dry_run:
-            url, headers = None, {"Content-Length": str(row.size), "x-amz-tagging": _tagging(tags)}
+            url, headers = None, {"Content-Length": str(row.size)}
+            if tags:
+                headers["x-amz-tagging"] = _tagging(tags)
         else:
             url, headers = store.presign_put(  # type: ignore[attr-defined]
                 row.key, seconds, content_length=row.size, tags=tags

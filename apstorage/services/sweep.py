@@ -1,6 +1,12 @@
 """`sweep-expired`: delete expired execution data, bytes first, then exactly the rows whose
 bytes are gone.
 
+What expires (DESIGN §1, as the platform computes it): rows of the six expiring types
+(``model.EXPIRING_TYPES``; never ``FLOW_BUNDLE``, never permanent types) created longer ago
+than their project's effective retention: the project's own ``executionDataRetentionDays``
+clamped to [``AP_PAUSED_FLOW_TIMEOUT_DAYS``, ``AP_EXECUTION_DATA_RETENTION_DAYS``] when the
+platform's ``project`` table has that column and the project sets it, else the global.
+
 Order of work, one batch at a time:
 
 1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
@@ -34,12 +40,15 @@ from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
 from apstorage.errors import ApStorageError, UsageError
 from apstorage.model import (
-    EXECUTION_TYPES,
+    EXPIRING_TYPES,
+    FLOW_BUNDLE,
     PERMANENT_TYPES,
     Location,
+    effective_retention_days,
     iso_utc,
     object_key,
     parse_type,
+    retention_race_warning,
 )
 from apstorage.services.context import Storage
 from apstorage.stores.base import Store
@@ -85,7 +94,9 @@ class SweepReport:
     max_delete_reached: bool = False
     project_retention: bool = False
     projects_with_shorter_retention: int = 0
+    pause_timeout_days: int = 0
     abandoned_locations: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for t in self.types:
@@ -121,23 +132,32 @@ class SweepReport:
             "cutoff": iso_utc(self.cutoff),
             "projectRetention": self.project_retention,
             "projectsWithShorterRetention": self.projects_with_shorter_retention,
+            "pausedFlowTimeoutDays": self.pause_timeout_days,
+            "warnings": list(self.warnings),
             "abandonedLocations": dict(self.abandoned_locations),
             "failures": [f.to_json() for f in self.failures],
         }
 
 
 def resolve_types(values: Iterable[str] | None) -> list[str]:
-    """The execution types to sweep (all by default); a permanent type is refused (exit 2)."""
+    """The expiring types to sweep (all by default). A permanent type or ``FLOW_BUNDLE``
+    is refused (exit 2): the platform never expires either by age."""
     names = [v for v in (values or []) if v.strip()]
     if not names:
-        return sorted(EXECUTION_TYPES)
+        return sorted(EXPIRING_TYPES)
     out: list[str] = []
+    expiring = ", ".join(sorted(EXPIRING_TYPES))
     for value in names:
         name = parse_type(value, "--types")
         if name in PERMANENT_TYPES:
             raise UsageError(
                 f"--types: {name} is permanent data and is never swept; "
-                f"execution-data types: {', '.join(sorted(EXECUTION_TYPES))}"
+                f"execution-data types: {expiring}"
+            )
+        if name == FLOW_BUNDLE:
+            raise UsageError(
+                f"--types: {name} is never swept: the platform removes a flow bundle with its "
+                f"flow version, never by age; execution-data types: {expiring}"
             )
         if name not in out:
             out.append(name)
@@ -169,9 +189,15 @@ def sweep_expired(
     if days < 1:
         raise UsageError("--retention-days must be at least 1")
     now = now or datetime.now(timezone.utc)
+    pause = storage.settings.paused_flow_timeout_days
     report = SweepReport(
-        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types
+        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types,
+        pause_timeout_days=pause,
     )
+    name = "AP_EXECUTION_DATA_RETENTION_DAYS" if retention_days is None else "--retention-days"
+    warning = retention_race_warning(days, pause, name)
+    if warning:
+        report.warnings.append(warning)
     catalog = storage.catalog
     lock = None if dry_run else sql.try_sweep_lock(catalog)
     if not dry_run and lock is None:
@@ -193,8 +219,9 @@ def _pages(
     storage: Storage, report: SweepReport, now: datetime, batch_size: int
 ) -> Iterator[tuple[str, list[ExpiredRow]]]:
     """(type, rows) pages: first every row older than the retention, type by type; then,
-    when projects carry their own shorter retention, the younger rows those projects
-    no longer keep (by the (projectId, type, created) index)."""
+    for each project whose effective retention (``model.effective_retention_days``: its own
+    value clamped to [pause timeout, retention]) is shorter, the younger rows that project
+    no longer keeps (by the (projectId, type, created) index)."""
     catalog = storage.catalog
     for file_type in report.types:
         for stored in sql.stored_type_names(file_type):
@@ -202,12 +229,15 @@ def _pages(
     if not sql.has_project_retention(catalog):
         return
     report.project_retention = True
+    if report.pause_timeout_days >= report.retention_days:
+        return  # the clamp's floor is the ceiling: no project keeps less than the retention
     after = ""
     while True:
-        projects = sql.projects_with_shorter_retention(
-            catalog, report.retention_days, after=after, limit=PROJECT_PAGE
-        )
-        for project_id, days in projects:
+        projects = sql.projects_below(catalog, report.retention_days, after=after, limit=PROJECT_PAGE)
+        for project_id, own_days in projects:
+            days = effective_retention_days(own_days, report.retention_days, report.pause_timeout_days)
+            if days >= report.retention_days:
+                continue
             report.projects_with_shorter_retention += 1
             cutoff = now - timedelta(days=days)
             for file_type in report.types:
@@ -258,6 +288,8 @@ class _Sweeper:
         self.workers = workers
         self.on_batch = on_batch
         self.refused_in_a_row: dict[Location, int] = {}
+        self.shared: set[str] | None = None  # keys more than one row holds
+        self.link_targets: set | None = None  # files links under the LOCAL root reach
 
     def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
         remaining = max_delete
@@ -331,6 +363,7 @@ class _Sweeper:
                 self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
                 continue
             batch.objects.setdefault(location, {}).setdefault(key, []).append(row)
+        self._keep_shared_bytes(batch, rows)
         for location in list(batch.objects):
             try:
                 batch.stores[location] = self._store(location)
@@ -340,6 +373,53 @@ class _Sweeper:
                         self.report.fail(row, file_type, key, str(exc))
                 self.report.abandoned_locations[location.value] = str(exc)
         return batch
+
+    def _keep_shared_bytes(self, batch: _Batch, rows: list[ExpiredRow]) -> None:
+        """Bytes another row still references are never deleted: for the keys more than
+        one row holds (``refs.shared_keys``, asked once per run), check in one transaction
+        which are referenced outside this batch, and delete the batch's rows at those keys
+        without touching their bytes. A LOCAL file a symbolic link under the root reaches
+        is kept the same way (its row is deleted, the file stays)."""
+        from apstorage.catalog import refs
+
+        if not batch.objects:
+            return
+        if self.shared is None:
+            self.shared = refs.shared_keys(self.storage.catalog)
+        shared: dict[str, list[tuple[str, str]]] = {}
+        reached: dict[str, list[tuple[str, str]]] = {}
+        for location, by_key in batch.objects.items():
+            for key, key_rows in by_key.items():
+                if key in self.shared:
+                    shared.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+                elif location is Location.LOCAL and self._reached_by_link(key):
+                    reached.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+        if not shared and not reached:
+            return
+        deleted, kept = sql.delete_rows_sharing_bytes(self.storage.catalog, shared, [r.id for r in rows])
+        kept |= set(reached)
+        if reached:
+            deleted |= sql.delete_rows(self.storage.catalog, _by_location(reached))
+        for location in list(batch.objects):
+            by_key = batch.objects[location]
+            for key in [k for k in by_key if k in kept]:
+                for row in by_key.pop(key):
+                    if row.id in deleted:
+                        self.report.count(batch.file_type, row.size)
+            if not by_key:
+                del batch.objects[location]
+
+    def _reached_by_link(self, key: str) -> bool:
+        try:
+            local = self._store(Location.LOCAL)
+        except ApStorageError:
+            return False
+        if self.link_targets is None:
+            self.link_targets = local.link_targets()
+        try:
+            return local.reached_by_link(key, self.link_targets)
+        except ApStorageError:
+            return False
 
     def _store(self, location: Location) -> Store:
         store = self.storage.store(location)
@@ -387,6 +467,14 @@ class _Sweeper:
                             report.count(batch.file_type, row.size)
         if self.on_batch is not None:
             self.on_batch(report.deleted - deleted_before, report.failed - failed_before)
+
+
+def _by_location(rows_by_key: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pairs in rows_by_key.values():
+        for file_id, location in pairs:
+            out.setdefault(location, []).append(file_id)
+    return out
 
 
 def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]]:
