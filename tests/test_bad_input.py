@@ -243,7 +243,7 @@ PLATFORM_ENV = {
 # Warnings: exit 0, and the one line is the warning.
 WARNINGS = [
     Case("near-miss variable", ["config"], 0, ["AP_FILE_STORAGE_LOCATON", "AP_FILE_STORAGE_LOCATION"],
-         {"AP_FILE_STORAGE_LOCATON": "S3"}),
+         {"AP_FILE_STORAGE_LOCATON": "S3", "AP_EXECUTION_DATA_RETENTION_DAYS": "45"}),  # > the pause timeout: no race warning
     Case("near-miss variable in .env", ["du", "--json"], 0, ["AP_S3_BUCKT", "AP_S3_BUCKET"], dotenv=b"AP_S3_BUCKT=abc\n"),
 ]
 
