@@ -207,3 +207,23 @@ def test_verify_lists_a_key_the_store_refuses_and_checks_the_rest(set_env, s3_en
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- config at any width ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", ["20", "80", "300"])
+def test_config_shows_every_variable_in_full_at_any_width(set_env, columns: str) -> None:
+    long_path = "/srv/" + "very-long-folder-name/" * 12 + "files"
+    set_env(AP_LOCAL_STORAGE_PATH=long_path, AP_S3_SECRET_ACCESS_KEY="width-secret-0462",
+            AP_EXECUTION_DATA_RETENTION_DAYS="45")
+    result = runner.invoke(app, ["config"], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.stderr
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    from apstorage.config import VARIABLES
+
+    assert list(lines) == list(VARIABLES)
+    assert lines["AP_LOCAL_STORAGE_PATH"][1:] == [long_path, "environment"]
+    assert lines["AP_S3_SECRET_ACCESS_KEY"][1:] == ["********", "environment"]
+    assert lines["AP_MAX_FILE_SIZE_MB"][1:] == ["25", "default"]
+    assert "width-secret-0462" not in result.stdout + result.stderr
