@@ -227,3 +227,28 @@ def test_config_shows_every_variable_in_full_at_any_width(set_env, columns: str)
     assert lines["AP_S3_SECRET_ACCESS_KEY"][1:] == ["********", "environment"]
     assert lines["AP_MAX_FILE_SIZE_MB"][1:] == ["25", "default"]
     assert "width-secret-0462" not in result.stdout + result.stderr
+
+
+# -- sweep-expired: a hostile key in a failure line ------------------------------------------
+
+
+def test_sweep_prints_a_hostile_key_escaped_and_keeps_it_exact_in_json(set_env, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from apstorage.services.context import Storage
+
+    root = tmp_path / "files"
+    env = set_env(AP_LOCAL_STORAGE_PATH=str(root))
+    key = "project/p1/FLOW_RUN_LOG/\x1b[2J\x1b]0;pwned\x07x"
+    (root / key / "child").mkdir(parents=True)  # a folder where the file should be: unlink fails
+    with Storage(settings_from(env)) as storage:
+        storage.catalog.insert(FileRow(id="hostile0000000000001", type="FLOW_RUN_LOG", location=Location.LOCAL,
+                                       project_id="p1", size=1, s3_key=key,
+                                       created=datetime.now(timezone.utc) - timedelta(days=60)))
+    result = runner.invoke(app, ["sweep-expired"])
+    assert result.exit_code == 1
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "\\x1b[2J\\x1b]0;pwned\\x07x" in result.stderr
+    as_json = runner.invoke(app, ["sweep-expired", "--json"])
+    assert as_json.exit_code == 1
+    assert [f["key"] for f in json.loads(as_json.stdout)["failures"]] == [key]  # JSON stays exact
