@@ -126,6 +126,9 @@ CASES: list[Case] = [
     Case("region with spaces", ["lifecycle", "show"], 3, ["AP_S3_REGION"], {"AP_S3_REGION": "us east 1"}, s3=True),
     Case("missing secret key", PUT + ["--project", "p1"], 3, ["AP_S3_SECRET_ACCESS_KEY"],
          {**S3_LOC, "AP_S3_BUCKET": "bucket", "AP_S3_ACCESS_KEY_ID": "k", "AP_S3_SECRET_ACCESS_KEY": ""}),
+    Case("config path is a file", ["du"], 3, ["AP_CONFIG_PATH", "folder"], {"AP_CONFIG_PATH": "/etc/hostname"}),
+    Case("local path under a file", PUT + ["--project", "p1"], 3, ["AP_LOCAL_STORAGE_PATH", "folder"],
+         {**LOCAL_LOC, "AP_LOCAL_STORAGE_PATH": "/etc/hostname/files"}),
     Case("dotenv unparsable line", ["config"], 3, [".env line 2:", "cannot be parsed"],
          dotenv=b"AP_S3_BUCKET=abc\nthis line is not an assignment\n"),
     Case("dotenv unterminated quote", ["du"], 3, [".env line 3:"],
@@ -204,6 +207,8 @@ CASES: list[Case] = [
     Case("no such subcommand", ["lifecycle", "remove"], 2, ["remove"]),
     Case("option without its value", ["presign", DB_ROW_ID, "--method"], 2, ["--method"]),
     # -- not found, not supported, too large, unreachable ---------------------------------
+    Case("id that is not UTF-8", ["get", os.fsdecode(b"\xff\xfe")], 4, ["no file"]),
+    Case("presign id that is not UTF-8", ["presign", os.fsdecode(b"ab\xc3")], 4, ["no file"]),
     Case("unknown id with escapes", ["get", "\x1b[31mred\x9b"], 4, ["red"], no_words=["\x1b", "\x9b"]),
     Case("key with escapes in a row", ["get", ESC_ROW_ID], 4, ["LOCAL", "gone"], no_words=["\x1b", "\x07"]),
     Case("output folder missing", ["get", DB_ROW_ID, "-o", "/no/such/folder/x"], 4, ["/no/such/folder"]),
