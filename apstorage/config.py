@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from apstorage.errors import ConfigError
 from apstorage.model import Location, retention_race_warning
-from apstorage.text import has_control
+from apstorage.text import has_control, printable
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
 REDACTED = "********"
@@ -298,9 +298,8 @@ def _split_host(rest: str) -> tuple[str, str, str]:
 
 
 def _printable_key(key: str) -> str:
-    from apstorage.text import printable
-
-    return repr(printable(key[:40]))
+    """A name or path from the environment, quoted and escaped for a message."""
+    return repr(printable(key[:200]))
 
 
 # -- settings ---------------------------------------------------------------------------
