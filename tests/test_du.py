@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from apstorage.catalog import du as du_sql
 from apstorage.cli import app
-from apstorage.model import Compression, FileRow, Location, new_id
+from apstorage.model import NEW_ID_RE, Compression, FileRow, Location, new_id
 from apstorage.services.du import DuRequest, disk_usage, verify
 from apstorage.services.files import PutRequest, put_file
 from tests.conftest import settings_from
@@ -197,17 +197,28 @@ def verify_env(catalog_env, s3_env, tmp_path) -> dict[str, str]:
 
 
 def put_many(storage, tmp_path: Path, location: str, owners) -> list[FileRow]:
+    """Files stored with `put`; an owner id `put` refuses for a new file ('-', '_') is
+    planted as a catalog may already hold it: the bytes, then the row."""
     rows = []
     for i, (project, platform) in enumerate(owners):
         src = tmp_path / f"in-{location}-{i}"
         src.write_bytes(b"x" * (100 + i))
-        rows.append(
-            put_file(
-                storage,
-                PutRequest(str(src), "FLOW_RUN_LOG" if i % 2 else "TRIGGER_PAYLOAD",
-                           project_id=project, platform_id=platform, compress=i % 3 == 0),
-            )
-        )
+        file_type = "FLOW_RUN_LOG" if i % 2 else "TRIGGER_PAYLOAD"
+        if all(o is None or NEW_ID_RE.fullmatch(o) for o in (project, platform)):
+            rows.append(put_file(storage, PutRequest(str(src), file_type, project_id=project,
+                                                     platform_id=platform, compress=i % 3 == 0)))
+            continue
+        data = src.read_bytes()
+        if i % 3 == 0:
+            import zstandard
+
+            data = zstandard.ZstdCompressor(level=3).compress(data)
+        row = FileRow(id=new_id(), type=file_type, location=Location(location), project_id=project,
+                      platform_id=platform, size=len(data),
+                      compression=Compression.ZSTD if i % 3 == 0 else Compression.NONE)
+        row = FileRow(**{**row.__dict__, "s3_key": row.key})
+        storage.store(row.location).put(row.key, io.BytesIO(data), len(data))
+        rows.append(storage.catalog.insert(row))
     return rows
 
 

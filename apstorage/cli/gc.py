@@ -36,7 +36,7 @@ def gc_cmd(
         help="Leave anything younger than this alone (default 24h; at least 1h): 90m, 12h, 2d.",
     ),
     max_delete: Optional[int] = typer.Option(
-        None, "--max-delete", min=1, metavar="N", help="Stop after N deletions in this run.",
+        None, "--max-delete", min=1, max=1_000_000_000, metavar="N", help="Stop after N deletions in this run.",
     ),
     workers: int = typer.Option(
         8, "--workers", min=1, max=64, metavar="N",

@@ -8,6 +8,7 @@ import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
 from apstorage.cli.output import Output
+from apstorage.text import printable  # rule ids and filters come from the bucket
 
 lifecycle_app = typer.Typer(
     help=(
@@ -84,10 +85,10 @@ def apply_cmd(
             rule = c.after or c.before or {}
             table.add_row(
                 Text(c.change, style=_CHANGE_STYLE[c.change]),
-                Text(c.id),
+                Text(printable(c.id)),
                 "yes" if c.ours else "",
-                Text(describe_filter(rule)),
-                Text(describe_actions(rule)),
+                Text(printable(describe_filter(rule))),
+                Text(printable(describe_actions(rule))),
             )
         console.print(table)
 
@@ -143,11 +144,11 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
         table.add_column("check")
         for rule in data["rules"]:
             table.add_row(
-                Text(rule["id"]),
+                Text(printable(rule["id"])),
                 "yes" if rule["ours"] else "",
                 "enabled" if rule["enabled"] else "disabled",
-                Text(rule["filter"]),
-                Text(rule["actions"]),
+                Text(printable(rule["filter"])),
+                Text(printable(rule["actions"])),
                 Text("too short", style="bold red") if rule["tooShort"] else "",
             )
         console.print(table)

@@ -111,7 +111,7 @@ def _safe_console(file: Any) -> Any:
 
     class SafeConsole(Console):
         def render_str(self, text: str, **kwargs: Any) -> Any:
-            return super().render_str(printable(scrub(text)), **kwargs)
+            return super().render_str(printable(scrub(text), keep="\t"), **kwargs)
 
     return SafeConsole(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
 

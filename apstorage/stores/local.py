@@ -86,6 +86,11 @@ class LocalStore(Store):
             fd, tmp = tempfile.mkstemp(prefix=".apstorage-", dir=path.parent)
         except PermissionError as exc:
             raise PermissionDeniedError(f"cannot write under {path.parent}: {exc.strerror}") from None
+        except OSError as exc:  # a file where a folder should be, a read-only disk, ...
+            raise ApStorageError(
+                f"cannot write under {path.parent}: {exc.strerror}",
+                hint="check AP_LOCAL_STORAGE_PATH",
+            ) from None
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := source.read(CHUNK):
