@@ -303,7 +303,7 @@ def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> No
     code, out, err = run("du", "--verify")
     assert code == 1
     assert orphan_key in out and gone_s3.key in out and "inconsistent" in out
-    assert "sweep-expired" in out and "nothing was changed" in err
+    assert "apstorage gc --orphans" in out and "nothing was changed" in err
     # Verify deleted nothing.
     assert s3_store.stat(orphan_key) is not None and local_store.stat(orphan_file) is not None
 

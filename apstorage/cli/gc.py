@@ -33,7 +33,7 @@ def gc_cmd(
     ),
     grace: Optional[str] = typer.Option(
         None, "--grace", metavar="DURATION",
-        help="Leave anything younger than this alone (default 24h; at least 1h): 90m, 12h, 2d.",
+        help="Leave anything younger than this alone (default 24h; 1h to 3650d): 90m, 12h, 2d.",
     ),
     max_delete: Optional[int] = typer.Option(
         None, "--max-delete", min=1, max=1_000_000_000, metavar="N", help="Stop after N deletions in this run.",
