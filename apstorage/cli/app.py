@@ -44,7 +44,9 @@ def root(
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and their documented exit code."""
+    """The one error boundary: a library error becomes one line on stderr and its
+    documented exit code, and with ``--json`` (the command's ``json_out``) also one
+    ``{"error": {"message", "hint", "exitCode"}}`` document on stdout."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,10 +55,12 @@ def handle_errors(fn: F) -> F:
         except ApStorageError as exc:
             from apstorage.cli.output import Output
 
-            Output().error(exc.message, exc.hint)
+            Output(bool(kwargs.get("json_out"))).fail(exc.message, exc.hint, exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
+            from apstorage.cli.output import Output
+
+            Output(bool(kwargs.get("json_out"))).fail("interrupted", None, 130)
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
@@ -66,3 +70,11 @@ def handle_errors(fn: F) -> F:
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Show what would be done; change nothing.")
+QUIET_OPTION = typer.Option(
+    False, "--quiet", "-q", help="Print nothing but failures (for cron: the log stays empty unless something failed)."
+)
+METRICS_OPTION = typer.Option(
+    None, "--metrics-file", metavar="PATH",
+    help="Also write this run's figures to PATH in the Prometheus text format, replaced "
+    "atomically (for node_exporter's textfile collector).",
+)

@@ -56,6 +56,7 @@ class MigrateReport:
     failures: list[dict] = field(default_factory=list)
     freed_db_bytes: int = 0
     dry_run: bool = False
+    interrupted: bool = False  # stopped early by ``stop``; a re-run moves the rest
 
     def fail(self, file_id: str, reason: str) -> None:
         self.failed += 1
@@ -87,6 +88,7 @@ class MigrateReport:
             "failures": self.failures,
             "freedDatabaseBytes": self.freed_db_bytes,
             "dryRun": self.dry_run,
+            "interrupted": self.interrupted,
         }
 
 
@@ -131,7 +133,16 @@ def plan(storage: Storage, opts: MigrateOptions) -> tuple[int, int]:
     return files, size
 
 
-def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | None = None) -> MigrateReport:
+def migrate_to_s3(
+    storage: Storage,
+    opts: MigrateOptions,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> MigrateReport:
+    """Move the candidates' bytes to S3. ``progress(files, bytes)`` is called as files
+    arrive. When ``stop`` is set (the CLI sets it on SIGINT/SIGTERM) no new batch is
+    claimed and no new upload starts; the uploads in flight finish, the batch in hand
+    commits the rows whose upload was proven, and the report says ``interrupted``."""
     for source in opts.sources:
         types_for(source, opts)  # refuse bad --types before anything happens
     report = MigrateReport(dry_run=opts.dry_run)
@@ -154,7 +165,10 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
         )
     with lock, ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
         for source in opts.sources:
-            _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress)
+            if stop is not None and stop.is_set():
+                break
+            _migrate_source(storage, source, types_for(source, opts), opts, report, pool, progress, stop)
+    report.interrupted = stop is not None and stop.is_set()
     return report
 
 
@@ -176,14 +190,14 @@ class _Cursor:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _migrate_source(storage, source, types, opts, report, pool, progress) -> None:
+def _migrate_source(storage, source, types, opts, report, pool, progress, stop=None) -> None:
     """On Postgres, LANES batches run at once on their own connections (rows are claimed
     with SKIP LOCKED, so they never overlap): while one batch waits for its last uploads
     and commits, the next keeps uploading. SQLite runs one lane."""
     cursor = _Cursor()
     lock = threading.Lock()  # guards report and progress
     if storage.catalog.dialect != "postgres":
-        _lane(storage.catalog, storage, source, types, opts, opts.workers, report, pool, progress, cursor, lock)
+        _lane(storage.catalog, storage, source, types, opts, opts.workers, report, pool, progress, cursor, lock, stop)
         return
     per_lane = -(-opts.workers // LANES)  # --workers uploads in flight in all
     from apstorage.catalog import open_catalog
@@ -193,7 +207,7 @@ def _migrate_source(storage, source, types, opts, report, pool, progress) -> Non
         with ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="lane") as lanes:
             futures = [
                 lanes.submit(
-                    _lane, catalog, storage, source, types, opts, per_lane, report, pool, progress, cursor, lock
+                    _lane, catalog, storage, source, types, opts, per_lane, report, pool, progress, cursor, lock, stop
                 )
                 for catalog in [storage.catalog, *extra]
             ]
@@ -204,9 +218,12 @@ def _migrate_source(storage, source, types, opts, report, pool, progress) -> Non
             catalog.close()
 
 
-def _lane(catalog, storage, source, types, opts, concurrency, report, pool, progress, cursor: _Cursor, lock) -> None:
+def _lane(
+    catalog, storage, source, types, opts, concurrency, report, pool, progress, cursor: _Cursor, lock, stop=None
+) -> None:
     s3 = storage.store(Location.S3)
     local = storage.store(Location.LOCAL) if source is Location.LOCAL else None
+    stopped = stop.is_set if stop is not None else (lambda: False)
     while True:
         moved_local: list[str] = []
         with catalog.transaction() as cur:
@@ -214,7 +231,7 @@ def _lane(catalog, storage, source, types, opts, concurrency, report, pool, prog
                 room = opts.batch_size
                 if opts.limit is not None:
                     room = min(room, opts.limit - cursor.claimed)
-                if cursor.done or room <= 0:
+                if cursor.done or room <= 0 or stopped():
                     return
                 batch = sql.claim_batch(cur, catalog, [source], types, cursor.after, room)
                 if not batch:
@@ -224,8 +241,10 @@ def _lane(catalog, storage, source, types, opts, concurrency, report, pool, prog
                 cursor.claimed += len(batch)
             moved: list[tuple[str, str, Location]] = []
             for group in _by_read_budget(batch):
+                if stopped():
+                    break  # the rest of the batch stays where it is, untouched
                 payloads = dict(sql.read_data(cur, catalog, [c.row.id for c in group])) if local is None else {}
-                for candidate, outcome in _upload_group(s3, local, group, payloads, pool, concurrency):
+                for candidate, outcome in _upload_group(s3, local, group, payloads, pool, concurrency, stopped):
                     row = candidate.row
                     with lock:
                         if not report.record(row.id, outcome, from_db=local is None):
@@ -240,9 +259,13 @@ def _lane(catalog, storage, source, types, opts, concurrency, report, pool, prog
         for key in moved_local:
             with contextlib.suppress(ApStorageError):
                 local.delete(key)
+        if moved_local:
+            local.prune_empty_dirs(moved_local)  # folders the moves emptied
 
 
-def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tuple[sql.Candidate, Outcome]]:
+def _upload_group(
+    s3, local, group, payloads, pool, concurrency, stopped: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[sql.Candidate, Outcome]]:
     """Upload one group's files; yields (candidate, outcome) as each finishes.
 
     Small files (<= SMALL_OBJECT: nearly all execution data) go through ``put_many``:
@@ -256,6 +279,8 @@ def _upload_group(s3, local, group, payloads, pool, concurrency) -> Iterator[tup
 
     def small() -> Iterator[tuple[sql.Candidate, str, bytes, dict[str, str] | None]]:
         for candidate in small_ones:
+            if stopped():
+                return  # no new upload; those in flight finish
             row = candidate.row
             if local is None:
                 body = payloads.get(row.id)

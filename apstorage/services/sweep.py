@@ -25,6 +25,7 @@ returns at once with ``lock_held``.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -86,6 +87,9 @@ class SweepReport:
     project_retention: bool = False
     projects_with_shorter_retention: int = 0
     abandoned_locations: dict[str, str] = field(default_factory=dict)
+    by_location: dict[str, int] = field(default_factory=dict)
+    bytes_by_location: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
 
     def __post_init__(self) -> None:
         for t in self.types:
@@ -96,11 +100,14 @@ class SweepReport:
     def ok(self) -> bool:
         return self.failed == 0
 
-    def count(self, file_type: str, size: int | None) -> None:
+    def count(self, file_type: str, size: int | None, location: str | None = None) -> None:
         self.deleted += 1
         self.bytes += size or 0
         self.by_type[file_type] = self.by_type.get(file_type, 0) + 1
         self.bytes_by_type[file_type] = self.bytes_by_type.get(file_type, 0) + (size or 0)
+        if location is not None:
+            self.by_location[location] = self.by_location.get(location, 0) + 1
+            self.bytes_by_location[location] = self.bytes_by_location.get(location, 0) + (size or 0)
 
     def fail(self, row: ExpiredRow, file_type: str, key: str | None, reason: str) -> None:
         self.failed += 1
@@ -114,6 +121,9 @@ class SweepReport:
             "failed": self.failed,
             "byType": dict(self.by_type),
             "bytesByType": dict(self.bytes_by_type),
+            "byLocation": dict(self.by_location),
+            "bytesByLocation": dict(self.bytes_by_location),
+            "interrupted": self.interrupted,
             "dryRun": self.dry_run,
             "lockHeld": self.lock_held,
             "maxDeleteReached": self.max_delete_reached,
@@ -154,10 +164,13 @@ def sweep_expired(
     dry_run: bool = False,
     workers: int = DEFAULT_WORKERS,
     now: datetime | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SweepReport:
     """Delete (or, with ``dry_run``, count) expired execution data. ``on_batch(deleted,
-    failed)`` is called after each batch (for a progress bar)."""
+    failed, bytes)`` is called after each batch (for a progress bar). When ``stop`` is
+    set (the CLI sets it on SIGINT/SIGTERM) no new page is selected: the batches in
+    flight finish — bytes deleted, then their rows — and the report says ``interrupted``."""
     sweep_types = resolve_types(types)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -179,11 +192,47 @@ def sweep_expired(
         return report
     try:
         pages = _pages(storage, report, now, batch_size)
-        _Sweeper(storage, report, workers=workers, on_batch=on_batch).run(pages, max_delete)
+        _Sweeper(storage, report, workers=workers, on_batch=on_batch, stop=stop).run(pages, max_delete)
     finally:
         if lock is not None:
             lock.release()
     return report
+
+
+def count_expired(
+    storage: Storage,
+    *,
+    retention_days: int | None = None,
+    types: Iterable[str] | None = None,
+    max_delete: int | None = None,
+    now: datetime | None = None,
+) -> tuple[int, int]:
+    """(files, bytes) a run with these options would delete — a progress bar's total.
+    One count per type by the same index the sweep pages through (and per project with
+    a shorter retention of its own)."""
+    days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
+    now = now or datetime.now(timezone.utc)
+    cutoff = now - timedelta(days=days)
+    catalog = storage.catalog
+    sweep_types = resolve_types(types)
+    files = size = 0
+    scopes: list[tuple[datetime, dict]] = [(cutoff, {})]
+    if sql.has_project_retention(catalog):
+        after = ""
+        while True:
+            projects = sql.projects_with_shorter_retention(catalog, days, after=after, limit=PROJECT_PAGE)
+            scopes += [(now - timedelta(days=d), {"project_id": pid, "not_before": cutoff}) for pid, d in projects]
+            if len(projects) < PROJECT_PAGE:
+                break
+            after = projects[-1][0]
+    for scope_cutoff, scope in scopes:
+        for file_type in sweep_types:
+            for stored in sql.stored_type_names(file_type):
+                f, b = sql.count_expired(catalog, stored, scope_cutoff, **scope)
+                files, size = files + f, size + b
+    if max_delete is not None:
+        files = min(files, max_delete)
+    return files, size
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -251,12 +300,14 @@ class _Sweeper:
         report: SweepReport,
         *,
         workers: int,
-        on_batch: Callable[[int, int], None] | None,
+        on_batch: Callable[[int, int, int], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.storage = storage
         self.report = report
         self.workers = workers
         self.on_batch = on_batch
+        self.stop = stop
         self.refused_in_a_row: dict[Location, int] = {}
 
     def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
@@ -264,10 +315,10 @@ class _Sweeper:
         if self.report.dry_run:
             for file_type, rows in pages:
                 rows, remaining = self._cap(rows, remaining)
-                if not rows:
+                if not rows or self._stopped():
                     break
                 for row in rows:
-                    self.report.count(file_type, row.size)
+                    self.report.count(file_type, row.size, row.location)
             return
         # Batches whose bytes are being deleted; each is finished (rows deleted) as soon
         # as its own bytes are done, in whatever order that happens.
@@ -277,7 +328,7 @@ class _Sweeper:
         try:
             for file_type, rows in pages:
                 rows, remaining = self._cap(rows, remaining)
-                if not rows:
+                if not rows or self._stopped():
                     break
                 batch = self._plan(file_type, rows)
                 inflight[pool.submit(_delete_objects, batch)] = batch
@@ -289,6 +340,11 @@ class _Sweeper:
                 self._finish(inflight.pop(future), future)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stopped(self) -> bool:
+        if self.stop is not None and self.stop.is_set():
+            self.report.interrupted = True
+        return self.report.interrupted
 
     def _warm_s3(self, pool: ThreadPoolExecutor) -> None:
         """Build the S3 client (~0.2 s of botocore set-up) in a worker while the main
@@ -374,19 +430,22 @@ class _Sweeper:
                     )
             else:
                 self.refused_in_a_row[location] = 0
-        deleted_before = report.deleted
+        deleted_before, bytes_before = report.deleted, report.bytes
         if any(gone.values()):
             deleted = sql.delete_rows(self.storage.catalog, gone)
             for row in batch.db_rows:
                 if row.id in deleted:
-                    report.count(batch.file_type, row.size)
+                    report.count(batch.file_type, row.size, Location.DB.value)
             for location in results:
                 for rows in batch.objects[location].values():
                     for row in rows:
                         if row.id in deleted:
-                            report.count(batch.file_type, row.size)
+                            report.count(batch.file_type, row.size, location.value)
+        local = batch.stores.get(Location.LOCAL)
+        if local is not None and hasattr(local, "prune_empty_dirs"):
+            local.prune_empty_dirs(batch.objects[Location.LOCAL])  # folders the deletes emptied
         if self.on_batch is not None:
-            self.on_batch(report.deleted - deleted_before, report.failed - failed_before)
+            self.on_batch(report.deleted - deleted_before, report.failed - failed_before, report.bytes - bytes_before)
 
 
 def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]]:
@@ -447,6 +506,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "Failure",
     "SweepReport",
+    "count_expired",
     "delete_keys",
     "resolve_types",
     "sweep_expired",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, UsageError
 from apstorage.model import Location, safe_relative_key
@@ -70,6 +71,34 @@ class LocalStore(Store):
         except OSError as exc:
             raise ApStorageError(f"cannot delete {path}: {exc.strerror}") from None
 
+    def prune_empty_dirs(self, keys: Iterable[str]) -> int:
+        """Remove the folders that deleting ``keys`` left empty, deepest first, up to the
+        root — never the root itself, never through a symbolic link (a folder whose path
+        crosses one is left alone). ``rmdir`` only removes an empty folder, so a file
+        written meanwhile keeps its folder. Returns how many folders were removed."""
+        root = self.root.resolve()
+        chains: set[tuple[str, ...]] = set()
+        for key in keys:
+            parts = tuple(key.split("/")[:-1])
+            if parts and ".." not in parts and "" not in parts:
+                chains.add(parts)
+        removed = 0
+        tried: set[tuple[str, ...]] = set()
+        for parts in sorted(chains, key=len, reverse=True):
+            if _crosses_link(root, parts):
+                continue
+            for depth in range(len(parts), 0, -1):
+                folder = parts[:depth]
+                if folder in tried:
+                    break
+                tried.add(folder)
+                try:
+                    os.rmdir(root.joinpath(*folder))
+                except OSError:  # not empty (or gone, or not ours): stop climbing
+                    break
+                removed += 1
+        return removed
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             return ObjectInfo(key, self.path_for(key).stat().st_size)
@@ -105,3 +134,17 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _crosses_link(root: Path, parts: tuple[str, ...]) -> bool:
+    """True when any folder on the way from ``root`` to ``root/parts`` is a symbolic link
+    (or not a folder)."""
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return True
+        except OSError:
+            return True
+    return False
