@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import typer
 
-from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output, human_size
+from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size, record_metrics, summary_line
+
+FAILURES_PRINTED = 20
 
 
 @app.command("migrate-to-s3")
 @handle_errors
 def migrate_to_s3(
     sources: str = typer.Option("db,local", "--from", help="Where to move bytes from: db, local or both."),
-    types: Optional[str] = typer.Option(None, "--types", help="Only these types (comma-separated)."),
+    types: Optional[str] = typer.Option(
+        None, "--types", metavar="T,..",
+        help="Only these types (comma-separated), e.g. FLOW_RUN_LOG,FLOW_STEP_FILE. From db, "
+        "permanent types also need --include-permanent.",
+    ),
     include_permanent: bool = typer.Option(
         False, "--include-permanent", help="Also move permanent files out of the database."
     ),
     workers: int = typer.Option(64, "--workers", min=1, max=256, help="Parallel uploads."),
     batch_size: int = typer.Option(100, "--batch-size", min=1, max=10000, help="Rows claimed per transaction."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Stop after this many files."),
+    quiet: bool = QUIET_OPTION,
+    metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Move DB and LOCAL bytes into S3, verified and resumable.
 
     Each file is uploaded with Content-MD5 (the server checks it), then its row is switched
-    to S3 in the batch's transaction; LOCAL files are removed only after that commit. Safe
-    to run on several hosts at once against Postgres; a re-run finishes an interrupted job.
+    to S3 in the batch's transaction; LOCAL files are removed only after that commit, and
+    folders left empty with them. Safe to run on several hosts at once against Postgres; a
+    re-run finishes an interrupted job. Ctrl-C (or SIGTERM) lets the uploads in flight
+    finish and their batch commit, prints what was moved and exits 130.
     """
+    from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
     from apstorage.services.migrate import MigrateOptions, migrate_to_s3 as run, parse_sources, plan
 
@@ -42,33 +54,67 @@ def migrate_to_s3(
         limit=limit,
         dry_run=dry_run,
     )
-    out = Output(json_out)
-    with Storage(workers=workers) as storage:
-        if dry_run:
-            report = run(storage, opts)
-        else:
-            total, total_bytes = plan(storage, opts) if out.progress_enabled else (None, None)
-            with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
-                report = run(storage, opts, progress=bar.advance)
-    data = report.to_json()
+    out = Output(json_out, quiet=quiet)
+    with record_metrics(metrics_file, "migrate_to_s3") as metrics:
+        started = time.monotonic()
+        with Storage(workers=workers) as storage:
+            if dry_run:
+                with out.status("counting files to migrate…"):
+                    report = run(storage, opts)
+                interrupt = None
+            else:
+                total = total_bytes = None
+                if out.progress_enabled:
+                    with out.status("counting files to migrate…"):
+                        total, total_bytes = plan(storage, opts)
+                with stop_on_signals(out.info) as interrupt, out.progress(
+                    total, "migrating", bytes_total=total_bytes
+                ) as bar:
+                    report = run(storage, opts, progress=bar.advance, stop=interrupt.event)
+            dialect = storage.catalog.dialect
+        seconds = time.monotonic() - started
+        if metrics is not None:
+            metrics.dry_run = dry_run
+            metrics.set("migrated_files", report.migrated, "Files the last run moved to S3.")
+            metrics.set("migrated_bytes", report.bytes, "Bytes the last run moved to S3.")
+            metrics.set("skipped_files", report.skipped, "Files the last run found nothing to move for.")
+            metrics.set("failed_files", report.failed, "Files the last run could not move (left where they were).")
+            metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
+        _show(out, report, seconds, dialect)
+        if report.interrupted and interrupt is not None:
+            raise typer.Exit(interrupt.exit_code)
+        if report.failed:
+            raise typer.Exit(1)
 
-    def render(console) -> None:
-        verb = "would migrate" if dry_run else "migrated"
-        console.print(
-            f"{verb} {report.migrated} files ({human_size(report.bytes)}) to S3; "
-            f"{report.skipped} skipped, {report.failed} failed",
-            markup=False,
+
+def _show(out: Output, report, seconds: float, dialect: str) -> None:
+    if out.json_mode:
+        out.result({**report.to_json(), "seconds": round(seconds, 3)})
+        return
+    for failure in report.failures[:FAILURES_PRINTED]:
+        out.error(f"not moved {failure['id']}: {failure['reason']}")
+    if report.failed > FAILURES_PRINTED:
+        out.error(f"... and {report.failed - FAILURES_PRINTED:,} more not moved (--json lists them)")
+    if report.migrated or report.failed or report.skipped or report.interrupted:
+        out.summary(
+            summary_line(
+                "migrate-to-s3", "would migrate" if report.dry_run else "migrated",
+                report.migrated, report.bytes, seconds,
+                [(report.skipped, "skipped"), (report.failed, "failed")],
+                interrupted=report.interrupted, dry_run=report.dry_run,
+            ),
+            failed=bool(report.failed),
         )
-        for failure in report.failures[:20]:
-            console.print(f"  failed {failure['id']}: {failure['reason']}", markup=False)
-        if report.failed > 20:
-            console.print(f"  ... and {report.failed - 20} more (see --json)", markup=False)
-
-    out.result(data, render)
-    if report.freed_db_bytes and not json_out:
+    else:
+        out.note("nothing to migrate: no DB or LOCAL bytes match (already in S3?)")
+    if report.freed_db_bytes and dialect == "postgres":
         out.info(
-            f"{human_size(report.freed_db_bytes)} of bytea left the file table; run VACUUM "
-            '(or VACUUM FULL "file" in a quiet window) to return the space to the system'
+            f"{human_size(report.freed_db_bytes)} of file contents left the database's file "
+            'table; run VACUUM "file" to make the space reusable, or VACUUM FULL "file" in a '
+            "quiet window to return it to the system"
         )
-    if report.failed:
-        raise typer.Exit(1)
+    elif report.freed_db_bytes:
+        out.info(
+            f"{human_size(report.freed_db_bytes)} of file contents left the SQLite database; "
+            "run VACUUM (sqlite3 FILE 'VACUUM') to shrink the file"
+        )
