@@ -49,6 +49,7 @@ from apstorage.stores.base import ObjectInfo, Store
 GROUP_NAMES = tuple(sql.GROUP_COLUMNS)
 DEFAULT_BY = ("location", "type")
 MANAGED_PREFIXES = ("platform/", "project/")
+PRESIGN_MAX_SECONDS = 604800  # 7 days, the SigV4 limit (services/presign.py MAX_EXPIRES)
 LOOKUP_BATCH = 1000  # listed files per primary-key lookup
 LIST_PAGE = 1000  # objects per page handed from a listing thread
 LIST_QUEUE_PAGES = 8  # pages a listing thread may run ahead
@@ -57,22 +58,28 @@ STAT_WORKERS = 8  # concurrent stat/HEAD requests when rows are checked one by o
 # What would clean each kind of problem, in a few words (tables) and in full (JSON).
 # Honest: no apstorage command deletes orphans or rows without bytes on demand yet.
 CLEAN_SHORT = {
-    "missing": "`sweep-expired` once expired; no command yet otherwise",
-    "orphans": "no command yet (a later `gc`); S3 lifecycle rule for tagged execution data",
+    "missing": "`sweep-expired` once expired; `gc` for execution data",
+    "orphans": "`gc` (after a grace period); the S3 lifecycle rule for tagged execution data",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
+    "pendingUploads": "nothing yet: the upload may still come; `gc` once its URL has expired",
 }
 CLEAN = {
     "missing": (
         "rows whose bytes are gone: `apstorage sweep-expired` deletes them once they are "
-        "expired execution data; no apstorage command removes them sooner yet (a later "
-        "`apstorage gc` may). First check AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point "
-        "where the platform writes."
+        "expired execution data, and `apstorage gc` removes such rows of execution data "
+        "sooner. First check AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point where the "
+        "platform writes."
     ),
     "orphans": (
-        "objects no row points at: no apstorage command deletes them yet (a later "
-        "`apstorage gc` may). S3 objects tagged as execution data expire under "
-        "`apstorage lifecycle apply`'s rule; otherwise remove them with your S3 tool or rm "
-        "after checking."
+        "objects no row points at: `apstorage gc` deletes them once older than its grace "
+        "period. S3 objects tagged as execution data also expire under `apstorage lifecycle "
+        "apply`'s rule; otherwise remove them with your S3 tool or rm after checking."
+    ),
+    "pendingUploads": (
+        "rows created for a pre-signed upload whose object has not arrived yet, and whose "
+        "URL may still be used (the row is younger than the longest a pre-signed URL "
+        "lives, 7 days): not a loss. Once the URL has expired they count as missing, and "
+        "`apstorage gc` removes them."
     ),
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
@@ -173,8 +180,8 @@ class DuReport:
 
 
 def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = None) -> DuReport:
-    """Files and bytes per group, from the catalog in one aggregate query; the largest
-    groups first."""
+    """Files and bytes per group, from the catalog in one aggregate query; ordered by the
+    ``by`` keys, the last key's groups largest first."""
     created_before = None
     if request.older_than is not None:
         created_before = (now or datetime.now(timezone.utc)) - timedelta(seconds=request.older_than)
@@ -185,7 +192,13 @@ def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = N
         created_before=created_before,
     )
     groups = sql.usage(storage.catalog, request.by, where)
-    groups.sort(key=lambda g: (-g.bytes, -g.files, tuple("" if k is None else str(k) for k in g.keys)))
+    # By the --by keys, the last one largest first: `--by location,type` keeps each
+    # location's types together, biggest first; `--by project` lists the largest first.
+    def order(g: UsageRow) -> tuple:
+        keys = tuple("" if k is None else str(k) for k in g.keys)
+        return (*keys[:-1], -g.bytes, -g.files, *keys[-1:])
+
+    groups.sort(key=order)
     return DuReport(by=request.by, groups=groups, created_before=created_before)
 
 
@@ -267,13 +280,16 @@ class VerifyReport:
     missing: Problems = field(default_factory=lambda: Problems("missing"))
     orphans: Problems = field(default_factory=lambda: Problems("orphans"))
     size_mismatches: Problems = field(default_factory=lambda: Problems("sizeMismatches"))
+    # S3 rows with no object yet, young enough that their pre-signed upload may still come:
+    # reported apart from lost bytes, and not an inconsistency.
+    pending_uploads: Problems = field(default_factory=lambda: Problems("pendingUploads"))
 
     @property
     def ok(self) -> bool:
         return not (self.missing.files or self.orphans.files or self.size_mismatches.files)
 
     def kinds(self) -> list[Problems]:
-        return [self.missing, self.orphans, self.size_mismatches]
+        return [self.missing, self.orphans, self.size_mismatches, self.pending_uploads]
 
     def to_json(self) -> dict:
         return {
@@ -282,6 +298,7 @@ class VerifyReport:
             "missing": self.missing.to_json(),
             "orphans": self.orphans.to_json(),
             "sizeMismatches": self.size_mismatches.to_json(),
+            "pendingUploads": self.pending_uploads.to_json(),
         }
 
 
@@ -294,6 +311,9 @@ class _Tally:
         self.missing = Problems("missing", limit)
         self.orphans = Problems("orphans", limit)
         self.mismatches = Problems("sizeMismatches", limit)
+        self.pending = Problems("pendingUploads", limit)
+        # A pre-signed PUT URL lives at most this long: a younger S3 row may still get its object.
+        self.pending_after = datetime.now(timezone.utc) - timedelta(seconds=PRESIGN_MAX_SECONDS)
         self.objects = 0
         self.bytes = 0
 
@@ -302,6 +322,10 @@ class _Tally:
         self.bytes += info.size
 
     def missing_row(self, row: KeyedRow) -> None:
+        if self.where == "S3" and row.created is not None and row.created > self.pending_after:
+            self.pending.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size,
+                             created=iso_utc(row.created))
+            return
         self.missing.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
 
     def orphan(self, info: ObjectInfo) -> None:
@@ -319,6 +343,7 @@ class _Tally:
         report.missing.extend(self.missing)
         report.orphans.extend(self.orphans)
         report.size_mismatches.extend(self.mismatches)
+        report.pending_uploads.extend(self.pending)
 
 
 class _OutOfOrder(Exception):
@@ -340,6 +365,7 @@ def verify(
         missing=Problems("missing", limit),
         orphans=Problems("orphans", limit),
         size_mismatches=Problems("sizeMismatches", limit),
+        pending_uploads=Problems("pendingUploads", limit),
     )
     tick = on_listed or (lambda n: None)
     catalog = storage.catalog
