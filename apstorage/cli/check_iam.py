@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from apstorage.cli.app import JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output
+from apstorage.cli.app import JSON_OPTION, METRICS_OPTION, app, handle_errors
+from apstorage.cli.output import Output, new_table, record_metrics
 
 _MARKS = {"passed": ("✓", "green"), "failed": ("✗", "bold red"), "skipped": ("–", "dim")}
 
@@ -26,6 +26,7 @@ def check_iam(
         help="Checks to leave out: list, put, get, presign-get, presign-put, anonymous-denied, "
         "delete, clock.",
     ),
+    metrics_file: Optional[str] = METRICS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Smoke-test the bucket credentials (a CI gate).
@@ -42,16 +43,28 @@ def check_iam(
 
     out = Output(json_out)
     names = parse_skip(skip)
-    settings = load_settings()
-    report = run_checks(settings, prefix=prefix, skip=sorted(names))
-    if junit_xml:
-        write_junit(report, junit_xml)
+    with record_metrics(metrics_file, "check_iam") as metrics:
+        settings = load_settings()
+        with out.status("checking the bucket credentials…"):
+            report = run_checks(settings, prefix=prefix, skip=sorted(names))
+        if junit_xml:
+            write_junit(report, junit_xml)
+        if metrics is not None:
+            for check in report.checks:
+                if check.status != "skipped":
+                    metrics.set("check_passed", 1 if check.ok else 0,
+                                "1 when the check passed, 0 when it failed (skipped checks are absent).",
+                                check=check.name, permission=check.permission)
+            metrics.set("failed_checks", len(report.failed), "Checks that failed in the last run.")
+            metrics.set("reachable", 0 if report.unreachable else 1, "0 when the endpoint could not be reached.")
+        _show(out, report, json_out)
 
+
+def _show(out: Output, report, json_out: bool) -> None:
     def render(console) -> None:
-        from rich.table import Table
         from rich.text import Text
 
-        table = Table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
+        table = new_table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
         for check in report.checks:
             mark, style = _MARKS[check.status]
             result = Text(check.detail)
