@@ -7,13 +7,44 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from apstorage import __version__
 from apstorage.errors import ApStorageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class _Root(TyperGroup):
+    """The root command group. Flags click refuses before a command runs (an unknown
+    flag, a value out of range) are usage errors (exit 2) that never reach
+    ``handle_errors``; with ``--json`` they too leave the error document on stdout."""
+
+    def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        wants_json = "--json" in args
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["apstorage.json"] = wants_json
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # typer's own click: its UsageError carries exit_code 2
+            if ctx.meta.get("apstorage.json") and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+                _json_error(exc.format_message(), "see --help for the accepted flags", 2)
+            raise
+
+
+def _json_error(message: str, hint: str | None, exit_code: int) -> None:
+    import json
+
+    doc = {"error": {"message": message, "hint": hint, "exitCode": exit_code}}
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
 app = typer.Typer(
+    cls=_Root,
     name="apstorage",
     help="Administer where a workflow-automation platform's files live: "
     "the Postgres database, local disk, or S3-compatible object storage.",
