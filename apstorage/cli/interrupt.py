@@ -11,9 +11,10 @@ is raised (the error boundary prints "interrupted" and exits 130).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,11 +36,17 @@ class Interrupt:
         return 128 + (self.signum or signal.SIGINT)
 
 
+STOPPING = "stopping: finishing the files in flight; press Ctrl-C again to stop at once"
+
+
 @contextmanager
-def stop_on_signals(say: Callable[[str], None]) -> Iterator[Interrupt]:
-    """Within the block, the first SIGINT/SIGTERM sets the returned ``Interrupt`` (and
-    ``say``s what happens next); a second raises ``KeyboardInterrupt``. Outside the main
-    thread (no signal handlers there) the flag is simply never set."""
+def stop_on_signals() -> Iterator[Interrupt]:
+    """Within the block, the first SIGINT/SIGTERM sets the returned ``Interrupt`` and says
+    so on stderr; a second raises ``KeyboardInterrupt``. Outside the main thread (no
+    signal handlers there) the flag is simply never set.
+
+    The handler only writes a plain line to ``sys.stderr``: it may run in the middle of
+    anything, an import included, so it must not build a Rich console."""
     interrupt = Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield interrupt
@@ -50,7 +57,11 @@ def stop_on_signals(say: Callable[[str], None]) -> Iterator[Interrupt]:
             raise KeyboardInterrupt
         interrupt.signum = signum
         interrupt.event.set()
-        say("stopping: finishing the files in flight; press Ctrl-C again to stop at once")
+        try:
+            sys.stderr.write(f"\n{STOPPING}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
     previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
     try:

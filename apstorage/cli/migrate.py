@@ -55,23 +55,20 @@ def migrate_to_s3(
         dry_run=dry_run,
     )
     out = Output(json_out, quiet=quiet)
-    with record_metrics(metrics_file, "migrate_to_s3") as metrics:
+    with record_metrics(metrics_file, "migrate_to_s3") as metrics, stop_on_signals() as interrupt:
         started = time.monotonic()
         with Storage(workers=workers) as storage:
             if dry_run:
                 with out.status("counting files to migrate…"):
                     report = run(storage, opts)
-                interrupt = None
             else:
                 total = total_bytes = None
                 if out.progress_enabled:
                     with out.status("counting files to migrate…"):
                         total, total_bytes = plan(storage, opts)
-                with stop_on_signals(out.info) as interrupt, out.progress(
-                    total, "migrating", bytes_total=total_bytes
-                ) as bar:
+                with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
                     report = run(storage, opts, progress=bar.advance, stop=interrupt.event)
-            dialect = storage.catalog.dialect
+            dialect, target = storage.catalog.dialect, storage.catalog.target
         seconds = time.monotonic() - started
         if metrics is not None:
             metrics.dry_run = dry_run
@@ -80,14 +77,14 @@ def migrate_to_s3(
             metrics.set("skipped_files", report.skipped, "Files the last run found nothing to move for.")
             metrics.set("failed_files", report.failed, "Files the last run could not move (left where they were).")
             metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
-        _show(out, report, seconds, dialect)
-        if report.interrupted and interrupt is not None:
+        _show(out, report, seconds, dialect, target)
+        if report.interrupted:
             raise typer.Exit(interrupt.exit_code)
         if report.failed:
             raise typer.Exit(1)
 
 
-def _show(out: Output, report, seconds: float, dialect: str) -> None:
+def _show(out: Output, report, seconds: float, dialect: str, target: str) -> None:
     if out.json_mode:
         out.result({**report.to_json(), "seconds": round(seconds, 3)})
         return
@@ -116,5 +113,5 @@ def _show(out: Output, report, seconds: float, dialect: str) -> None:
     elif report.freed_db_bytes:
         out.info(
             f"{human_size(report.freed_db_bytes)} of file contents left the SQLite database; "
-            "run VACUUM (sqlite3 FILE 'VACUUM') to shrink the file"
+            f"run sqlite3 {target.removeprefix('sqlite:')} VACUUM to shrink the file"
         )

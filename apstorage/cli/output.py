@@ -212,15 +212,15 @@ class Output:
         if not self.progress_enabled or total == 0:
             yield Progress(None, None)
             return
-        from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn
 
+        # Fits 80 columns: migrating ━━━━━━━ 200/2,300 files  2.0/20.7 MiB  47 files/s  eta 45 s
         columns = [
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             TextColumn("{task.fields[files]}"),
             TextColumn("{task.fields[moved]}"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
         ]
         with RichProgress(*columns, console=self.err, transient=True) as bar:
@@ -253,15 +253,10 @@ class Progress:
             of = f" of {human_size(self.bytes_total)}" if self.bytes_total else ""
             fields["moved"] = f"{human_size(self.bytes)}{of}"
         elapsed = task.elapsed or 0.0
-        if elapsed > 0.5 and done:
-            rate = f"{done / elapsed:,.0f} {self.unit}/s"
-            if self.bytes:
-                rate += f", {human_size(int(self.bytes / elapsed))}/s"
-            fields["rate"] = rate
-            if total and total > done:
-                fields["eta"] = f"eta {human_duration((total - done) * elapsed / done)}"
-            else:
-                fields["eta"] = ""
+        if elapsed > 1.0 and done:
+            fields["rate"] = f"{done / elapsed:,.0f} {self.unit}/s"
+            left = (total - done) * elapsed / done if total and total > done else 0
+            fields["eta"] = f"eta {human_duration(left)}" if left else ""
         if total is not None and done > total:  # more than counted (rows added meanwhile)
             self.bar.update(self.task, total=done)
         self.bar.update(self.task, **fields)

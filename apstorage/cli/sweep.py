@@ -62,7 +62,7 @@ def sweep_expired_cmd(
 
     type_list = resolve_types(types.split(",") if types else None)
     out = Output(json_out, quiet=quiet)
-    with record_metrics(metrics_file, "sweep_expired") as metrics:
+    with record_metrics(metrics_file, "sweep_expired") as metrics, stop_on_signals() as interrupt:
         started = time.monotonic()
         with Storage(workers=workers) as storage:
             total = total_bytes = None
@@ -71,11 +71,8 @@ def sweep_expired_cmd(
                     total, total_bytes = count_expired(
                         storage, retention_days=retention_days, types=type_list, max_delete=max_delete
                     )
-            with stop_on_signals(out.info) as interrupt, out.status(
-                "counting expired files…" if dry_run else "selecting expired files…"
-            ) if total is None else nullcontext(), out.progress(
-                total, "sweeping", bytes_total=total_bytes
-            ) as bar:
+            waiting = out.status("counting expired files…") if dry_run else nullcontext()
+            with waiting, out.progress(total, "sweeping", bytes_total=total_bytes) as bar:
                 report = sweep_expired(
                     storage,
                     retention_days=retention_days,
