@@ -167,3 +167,32 @@ def test_numbers_and_words() -> None:
     assert line == "gc: deleted 2,000 files (20.0 MiB) in 3.2 s; 0 failed; interrupted: run it again to finish"
     assert old_to_new("expire after 31 days", "expire after 15 days") == "expire after 31 → 15 days"
     assert old_to_new("all objects", "all objects") == "all objects"
+
+
+# -- empty LOCAL folders ----------------------------------------------------------------------
+
+
+def test_emptied_local_folders_are_pruned_up_to_the_root_and_never_through_a_link(tmp_path) -> None:
+    from apstorage.stores.local import LocalStore
+
+    root = tmp_path / "root"
+    elsewhere = tmp_path / "elsewhere" / "FLOW_RUN_LOG"
+    elsewhere.mkdir(parents=True)
+    (elsewhere.parent / "keep").write_bytes(b"")
+    store = LocalStore(root)
+    keys = ["project/p1/FLOW_RUN_LOG/a", "project/p2/FLOW_RUN_LOG/b", "project/p3/FLOW_RUN_LOG/c"]
+    for key in keys:
+        store.put(key, io.BytesIO(b"x"), 1)
+    (root / "platform").mkdir()
+    (root / "platform" / "linked").symlink_to(elsewhere.parent)  # a folder reached through a link
+    for key in keys[:2]:
+        store.delete(key)
+
+    assert store.prune_empty_dirs([*keys[:2], "platform/linked/FLOW_RUN_LOG/z"]) == 4
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "platform", "platform/linked", "project", "project/p3", "project/p3/FLOW_RUN_LOG",
+        "project/p3/FLOW_RUN_LOG/c"]
+    assert elsewhere.is_dir()  # never removed through the link
+    store.delete(keys[2])
+    assert store.prune_empty_dirs(keys[2:]) == 3
+    assert root.is_dir()  # the root itself stays

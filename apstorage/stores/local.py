@@ -77,26 +77,21 @@ class LocalStore(Store):
         crosses one is left alone). ``rmdir`` only removes an empty folder, so a file
         written meanwhile keeps its folder. Returns how many folders were removed."""
         root = self.root.resolve()
-        chains: set[tuple[str, ...]] = set()
+        folders: set[tuple[str, ...]] = set()
         for key in keys:
             parts = tuple(key.split("/")[:-1])
-            if parts and ".." not in parts and "" not in parts:
-                chains.add(parts)
-        removed = 0
-        tried: set[tuple[str, ...]] = set()
-        for parts in sorted(chains, key=len, reverse=True):
+            if not parts or ".." in parts or "" in parts or parts in folders:
+                continue
             if _crosses_link(root, parts):
                 continue
-            for depth in range(len(parts), 0, -1):
-                folder = parts[:depth]
-                if folder in tried:
-                    break
-                tried.add(folder)
-                try:
-                    os.rmdir(root.joinpath(*folder))
-                except OSError:  # not empty (or gone, or not ours): stop climbing
-                    break
-                removed += 1
+            folders.update(parts[:depth] for depth in range(1, len(parts) + 1))
+        removed = 0
+        for folder in sorted(folders, key=len, reverse=True):  # children before parents
+            try:
+                os.rmdir(root.joinpath(*folder))
+            except OSError:  # not empty (or gone already): its parents will not be empty either
+                continue
+            removed += 1
         return removed
 
     def stat(self, key: str) -> ObjectInfo | None:
