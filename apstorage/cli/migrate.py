@@ -10,7 +10,6 @@ import typer
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
 from apstorage.cli.output import Output, human_size, record_metrics, summary_line
 
-FAILURES_PRINTED = 20
 
 
 @app.command("migrate-to-s3")
@@ -88,10 +87,8 @@ def _show(out: Output, report, seconds: float, dialect: str, target: str) -> Non
     if out.json_mode:
         out.result({**report.to_json(), "seconds": round(seconds, 3)})
         return
-    for failure in report.failures[:FAILURES_PRINTED]:
-        out.error(f"not moved {failure['id']}: {failure['reason']}")
-    if report.failed > FAILURES_PRINTED:
-        out.error(f"... and {report.failed - FAILURES_PRINTED:,} more not moved (--json lists them)")
+    failures = [(f["id"], f["reason"]) for f in report.failures]
+    out.failures(failures, report.failed, "not moved")
     if report.migrated or report.failed or report.skipped or report.interrupted:
         out.summary(
             summary_line(

@@ -105,6 +105,31 @@ def record_metrics(path: str | None, job: str):
     return recording(path, job)
 
 
+def failure_lines(failures: Iterable[tuple[str, str]], total: int, verb: str, *, shown: int = 5) -> list[str]:
+    """Failures grouped by reason, for people and cron logs: one line per distinct reason
+    with its count, then up to ``shown`` of the files it hit. ``failures`` are (what,
+    reason) pairs — a listed subset; ``total`` counts them all::
+
+        kept 30 files: S3 at http://... refused access to bucket 'demo' (SignatureDoesNotMatch: ...)
+          FLOW_RUN_LOG 0OZpPAtwnLyyiDF6b2mQO (S3 project/p/FLOW_RUN_LOG/0OZpP...)
+          ... and 25 more
+    """
+    by_reason: dict[str, list[str]] = {}
+    for what, reason in failures:
+        by_reason.setdefault(reason, []).append(what)
+    listed = sum(len(v) for v in by_reason.values())
+    lines: list[str] = []
+    for reason, items in by_reason.items():
+        count = len(items) + (total - listed if len(by_reason) == 1 else 0)
+        lines.append(f"{verb} {plural(count, 'file')}: {reason}")
+        lines += [f"  {what}" for what in items[:shown]]
+        if count > shown:
+            lines.append(f"  ... and {count - shown:,} more")
+    if len(by_reason) > 1 and total > listed:
+        lines.append(f"... and {total - listed:,} more {verb} (--json lists the first {listed:,})")
+    return lines
+
+
 # Width of a console that is not a terminal: wide enough that no table cell is ever
 # folded or cut, so a pipe or a log file carries every key, filter and ARN whole.
 # Rich sizes tables to their content, so rows are no wider than they need to be.
@@ -181,6 +206,15 @@ class Output:
             doc = {"error": {"message": message, "hint": hint, "exitCode": exit_code}}
             sys.stdout.write(json.dumps(doc) + "\n")
             sys.stdout.flush()
+
+    def failures(self, failures: Iterable[tuple[str, str]], total: int, verb: str) -> None:
+        """Failed files on stderr, grouped by reason (see ``failure_lines``); shown even
+        with --quiet."""
+        for line in failure_lines(failures, total, verb):
+            if line.startswith(" "):
+                self.err.print(line, markup=False, soft_wrap=True)
+            else:
+                self.error(line)
 
     def summary(self, line: str, *, failed: bool = False) -> None:
         """The run's one summary line on stderr (see ``summary_line``); with --quiet,

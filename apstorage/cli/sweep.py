@@ -12,7 +12,6 @@ import typer
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
 from apstorage.cli.output import Output, human_size, new_table, plural, record_metrics, summary_line
 
-FAILURES_PRINTED = 20
 # The types --types accepts (DESIGN §1, execution data that expires); FLOW_BUNDLE is not one.
 SWEEPABLE_HELP = "FLOW_RUN_LOG, FLOW_RUN_LOG_SLICE, FLOW_STEP_FILE, TRIGGER_PAYLOAD, TRIGGER_EVENT_FILE, WEBHOOK_PAYLOAD"
 
@@ -107,11 +106,8 @@ def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
     worked = report.deleted or report.failed
     if worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
         out.result(data, lambda console: _render(console, report))
-    for failure in report.failures[:FAILURES_PRINTED]:
-        where = failure.key or failure.id
-        out.error(f"kept {failure.type} {failure.id} ({failure.location} {where}): {failure.reason}")
-    if report.failed > FAILURES_PRINTED:
-        out.error(f"... and {report.failed - FAILURES_PRINTED:,} more files kept (--json lists the first 100)")
+    failures = [(f"{f.type} {f.id} ({f.location} {f.key or 'no key'})", f.reason) for f in report.failures]
+    out.failures(failures, report.failed, "kept")
     for location, reason in report.abandoned_locations.items():
         out.warn(f"{location} left alone for the rest of this run: {reason}")
     if report.max_delete_reached:
