@@ -21,6 +21,14 @@ class ApStorageError(Exception):
         return self.message
 
 
+class UnreadableFileError(ApStorageError):
+    """One file's bytes cannot be given back as the file: an unknown compression, damaged
+    or truncated compressed data, or fewer/more bytes than its row records. It fails that
+    file alone (exit 1 for `get`, a reported failure in runs over many files)."""
+
+    exit_code = 1
+
+
 class UsageError(ApStorageError):
     exit_code = 2
 

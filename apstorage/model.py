@@ -19,11 +19,41 @@ class Location(str, Enum):
 
 
 class Compression(str, Enum):
+    """The ``compression`` column. ``GZIP`` was written by older platform versions: it is
+    read, never written.
+
+    A value the platform may add later loads too (so one such row never stops a listing,
+    a sweep or a migration): ``Compression("BROTLI")`` is an unregistered member whose
+    ``known`` is False; decoding such a row fails for that row alone
+    (``apstorage.services.decoding``).
+    """
+
     NONE = "NONE"
     ZSTD = "ZSTD"
+    GZIP = "GZIP"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Compression | None":
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
+
+    @property
+    def known(self) -> bool:
+        return self.value in _KNOWN_COMPRESSIONS
 
 
-EXECUTION_TYPES = frozenset(
+_KNOWN_COMPRESSIONS = frozenset(c.value for c in Compression)
+
+# -- types ------------------------------------------------------------------------------------
+# The platform's own split (its file service): execution data that expires by age; the flow
+# bundle, which follows AP_FILE_STORAGE_LOCATION like execution data but is removed with its
+# flow version, never by age; and permanent files, always in the database.
+
+EXPIRING_TYPES = frozenset(
     {
         "FLOW_RUN_LOG",
         "FLOW_RUN_LOG_SLICE",
@@ -31,9 +61,10 @@ EXECUTION_TYPES = frozenset(
         "TRIGGER_PAYLOAD",
         "TRIGGER_EVENT_FILE",
         "WEBHOOK_PAYLOAD",
-        "FLOW_BUNDLE",
     }
 )
+FLOW_BUNDLE = "FLOW_BUNDLE"
+LOCATION_TYPES = EXPIRING_TYPES | {FLOW_BUNDLE}  # written where AP_FILE_STORAGE_LOCATION says
 PERMANENT_TYPES = frozenset(
     {
         "UNKNOWN",
@@ -47,13 +78,28 @@ PERMANENT_TYPES = frozenset(
         "KNOWLEDGE_BASE",
     }
 )
-ALL_TYPES = EXECUTION_TYPES | PERMANENT_TYPES
+ALL_TYPES = LOCATION_TYPES | PERMANENT_TYPES
 LEGACY_TYPES = {"STEP_FILE": "FLOW_STEP_FILE", "FILE": "UNKNOWN"}
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
+# Sizes the platform's schema can hold: ``size`` is a Postgres ``integer``; a ``bytea`` value
+# is at most 1 GiB including its 4-byte header (PostgreSQL's MaxAllocSize); SQLite's BLOB
+# limit is SQLITE_MAX_LENGTH, 10^9 bytes in its default build.
+MAX_CATALOG_SIZE = 2**31 - 1
+MAX_DB_BYTES = {"POSTGRES": 2**30 - 1 - 4, "SQLITE3": 1_000_000_000}
+
+# The ``metadata`` key `presign --upload` sets on the rows it creates: when the PUT URL
+# expires (ISO-8601 UTC). Until then the row's object may still be on its way; after it
+# (and with no object) the upload never came, and `gc --pending` deletes the row.
+PENDING_UPLOAD_KEY = "apstorageUploadExpiresAt"
+
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+# Ids the platform makes: 21 characters of 0-9A-Za-z (nanoid over that alphabet; the columns
+# are varchar(21)). New rows must use them. Rows already in a catalog are read more
+# tolerantly ('_' and '-', up to 64), as before, so an odd existing id still works.
+NEW_ID_RE = re.compile(r"[0-9A-Za-z]{1,21}")
+_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def new_id() -> str:
@@ -71,25 +117,66 @@ def parse_type(value: str, flag: str = "--type") -> str:
     return name
 
 
-def is_execution_type(file_type: str) -> bool:
-    return file_type in EXECUTION_TYPES
+def expires(file_type: str) -> bool:
+    """True for execution data the platform deletes by age: swept by `sweep-expired`,
+    tagged ``ap-retention=execution`` in S3. Never for ``FLOW_BUNDLE`` or permanent types."""
+    return file_type in EXPIRING_TYPES
 
 
-def check_owner_id(value: str, flag: str) -> str:
-    """Project and platform ids become path segments: only id characters are allowed."""
-    if not _ID_RE.match(value):
-        raise UsageError(f"{flag}: {value!r} is not a valid id (letters, digits, '_' and '-' only)")
+def effective_retention_days(project_days: int | None, global_days: int, pause_days: int) -> int:
+    """A project's execution-data retention, as the platform computes it: its own
+    ``executionDataRetentionDays`` clamped to [``AP_PAUSED_FLOW_TIMEOUT_DAYS``,
+    ``AP_EXECUTION_DATA_RETENTION_DAYS``] — never shorter than a flow may stay paused,
+    never longer than the global — or the global when the project sets none. When the
+    pause timeout exceeds the global, the global wins (``min`` is applied last)."""
+    if project_days is None:
+        return global_days
+    return min(global_days, max(project_days, pause_days))
+
+
+def retention_race_warning(retention_days: int, pause_days: int, name: str = "AP_EXECUTION_DATA_RETENTION_DAYS") -> str | None:
+    """One line when a paused flow can outlive its files (retention <= pause timeout), else
+    None: a flow resumed near its timeout can race the sweep for its own step files."""
+    if retention_days > pause_days:
+        return None
+    return (
+        f"{name}={retention_days} is not greater than AP_PAUSED_FLOW_TIMEOUT_DAYS={pause_days}: "
+        "a flow resumed near its pause timeout can race the sweep for its own files; keep "
+        "the retention longer than the pause timeout"
+    )
+
+
+def follows_storage_location(file_type: str) -> bool:
+    """True when new files of this type go where ``AP_FILE_STORAGE_LOCATION`` says
+    (expiring execution data and ``FLOW_BUNDLE``); permanent types always go to DB."""
+    return file_type in LOCATION_TYPES
+
+
+def check_owner_id(value: str, flag: str, *, new: bool = False) -> str:
+    """Project and platform ids become path segments: only id characters are allowed.
+
+    ``new`` (an id for a row about to be written): at most 21 characters of ``0-9A-Za-z``,
+    the platform's alphabet. Otherwise (a row already in the catalog) ``_`` and ``-`` and up
+    to 64 characters pass too. A trailing newline or any control character never passes.
+    """
+    pattern = NEW_ID_RE if new else _ID_RE
+    if not pattern.fullmatch(value):
+        from apstorage.text import printable
+
+        accepted = "1 to 21 letters and digits (0-9A-Za-z), as the platform makes ids" if new \
+            else "letters, digits, '_' and '-' only"
+        raise UsageError(f"{flag}: {printable(repr(value[:80]))} is not a valid id; accepted: {accepted}")
     return value
 
 
 def check_owner(project_id: str | None, platform_id: str | None) -> None:
-    """Every file has an owner, and owner ids become key segments: refuse anything else."""
+    """Every new file has an owner, and owner ids become key segments: refuse anything else."""
     if not project_id and not platform_id:
         raise UsageError("give --project ID or --platform ID: every file has an owner")
-    if project_id:
-        check_owner_id(project_id, "--project")
-    if platform_id:
-        check_owner_id(platform_id, "--platform")
+    if project_id is not None:
+        check_owner_id(project_id, "--project", new=True)
+    if platform_id is not None:
+        check_owner_id(platform_id, "--platform", new=True)
 
 
 def object_key(

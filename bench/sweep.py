@@ -40,8 +40,8 @@ from tests.servers import peer_binary, postgres_server, seaweedfs_server  # noqa
 
 TYPES = (
     "FLOW_RUN_LOG", "FLOW_STEP_FILE", "TRIGGER_PAYLOAD", "WEBHOOK_PAYLOAD",
-    "TRIGGER_EVENT_FILE", "FLOW_RUN_LOG_SLICE", "FLOW_BUNDLE",
-)
+    "TRIGGER_EVENT_FILE", "FLOW_RUN_LOG_SLICE",
+)  # the six expiring types (FLOW_BUNDLE is never swept)
 PROJECTS = 200
 
 
@@ -117,7 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100_000, help="expired rows with S3 objects")
     parser.add_argument("--live", type=int, default=None, help="live rows with objects (default: --count)")
-    parser.add_argument("--rounds", type=int, default=4, choices=range(1, len(TYPES) + 1), metavar="1-7",
+    parser.add_argument("--rounds", type=int, default=4, choices=range(1, len(TYPES) + 1), metavar="1-6",
                         help="split the expired set by type into rounds; who goes first alternates")
     parser.add_argument("--size", type=int, default=256, help="bytes per object")
     parser.add_argument("--workers", type=int, default=8, help="apstorage sweep-expired --workers")

@@ -1,5 +1,5 @@
 """Session fixtures: a real Postgres (pgserver, or AP_TEST_POSTGRES_URL) and a real S3
-server (SeaweedFS), both on 127.0.0.1, started once per test session and stopped after.
+server (SeaweedFS; rclone's S3 server as a second implementation), all on 127.0.0.1, started once per test session and stopped after.
 
 Nothing here skips: a server that cannot start fails the tests that need it.
 """
@@ -47,6 +47,24 @@ def postgres() -> Iterator[servers.PostgresInfo]:
 def seaweed() -> Iterator[servers.S3Info]:
     with servers.seaweedfs_server(identities=READONLY_IDENTITY) as info:
         yield info
+
+
+@pytest.fixture(scope="session")
+def rclone() -> Iterator[servers.S3Info]:
+    """rclone's S3 server: signatures and pre-signed expiry enforced, no lifecycle API,
+    no tags (see ``servers.rclone_server``)."""
+    with servers.rclone_server() as info:
+        yield info
+
+
+@pytest.fixture
+def faulty_s3(seaweed: servers.S3Info) -> Iterator["FaultyS3"]:
+    """The fault-injecting stand-in in front of SeaweedFS (tests/s3_faults.py); its
+    ``info`` points apstorage at the stand-in, buckets are SeaweedFS's own."""
+    from tests.s3_faults import FaultyS3
+
+    with FaultyS3(seaweed) as stand_in:
+        yield stand_in
 
 
 READONLY_IDENTITY = [

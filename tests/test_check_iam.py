@@ -214,7 +214,7 @@ def test_an_unreachable_endpoint_is_exit_8(runner, set_env, tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    set_env(AP_S3_BUCKET="b", AP_S3_ENDPOINT=f"http://127.0.0.1:{port}",
+    set_env(AP_S3_BUCKET="bkt", AP_S3_ENDPOINT=f"http://127.0.0.1:{port}",
             AP_S3_ACCESS_KEY_ID="k", AP_S3_SECRET_ACCESS_KEY="secret-value-123")
     junit = tmp_path / "down.xml"
     result = invoke(runner, "check-iam", "--json", "--junit-xml", str(junit))
@@ -225,3 +225,16 @@ def test_an_unreachable_endpoint_is_exit_8(runner, set_env, tmp_path) -> None:
     assert all(c["status"] == "skipped" for c in report["checks"][1:])
     assert f"127.0.0.1:{port}" in result.stderr and "secret-value-123" not in result.output
     assert len(ET.parse(junit).getroot().findall("./testsuite/testcase")) == 8
+
+
+def test_a_missing_bucket_stops_the_run_even_when_list_is_skipped(runner, set_env, s3_env, seaweed) -> None:
+    """Some stores create a bucket on the first write: nothing may be written to a
+    misspelled one. `list` skipped, one ListObjectsV2 still asks."""
+    set_env(**dict(s3_env, AP_S3_BUCKET="misspelled-bucket-name"))
+    result = invoke(runner, "check-iam", "--skip", "list", "--json")
+    assert result.exit_code == 4, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and all(c["status"] == "skipped" for c in report["checks"])
+    assert "AP_S3_BUCKET" in result.stderr and "misspelled-bucket-name" in result.stderr
+    buckets = [b["Name"] for b in admin_client(seaweed).list_buckets().get("Buckets", [])]
+    assert "misspelled-bucket-name" not in buckets

@@ -147,7 +147,7 @@ def test_unreachable_s3_is_exit_8_with_the_host(runner, set_env, tmp_path) -> No
     port = closed_port()
     set_env(
         AP_FILE_STORAGE_LOCATION="S3",
-        AP_S3_BUCKET="b",
+        AP_S3_BUCKET="bkt",
         AP_S3_ENDPOINT=f"http://127.0.0.1:{port}",
         AP_S3_ACCESS_KEY_ID="k",
         AP_S3_SECRET_ACCESS_KEY="very-secret-value",
@@ -225,9 +225,9 @@ def test_config_shows_settings_with_secrets_redacted(runner, set_env) -> None:
     set_env(AP_S3_SECRET_ACCESS_KEY="topsecret-abc", AP_POSTGRES_URL="postgresql://u:pw-xyz@db/ap")
     result = invoke(runner, "config", "--json")
     assert result.exit_code == 0
-    data = json.loads(result.stdout)
-    assert data["db_type"] == "POSTGRES"
-    assert data["s3_secret_access_key"] == "********"
+    data = {row["name"]: row for row in json.loads(result.stdout)["settings"]}
+    assert data["AP_DB_TYPE"]["value"] == "POSTGRES"
+    assert data["AP_S3_SECRET_ACCESS_KEY"] == {"name": "AP_S3_SECRET_ACCESS_KEY", "value": "********", "source": "environment"}
     assert "topsecret-abc" not in result.output and "pw-xyz" not in result.output
     human = invoke(runner, "config")
     assert "topsecret-abc" not in human.output and "pw-xyz" not in human.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from apstorage.config import load_settings
+from apstorage.config import VARIABLES, load_settings, scrub
 from apstorage.errors import ConfigError
 from apstorage.model import Location
 
@@ -50,8 +50,8 @@ def test_explicit_db_type_wins() -> None:
         ("AP_MAX_FILE_SIZE_MB", "big", "whole number"),
         ("AP_MAX_FILE_SIZE_MB", "0", "whole number"),
         ("AP_EXECUTION_DATA_RETENTION_DAYS", "-3", "whole number"),
-        ("AP_S3_DELETE_BATCH_SIZE", "5000", "<= 1000"),
-        ("AP_POSTGRES_PORT", "99999", "<= 65535"),
+        ("AP_S3_DELETE_BATCH_SIZE", "5000", "from 1 to 1000"),
+        ("AP_POSTGRES_PORT", "99999", "from 1 to 65535"),
         ("AP_S3_ENDPOINT", "localhost:9000", "http(s)://"),
     ],
 )
@@ -124,11 +124,39 @@ def test_s3_requirements_are_checked_when_s3_is_used() -> None:
     with pytest.raises(ConfigError, match="AP_S3_BUCKET"):
         s.require_s3()
     with pytest.raises(ConfigError, match="AP_S3_SECRET_ACCESS_KEY"):
-        load({"AP_S3_BUCKET": "b", "AP_S3_ACCESS_KEY_ID": "k"}).require_s3()
-    load({"AP_S3_BUCKET": "b", "AP_S3_USE_IRSA": "true"}).require_s3()  # default chain: fine
+        load({"AP_S3_BUCKET": "bkt", "AP_S3_ACCESS_KEY_ID": "k"}).require_s3()
+    load({"AP_S3_BUCKET": "bkt", "AP_S3_USE_IRSA": "true"}).require_s3()  # default chain: fine
 
 
-def test_secrets_never_show_in_repr_or_redacted_output() -> None:
+PASSWORDS = ["pg#secret/123", "pg%zzsecret", "p@ss:w/rd?#x", "plain-secret-123"]
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_a_url_password_with_any_characters_is_parsed_and_never_shown(password: str) -> None:
+    s = load({"AP_POSTGRES_URL": f"postgresql://app:{password}@db.internal:5433/ap?sslmode=require",
+              "AP_S3_SECRET_ACCESS_KEY": "s3-secret-456"})
+    kwargs = s.postgres.connect_kwargs()
+    assert kwargs["password"] == password.replace("%zz", "%zz")  # a '%' that starts no escape stays
+    assert (kwargs["host"], kwargs["port"], kwargs["dbname"], kwargs["user"]) == ("db.internal", "5433", "ap", "app")
+    assert kwargs["sslmode"] == "require"
+    text = repr(s) + str(s.describe()) + s.postgres_target
+    for secret in (password, "s3-secret-456"):
+        assert secret not in text
+    rows = {r["name"]: r for r in s.describe()}
+    assert rows["AP_POSTGRES_URL"]["value"] == "postgresql://app:********@db.internal:5433/ap?sslmode=require"
+    assert rows["AP_S3_SECRET_ACCESS_KEY"] == {"name": "AP_S3_SECRET_ACCESS_KEY", "value": "********", "source": "environment"}
+    assert s.postgres_target == "db.internal:5433/ap"
+
+
+def test_percent_encoded_and_query_passwords_are_decoded_and_redacted() -> None:
+    s = load({"AP_POSTGRES_URL": "postgresql://u%40x:p%23w@db/ap?password=query-secret&application_name=a@b"})
+    kwargs = s.postgres.connect_kwargs()
+    assert (kwargs["user"], kwargs["password"], kwargs["application_name"]) == ("u@x", "query-secret", "a@b")
+    shown = {r["name"]: r["value"] for r in s.describe()}["AP_POSTGRES_URL"]
+    assert "query-secret" not in shown and "p#w" not in shown and "p%23w" not in shown
+
+
+def test_secrets_never_show_in_repr_or_config_rows() -> None:
     s = load(
         {
             "AP_POSTGRES_URL": "postgresql://app:pg-secret-123@db:5432/ap",
@@ -136,8 +164,141 @@ def test_secrets_never_show_in_repr_or_redacted_output() -> None:
             "AP_POSTGRES_PASSWORD": "pw-789",
         }
     )
-    text = repr(s) + str(s.redacted())
+    text = repr(s) + str(s.describe())
     for secret in ("pg-secret-123", "s3-secret-456", "pw-789"):
         assert secret not in text
-    assert s.redacted()["postgres_url"] == "postgresql://app:********@db:5432/ap"
     assert s.postgres_target == "db:5432/ap"
+
+
+def test_config_rows_are_the_ap_names_with_value_and_source(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("AP_S3_BUCKET=from-file\n")
+    s = load({"AP_MAX_FILE_SIZE_MB": "7", "AWS_REGION": "eu-west-3"}, dotenv)
+    rows = {r["name"]: (r["value"], r["source"]) for r in s.describe()}
+    assert list(rows) == list(VARIABLES)
+    assert rows["AP_MAX_FILE_SIZE_MB"] == (7, "environment")
+    assert rows["AP_S3_BUCKET"] == ("from-file", str(dotenv))
+    assert rows["AP_S3_REGION"] == ("eu-west-3", "environment (AWS_REGION)")
+    assert rows["AP_EXECUTION_DATA_RETENTION_DAYS"] == (30, "default")
+
+
+@pytest.mark.parametrize(
+    "url, target",
+    [
+        ("postgresql://u@/ap?host=/var/run/postgresql", "/var/run/postgresql/.s.PGSQL.5432 (database ap)"),
+        ("postgresql://u@%2Ftmp%2Fpg:5544/ap", "/tmp/pg/.s.PGSQL.5544 (database ap)"),
+        ("postgresql://u:p@[::1]:6000/ap", "[::1]:6000/ap"),
+        ("postgresql://u:p@h1:5432,h2:5433/ap", "h1:5432,h2:5433/ap"),
+    ],
+)
+def test_the_target_names_the_socket_or_host_and_port_as_configured(url: str, target: str) -> None:
+    assert load({"AP_POSTGRES_URL": url}).postgres_target == target
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("mysql://u:hidden-pw@db/ap", "not a Postgres URL"),
+        ("postgresql://u:hidden-pw@db:99999/ap", "port out of range"),
+        ("postgresql://u:hidden-pw@db/ap?nosuchoption=1", "unknown parameter 'nosuchoption'"),
+        ("postgresql://u:hidden-pw@db/a#p", "malformed"),
+        ("host=db password=hidden-pw", "not a Postgres URL"),
+    ],
+)
+def test_a_malformed_url_is_refused_naming_the_variable_never_the_password(url: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"AP_POSTGRES_URL": url})
+    assert "AP_POSTGRES_URL" in info.value.message and words in info.value.message
+    assert "hidden-pw" not in info.value.message
+
+
+@pytest.mark.parametrize("var", ["AP_S3_BUCKET", "AP_POSTGRES_URL", "AP_S3_SECRET_ACCESS_KEY", "AP_CONFIG_PATH",
+                                 "AP_FILE_STORAGE_LOCATION", "AWS_REGION"])
+@pytest.mark.parametrize("char", ["\n", "\r", "\x1b", "\x7f", "\x85", "\t"])
+def test_a_control_character_in_any_value_is_refused_without_echoing_it(var: str, char: str) -> None:
+    value = f"secret-value{char}x" if var != "AP_POSTGRES_URL" else f"postgresql://u:secret-value{char}@db/ap"
+    with pytest.raises(ConfigError) as info:
+        load({var: value})
+    assert var in info.value.message and "control character" in info.value.message
+    assert "secret-value" not in info.value.message
+
+
+def test_the_ssl_ca_may_span_lines() -> None:
+    assert load({"AP_POSTGRES_SSL_CA": "-----BEGIN-----\nabc\n-----END-----"}).postgres_ssl_ca.count("\n") == 2
+
+
+@pytest.mark.parametrize("name", ["ab", "Bucket", "my_bucket", "-bucket", "bucket-", "a..b", "192.168.1.1",
+                                  "xn--abc", "x" * 64, "my-bucket-s3alias", "a.-b"])
+def test_bucket_names_follow_s3_rules(name: str) -> None:
+    with pytest.raises(ConfigError, match="AP_S3_BUCKET"):
+        load({"AP_S3_BUCKET": name})
+
+
+@pytest.mark.parametrize("name", ["abc", "my-bucket", "my.bucket.1", "0" * 63])
+def test_valid_bucket_names_pass(name: str) -> None:
+    assert load({"AP_S3_BUCKET": name}).s3_bucket == name
+
+
+@pytest.mark.parametrize("endpoint", ["http://AKIA:endpoint-secret@127.0.0.1:9000", "https://:endpoint-secret@s3.example"])
+def test_credentials_in_the_endpoint_are_refused_without_echoing_them(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"AP_S3_ENDPOINT": endpoint})
+    assert "AP_S3_ENDPOINT" in info.value.message and "endpoint-secret" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "var, value",
+    [("AP_EXECUTION_DATA_RETENTION_DAYS", "99999999"), ("AP_EXECUTION_DATA_RETENTION_DAYS", "36501"),
+     ("AP_MAX_FILE_SIZE_MB", "99999999999"), ("AP_POSTGRES_PORT", "9" * 5000), ("AP_S3_DELETE_BATCH_SIZE", "1_000"),
+     ("AP_MAX_FILE_SIZE_MB", "\u0663")],
+)
+def test_numbers_out_of_range_are_refused(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{var}.*from 1 to"):
+        load({var: value})
+
+
+def test_retention_at_the_top_of_its_range_is_accepted() -> None:
+    assert load({"AP_EXECUTION_DATA_RETENTION_DAYS": "36500"}).execution_data_retention_days == 36500
+
+
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (b"AP_S3_BUCKET=abc\nthis is not a line\n", 2),
+        (b"# c\n\nAP_S3_BUCKET='unterminated\n", 3),
+        (b"AP_S3_BUCKET=abc\n\x00\x01\x02binary", 2),
+        (b"AP_S3_BUCKET=abc\nAP_X=\xff\xfe\n", 2),
+    ],
+)
+def test_a_dotenv_that_cannot_be_parsed_names_the_file_and_line(tmp_path: Path, content: bytes, line: int) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load({}, dotenv)
+    assert info.value.exit_code == 3
+    assert f"{dotenv} line {line}:" in info.value.message
+
+
+def test_a_dotenv_may_export_quote_and_comment(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(b"\xef\xbb\xbf# settings\nexport AP_S3_BUCKET='abc'\nAP_S3_REGION=\"eu-west-1\"  # here\n")
+    s = load({}, dotenv)
+    assert (s.s3_bucket, s.s3_region) == ("abc", "eu-west-1")
+
+
+def test_a_near_miss_is_warned_about_and_the_platforms_variables_stay_silent() -> None:
+    platform = {name: "x" for name in (
+        "AP_FRONTEND_URL", "AP_ENCRYPTION_KEY", "AP_JWT_SECRET", "AP_ENGINE_EXECUTABLE_PATH", "AP_REDIS_URL",
+        "AP_EXECUTION_MODE", "AP_TELEMETRY_ENABLED", "AP_PIECES_SOURCE", "AP_REDIS_PASSWORD", "AP_REDIS_USE_SSL",
+        "AP_POSTGRES_POOL_SIZE", "AP_PAUSED_FLOW_TIMEOUT_DAYS", "AP_WEBHOOK_TIMEOUT_SECONDS", "AP_QUEUE_MODE")}
+    assert load(platform).warnings == ()
+    s = load({**platform, "AP_FILE_STORAGE_LOCATON": "S3", "AP_S3_BUCKT": "abc"})
+    assert s.warnings == (
+        "AP_FILE_STORAGE_LOCATON is not a variable apstorage reads; did you mean AP_FILE_STORAGE_LOCATION?",
+        "AP_S3_BUCKT is not a variable apstorage reads; did you mean AP_S3_BUCKET?",
+    )
+
+
+def test_scrub_blanks_every_secret_read_and_its_encodings() -> None:
+    load({"AP_POSTGRES_URL": "postgresql://u:sc#rub/me@db/ap"})
+    assert scrub("dsn postgresql://u:sc%23rub%2Fme@db and sc#rub/me") == "dsn postgresql://u:********@db and ********"

@@ -158,12 +158,12 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
     assert rules_of(client, bucket) == after
 
     # new retention: our expiry rule updated in place, the rest untouched
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2")
-    assert plan["updated"] == [EXPIRE_RULE_ID] and plan["expirationDays"] == 9
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2")
+    assert plan["updated"] == [EXPIRE_RULE_ID] and plan["expirationDays"] == 42
     changed = rules_of(client, bucket)
     assert [r["ID"] for r in changed] == FOREIGN_IDS + OURS
     assert changed[: len(FOREIGN)] == before
-    assert by_id(changed)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 9}
+    assert by_id(changed)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 42}
 
     # show: every rule, ours marked
     shown = run_json(runner, "lifecycle", "show")
@@ -174,14 +174,14 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
     rows = {r["id"]: r for r in shown["rules"]}
     assert rows["team-date"]["rule"]["Expiration"]["Date"] == "2031-01-01T00:00:00Z"
     assert rows[EXPIRE_RULE_ID]["filter"] == "tag ap-retention=execution"
-    assert rows[EXPIRE_RULE_ID]["actions"] == "expire after 9 days"
+    assert rows[EXPIRE_RULE_ID]["actions"] == "expire after 42 days"
     assert rows["team-and"]["enabled"] is False
 
     # --replace removes foreign rules only when asked, and --dry-run still writes nothing
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2", "--replace", "--dry-run")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2", "--replace", "--dry-run")
     assert plan["removed"] == FOREIGN_IDS and plan["kept"] == OURS
     assert rules_of(client, bucket) == changed
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "7", "--grace-days", "2", "--replace")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "40", "--grace-days", "2", "--replace")
     assert plan["removed"] == FOREIGN_IDS and plan["written"] is True
     assert [r["ID"] for r in rules_of(client, bucket)] == OURS
 
@@ -189,7 +189,8 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
 def test_bucket_without_configuration(runner, bucket, s3_env, set_env) -> None:
     set_env(**s3_env)
     shown = run_json(runner, "lifecycle", "show")
-    assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS}
+    assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS,
+                     "minimumExpiryDays": 31, "problems": []}
     human = invoke(runner, "lifecycle", "show")
     assert human.exit_code == 0
     assert f"bucket {bucket} has no lifecycle rules" in human.stdout
@@ -325,14 +326,14 @@ def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
     assert plan["added"] == OURS and plan["kept"] == ids
     assert rules_of(client, moto_bucket) == before
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45")
     assert plan["added"] == OURS and plan["written"] is True
     after = rules_of(client, moto_bucket)
     assert after[: len(ids)] == before
-    assert by_id(after)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 15}
+    assert by_id(after)[EXPIRE_RULE_ID]["Expiration"] == {"Days": 46}
     assert by_id(after)[EXPIRE_RULE_ID]["Filter"] == {"Tag": TAG_SET[0]}
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45")
     assert plan["changed"] is False and plan["kept"] == ids + OURS
     assert rules_of(client, moto_bucket) == after
 
@@ -340,7 +341,7 @@ def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
     assert [r["id"] for r in shown["rules"] if r["ours"]] == OURS
     assert {r["id"]: r["actions"] for r in shown["rules"]}["team-glacier"] == "move to GLACIER after 60 days"
 
-    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "14", "--replace")
+    plan = run_json(runner, "lifecycle", "apply", "--retention-days", "45", "--replace")
     assert plan["removed"] == ids and plan["kept"] == OURS
     assert [r["ID"] for r in rules_of(client, moto_bucket)] == OURS
 
@@ -397,3 +398,89 @@ def test_merge_drops_duplicates_of_our_ids_and_replace_drops_foreign() -> None:
         (EXPIRE_RULE_ID, "updated"), ("theirs", "removed"), (ABORT_RULE_ID, "added")
     ]
     assert merged == desired
+
+
+# -- answers that are not a lifecycle configuration ---------------------------------------------
+
+_LISTING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    b"<Name>bucket</Name><IsTruncated>false</IsTruncated><Contents><Key>a&#x1;b</Key><Size>1</Size>"
+    b"</Contents></ListBucketResult>"
+)
+_EXISTS = b"<Error><Code>BucketAlreadyExists</Code><Message>BucketAlreadyExists</Message></Error>"
+_NO_RULES = b'<LifecycleConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></LifecycleConfiguration>'
+_NO_CONFIG = b"<Error><Code>NoSuchLifecycleConfiguration</Code><Message>none</Message></Error>"
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers each method with a fixed (status, body) from ``answers``; counts requests."""
+
+    answers: dict[str, tuple[int, bytes]] = {}
+    seen: list[str] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.seen.append(f"{self.command} {self.path}")
+        status, body = self.answers[self.command]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted(set_env) -> Iterator[type[_ScriptedHandler]]:
+    handler = type("Handler", (_ScriptedHandler,), {"answers": {}, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    set_env(AP_S3_BUCKET="bucket", AP_S3_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+            AP_S3_REGION="us-east-1", AP_S3_ACCESS_KEY_ID="AKSCRIPTED", AP_S3_SECRET_ACCESS_KEY="secret-scripted")
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("get", "put", "said"),
+    [
+        ((409, _EXISTS), (409, _EXISTS), "BucketAlreadyExists (HTTP 409)"),
+        ((200, _LISTING), (200, b""), "<ListBucketResult>"),  # a store that ignores ?lifecycle
+        ((200, _NO_RULES), (200, b""), "without rules"),
+        ((200, b""), (200, b""), "an empty body"),
+    ],
+    ids=["409-bucket-exists", "200-bucket-listing", "200-no-rules", "200-empty"],
+)
+def test_an_answer_that_is_not_a_configuration_is_not_supported(runner, scripted, get, put, said) -> None:
+    scripted.answers.update(GET=get, PUT=put)
+    for args in (("lifecycle", "show"), ("lifecycle", "apply"), ("lifecycle", "apply", "--dry-run")):
+        result = invoke(runner, *args)
+        assert result.exit_code == 6, (args, result.output)
+        assert "does not support lifecycle" in result.stderr and said in result.stderr
+        assert "sweep-expired" in result.stderr  # the existing hint: what still works
+    assert not any(line.startswith("PUT") for line in scripted.seen)  # nothing written
+    # Read once per command: no retries of an answer that will not change.
+    assert len([line for line in scripted.seen if line.startswith("GET")]) == 3
+
+
+def test_no_such_lifecycle_configuration_still_means_no_rules(runner, scripted) -> None:
+    scripted.answers.update(GET=(404, _NO_CONFIG), PUT=(200, b""))
+    shown = invoke(runner, "lifecycle", "show", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["configured"] is False
+    assert json.loads(shown.stdout)["missing"] == OURS
+
+
+def test_a_real_server_error_is_not_taken_for_not_supported(runner, scripted) -> None:
+    scripted.answers.update(GET=(500, b"<html><body>upstream broke</body></html>"), PUT=(500, b""))
+    result = invoke(runner, "lifecycle", "show")
+    assert result.exit_code == 8, result.output
+    assert "does not support" not in result.stderr

@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 from apstorage.catalog import sweep as sweep_sql
 from apstorage.cli import app
 from apstorage.errors import NotFoundError
-from apstorage.model import EXECUTION_TYPES, FileRow, Location, new_id
+from apstorage.model import EXPIRING_TYPES, FileRow, Location, new_id
 from apstorage.services.context import Storage
 from apstorage.services.sweep import sweep_expired
 from tests.conftest import READONLY_IDENTITY
+from tests.integrity import assert_intact
 
 NOW = datetime.now(timezone.utc)
 OLD = 45  # days: older than the default 30-day retention
@@ -100,16 +101,18 @@ def test_sweep_deletes_expired_execution_data_and_nothing_else(full_env, storage
     storage = storage_factory(full_env)
     expired, kept = [], []
     for location in Location:
-        for file_type in sorted(EXECUTION_TYPES):
+        for file_type in sorted(EXPIRING_TYPES):
             expired.append(seed(storage, file_type, location, OLD))
             kept.append(seed(storage, file_type, location, FRESH))
         expired.append(seed(storage, "FLOW_RUN_LOG", location, 400, project=None, platform="plat1"))
-        # Old permanent files, in every location (the platform once put assets in S3).
-        for file_type in ("PLATFORM_ASSET", "SAMPLE_DATA", "PACKAGE_ARCHIVE", "UNKNOWN"):
+        # Old permanent files, in every location (the platform once put assets in S3), and
+        # flow bundles, which follow the location but never expire by age.
+        for file_type in ("PLATFORM_ASSET", "SAMPLE_DATA", "PACKAGE_ARCHIVE", "UNKNOWN", "FLOW_BUNDLE"):
             kept.append(seed(storage, file_type, location, 400))
     kept.append(seed(storage, "FLOW_RUN_LOG", Location.DB, 29.9))  # just inside the retention
 
-    set_env(**full_env)
+    # Retention longer than the pause timeout: nothing to warn about.
+    set_env(**full_env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
     result = invoke(runner)  # not a TTY: cron hears one summary line, nothing on stdout
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
@@ -123,6 +126,7 @@ def test_sweep_deletes_expired_execution_data_and_nothing_else(full_env, storage
     for row in kept:
         assert row_exists(storage, row.id), row
         assert bytes_exist(storage, row), row
+    assert assert_intact(storage, {row.id: b"some bytes" for row in kept}) == len(kept)
 
 
 def test_json_report_counts_by_type_and_a_rerun_finds_nothing(full_env, set_env, storage_factory, runner) -> None:
@@ -169,6 +173,8 @@ def test_dry_run_counts_and_sizes_by_type_and_changes_nothing(full_env, set_env,
         ("--types", "SAMPLE_DATA"),
         ("--types", "FLOW_RUN_LOG,PLATFORM_ASSET"),
         ("--types", "NOT_A_TYPE"),
+        ("--types", "FLOW_BUNDLE"),
+        ("--types", "FLOW_RUN_LOG,flow_bundle"),
         ("--retention-days", "0"),
         ("--batch-size", "0"),
     ],
@@ -213,7 +219,7 @@ def test_max_delete_caps_one_run(set_env, storage_factory, runner) -> None:
 
 def test_read_only_s3_keeps_the_rows_and_exits_1(full_env, set_env, storage_factory, runner) -> None:
     storage = storage_factory(full_env)
-    s3_rows = [seed(storage, t, Location.S3, OLD) for t in sorted(EXECUTION_TYPES)]
+    s3_rows = [seed(storage, t, Location.S3, OLD) for t in sorted(EXPIRING_TYPES)]
     s3_rows.append(seed(storage, "FLOW_RUN_LOG", Location.S3, OLD))
     db_row = seed(storage, "FLOW_RUN_LOG", Location.DB, OLD)
     local_row = seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, OLD)
@@ -234,17 +240,17 @@ def test_read_only_s3_keeps_the_rows_and_exits_1(full_env, set_env, storage_fact
     assert reader["secretKey"] not in text.stderr + text.stdout
 
 
-def test_one_bad_key_does_not_keep_its_whole_batch(full_env, storage_factory) -> None:
-    """A control character in a key makes SeaweedFS reject the whole DeleteObjects
-    request (MalformedXML): the batch is split until only that key is left."""
+def test_a_key_xml_cannot_carry_is_deleted_on_its_own(full_env, storage_factory) -> None:
+    """A control character in a key makes SeaweedFS reject a whole DeleteObjects request
+    (MalformedXML): such keys go one by one with DeleteObject, the rest in one batch, and
+    every run succeeds (issue 14, item 4)."""
     storage = storage_factory(full_env)
     good = [seed(storage, "FLOW_RUN_LOG", Location.S3, OLD) for _ in range(30)]
-    bad = seed(storage, "FLOW_RUN_LOG", Location.S3, OLD, data=None, s3_key="project/p/FLOW_RUN_LOG/bad\x01key")
+    bad = seed(storage, "FLOW_RUN_LOG", Location.S3, OLD, s3_key="project/p/FLOW_RUN_LOG/bad\x01key")
+    assert bytes_exist(storage, bad)
     report = sweep_expired(storage, batch_size=100)
-    assert report.deleted == 30 and report.failed == 1
-    assert report.failures[0].id == bad.id and "MalformedXML" in report.failures[0].reason
-    assert row_exists(storage, bad.id)
-    for row in good:
+    assert report.deleted == 31 and report.failed == 0, report.failures
+    for row in [*good, bad]:
         assert not row_exists(storage, row.id) and not bytes_exist(storage, row)
 
 
@@ -299,23 +305,33 @@ def test_a_missing_local_root_keeps_local_rows(set_env, storage_factory, tmp_pat
 # -- per-project retention -------------------------------------------------------------------
 
 
-def test_a_projects_shorter_retention_wins(catalog_env, storage_factory) -> None:
-    storage = storage_factory(catalog_env)
+def test_a_projects_shorter_retention_wins_clamped_to_the_pause_timeout(catalog_env, storage_factory) -> None:
+    """Effective retention = min(global, max(project's own, pause timeout)); NULL = global.
+    Global 30, pause 5: "short" (7) keeps 7 days, "floor" (3) and "zero" (0) keep the 5
+    of the pause timeout, "longer" (90) and "unset" keep the global 30."""
+    storage = storage_factory({**catalog_env, "AP_PAUSED_FLOW_TIMEOUT_DAYS": "5"})
     storage.catalog._execute(
         'CREATE TABLE "project" ("id" varchar(21) PRIMARY KEY, "executionDataRetentionDays" integer)'
     )
     p = storage.catalog.ph
-    for project_id, days in (("short", 7), ("unset", None), ("longer", 90), ("zero", 0)):
+    projects = {"short": 7, "floor": 3, "zero": 0, "unset": None, "longer": 90}
+    for project_id, days in projects.items():
         storage.catalog._execute(f'INSERT INTO "project" VALUES ({p}, {p})', (project_id, days))
     rows = {
         (project, age): seed(storage, "FLOW_RUN_LOG", Location.DB, age, project=project)
-        for project in ("short", "unset", "longer", "zero")
-        for age in (3, 10, OLD)
+        for project in projects
+        for age in (4, 6, 10, OLD)
     }
     report = sweep_expired(storage)
-    assert report.project_retention and report.projects_with_shorter_retention == 1
+    assert report.project_retention and report.projects_with_shorter_retention == 3
     gone = {key for key, row in rows.items() if not row_exists(storage, row.id)}
-    assert gone == {("short", 10), ("short", OLD), ("unset", OLD), ("longer", OLD), ("zero", OLD)}
+    assert gone == {
+        ("short", 10), ("short", OLD),
+        ("floor", 6), ("floor", 10), ("floor", OLD),
+        ("zero", 6), ("zero", 10), ("zero", OLD),
+        ("unset", OLD), ("longer", OLD),
+    }
+    assert_intact(storage, {row.id: b"some bytes" for row in rows.values()})
 
 
 # -- cron safety -----------------------------------------------------------------------------

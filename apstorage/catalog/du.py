@@ -276,7 +276,154 @@ def _sqlite_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow
         raise ApStorageError(f"SQLite error at {catalog.target}: {exc}") from None
 
 
+# -- the table's own footprint -------------------------------------------------------------
+
+SAMPLE_PAGES = 2000  # heap pages read at most for the live-bytes aggregate (16 MiB); a sample above
+ROW_OVERHEAD = 28  # Postgres: tuple header (23, aligned to 24) + line pointer (4)
+PACKING = 1.15  # live bytes never pack pages completely: alignment, page and chunk headers
+
+_PG_COLUMNS = ("id", "created", "updated", "projectId", "platformId", "location", "fileName",
+               "size", "metadata", "s3Key", "type", "compression")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What the ``file`` table costs on disk, and what a VACUUM (FULL) would return.
+
+    Postgres: ``table`` (heap, with its free-space and visibility maps), ``toast`` (the
+    TOAST table and its index: where large ``data`` values live), ``indexes``; their sum
+    is ``pg_total_relation_size('file')``. SQLite: the whole database file
+    (``page_count * page_size``); ``free`` is its free pages (``freelist_count``).
+    ``live_bytes``: the bytes the live rows hold (every column as stored, ``data``
+    compressed as Postgres keeps it). ``reclaimable``: what the VACUUM would return, by
+    ``method``.
+    """
+
+    dialect: str
+    on_disk: int
+    rows: int
+    data_bytes: int  # sum of octet_length("data"): the bytes held in the DB location
+    live_bytes: int
+    reclaimable: int
+    method: str
+    table: int | None = None
+    toast: int | None = None
+    indexes: int | None = None
+    free: int | None = None
+    dead_rows: int | None = None
+
+    @property
+    def vacuum(self) -> str:
+        return 'VACUUM FULL "file"' if self.dialect == "postgres" else "VACUUM"
+
+    def to_json(self) -> dict:
+        return {
+            "dialect": self.dialect,
+            "onDisk": self.on_disk,
+            "table": self.table,
+            "toast": self.toast,
+            "indexes": self.indexes,
+            "freePages": self.free,
+            "rows": self.rows,
+            "dataBytes": self.data_bytes,
+            "liveBytes": self.live_bytes,
+            "deadRows": self.dead_rows,
+            "reclaimable": self.reclaimable,
+            "vacuum": self.vacuum,
+            "method": self.method,
+        }
+
+
+def footprint(catalog: Catalog) -> Footprint:
+    """The ``file`` table's footprint: one catalog query for the sizes and one aggregate
+    over the rows — on Postgres over a sample of about ``SAMPLE_PAGES`` heap pages
+    (``TABLESAMPLE SYSTEM``) when the table has more, so ``du`` stays quick on any table."""
+    if catalog.dialect == "postgres":
+        return _pg_footprint(catalog)
+    return _sqlite_footprint(catalog)
+
+
+def _pg_footprint(catalog: Catalog) -> Footprint:
+    sizes = catalog._execute(
+        "SELECT pg_table_size(c.oid), "
+        "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0), "
+        "pg_indexes_size(c.oid), pg_total_relation_size(c.oid), c.relpages, "
+        "NULLIF(c.reltoastrelid, 0), "
+        "(SELECT n_dead_tup FROM pg_stat_all_tables s WHERE s.relid = c.oid) "
+        "FROM pg_class c WHERE c.oid = '\"file\"'::regclass"
+    )[0]
+    table_size, toast, indexes, total, relpages, toast_oid, dead = sizes
+    columns = " + ".join(f'COALESCE(pg_column_size("{c}"), 0)' for c in _PG_COLUMNS)
+    aggregate = (
+        f'SELECT COUNT(*), COALESCE(SUM(octet_length("data")), 0), '
+        f'COALESCE(SUM({columns} + COALESCE(pg_column_size("data"), 0)), 0) FROM "file"'
+    )  # octet_length and pg_column_size read a TOAST pointer, never the TOASTed bytes
+    (rows,) = catalog._execute('SELECT COUNT(*) FROM "file"')[0]
+    rows = int(rows)
+    if relpages and int(relpages) > SAMPLE_PAGES:
+        percent = 100.0 * SAMPLE_PAGES / int(relpages)
+        n, data, live = catalog._execute(aggregate + f" TABLESAMPLE SYSTEM ({percent:.6f})")[0]
+        scale = rows / n if n else 0.0
+        data, live = int(data * scale), int(live * scale)
+        how = f"a {percent:.2g} % page sample"
+    else:
+        data, live = (int(v) for v in catalog._execute(aggregate)[0][1:])
+        how = "every row"
+    live += rows * ROW_OVERHEAD
+    heap_and_toast = int(table_size)
+    exact = _pgstattuple(catalog, toast_oid)
+    if exact is not None:
+        reclaimable, method = exact, "pgstattuple: dead tuples and free space of the table and its TOAST"
+    else:
+        reclaimable = max(0, heap_and_toast - int(live * PACKING))
+        method = (
+            f"estimate: table + TOAST on disk minus {PACKING:g} x the live rows' bytes "
+            f"(pg_column_size, {how}); indexes not counted"
+        )
+    return Footprint(
+        dialect="postgres", on_disk=int(total), rows=rows, data_bytes=int(data), live_bytes=live,
+        reclaimable=reclaimable, method=method, table=heap_and_toast - int(toast),
+        toast=int(toast), indexes=int(indexes), dead_rows=None if dead is None else int(dead),
+    )
+
+
+def _pgstattuple(catalog: Catalog, toast_oid: Any) -> int | None:
+    """Dead tuples + free space, exactly, when the pgstattuple extension is installed
+    and readable by this user; None otherwise (apstorage never installs it)."""
+    if not catalog._execute("SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple'"):
+        return None
+    try:
+        total = 0
+        targets = ["'\"file\"'::regclass"] + ([f"{int(toast_oid)}::oid"] if toast_oid else [])
+        for target in targets:
+            dead, free = catalog._execute(
+                f"SELECT dead_tuple_len, free_space FROM pgstattuple({target})"
+            )[0]
+            total += int(dead) + int(free)
+        return total
+    except ApStorageError:
+        return None
+
+
+def _sqlite_footprint(catalog: Catalog) -> Footprint:
+    page_count = int(catalog._execute("PRAGMA page_count")[0][0])
+    page_size = int(catalog._execute("PRAGMA page_size")[0][0])
+    free_pages = int(catalog._execute("PRAGMA freelist_count")[0][0])
+    columns = " + ".join(f'COALESCE(length("{c}"), 0)' for c in (*_PG_COLUMNS, "data"))
+    rows, data, live = catalog._execute(
+        f'SELECT COUNT(*), COALESCE(SUM(length("data")), 0), COALESCE(SUM({columns}), 0) FROM "file"'
+    )[0]
+    free = free_pages * page_size
+    return Footprint(
+        dialect="sqlite", on_disk=page_count * page_size, rows=int(rows), data_bytes=int(data),
+        live_bytes=int(live), reclaimable=free, free=free,
+        method="free pages (freelist_count x page_size); VACUUM also defragments the rest",
+    )
+
+
 __all__ = [
+    "Footprint",
+    "footprint",
     "GROUP_COLUMNS",
     "KEY_SQL",
     "KeyedRow",

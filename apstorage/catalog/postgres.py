@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from datetime import datetime
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ from apstorage.config import Settings
 from apstorage.errors import (
     ApStorageError,
     BackendUnavailableError,
+    ConfigError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -41,35 +43,32 @@ CREATE TABLE "file" (
 """
 
 
+CONNECT_TIMEOUT = 10  # seconds: libpq's connect_timeout (a frozen server fails the command)
+# Seconds any one statement may run (Postgres' statement_timeout, set per connection). Generous:
+# migrate and sweep work in batches of at most a few thousand rows, each statement well under
+# a second; du over tens of millions of rows is one aggregate that may take minutes.
+STATEMENT_TIMEOUT = 900
+
+
 class PostgresCatalog(Catalog):
     ph = "%s"
     dialect = "postgres"
+    statement_timeout = STATEMENT_TIMEOUT
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.target = f"postgres://{settings.postgres_target}"
-        self._secrets = [
-            s.reveal() for s in (settings.postgres_url, settings.postgres_password) if s
-        ]
+        self.dsn = settings.postgres
+        self.target = f"postgres://{self.dsn.target}"
         self._ca_file: str | None = None
         self.conn = self.connect()
 
     # -- connections ----------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
         s = self.settings
-        kwargs: dict[str, Any] = {"connect_timeout": 10, "application_name": "apstorage"}
-        if s.postgres_url is not None:
-            kwargs["conninfo"] = s.postgres_url.reveal()
-        else:
-            kwargs.update(
-                conninfo="",
-                host=s.postgres_host,
-                port=s.postgres_port,
-                dbname=s.postgres_database,
-                user=s.postgres_username,
-            )
-            if s.postgres_password is not None:
-                kwargs["password"] = s.postgres_password.reveal()
+        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage"}
+        # Keywords, never a URL string: libpq does not re-parse the password (config.py
+        # parsed AP_POSTGRES_URL once, whatever its password holds).
+        kwargs.update(self.dsn.connect_kwargs(), conninfo="")
         if s.postgres_use_ssl:
             kwargs["sslmode"] = "require"
             if s.postgres_ssl_ca:
@@ -85,8 +84,11 @@ class PostgresCatalog(Catalog):
         kwargs = self._conninfo()
         conninfo = kwargs.pop("conninfo")
         try:
-            return psycopg.connect(conninfo, autocommit=True, **kwargs)
-        except psycopg.OperationalError as exc:
+            conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+            # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
+            conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
+            return conn
+        except psycopg.Error as exc:
             raise self._translate(exc) from None
 
     def close(self) -> None:
@@ -96,26 +98,56 @@ class PostgresCatalog(Catalog):
             with contextlib.suppress(OSError):
                 os.unlink(self._ca_file)
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
-
     def _translate(self, exc: Exception) -> ApStorageError:
-        reason = self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        """A psycopg error → the documented exit code, naming the user, database, host and
+        port or socket as configured. libpq's own text is shown only scrubbed of every
+        secret form, and only after our own words."""
+        from apstorage.config import scrub
+
+        text = str(exc).strip()
+        reason = scrub(text.splitlines()[0].strip() if text else type(exc).__name__)
+        reason = reason.split(" failed: ", 1)[-1]  # 'connection to server at "h" (ip), port p failed: X'
+        lowered = text.lower()
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        named = re.search(r'(?:user|role) "([^"]*)"', text)
+        user = self.dsn.user or (named.group(1) if named else "(the default user)")
+        if isinstance(exc, pg_errors.QueryCanceled) and "statement timeout" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not finish a statement within {self.statement_timeout:g} s "
+                "(statement_timeout, set by apstorage); the server is overloaded or a lock is held"
+            )
+        if isinstance(exc, psycopg.OperationalError) and "timeout expired" in reason:
+            return BackendUnavailableError(
+                f"Postgres at {self.target} did not answer within {CONNECT_TIMEOUT} s (connect timeout)"
+            )
         if isinstance(exc, pg_errors.UndefinedTable):
             return NotFoundError(
                 f'the "file" table does not exist in {self.target}; run `apstorage init`'
             )
         if isinstance(exc, pg_errors.InsufficientPrivilege):
-            return PermissionDeniedError(f"Postgres at {self.target} refused: {reason}")
-        lowered = reason.lower()
-        if "authentication failed" in lowered or "no password supplied" in lowered:
+            return PermissionDeniedError(f"Postgres at {self.target} refused user {user}: {reason}")
+        if sqlstate == "3D000" or re.search(r'database ".*" does not exist', text):
+            return NotFoundError(
+                f"database {self.dsn.dbname or '(the default)'} does not exist on "
+                f"{self.target}",
+                hint="check AP_POSTGRES_URL or AP_POSTGRES_DATABASE",
+            )
+        if sqlstate in ("28000", "28P01") or re.search(r'role ".*" does not exist', text) or any(
+            marker in lowered
+            for marker in (
+                "authentication failed", "no password supplied", "password authentication",
+                "pg_hba.conf", "scram", "password is required",
+                "server requested", "auth method",
+            )
+        ):
             return PermissionDeniedError(
-                f"Postgres at {self.target} refused the credentials: {reason}"
+                f"Postgres at {self.target} refused the credentials of user {user}: {reason}",
+                hint="check the user and password in AP_POSTGRES_URL or AP_POSTGRES_USERNAME / AP_POSTGRES_PASSWORD",
             )
         if isinstance(exc, psycopg.OperationalError):
             return BackendUnavailableError(f"cannot reach Postgres at {self.target}: {reason}")
+        if isinstance(exc, psycopg.ProgrammingError) and "connection" in lowered and "option" in lowered:
+            return ConfigError(f"AP_POSTGRES_URL is not accepted by libpq: {reason}")
         return ApStorageError(f"Postgres error at {self.target}: {reason}")
 
     @contextlib.contextmanager

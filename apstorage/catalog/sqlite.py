@@ -1,4 +1,16 @@
-"""The embedded default catalog: SQLite at ``AP_CONFIG_PATH/apstorage.sqlite``."""
+"""The embedded default catalog: SQLite at ``AP_CONFIG_PATH/apstorage.sqlite``.
+
+Several commands may use it at once (a cron sweep beside a long migrate, a put, a get), so:
+
+* WAL journal: readers never wait for a writer, nor a writer for readers;
+* ``synchronous=FULL``: a commit is on disk before the command goes on to delete the
+  bytes it made unreferenced (a LOCAL file, an S3 object) — durable before destructive;
+* write transactions are short (``BEGIN IMMEDIATE`` only around the writes; nothing waits
+  on the network inside one), and opening the catalog takes no write lock unless the table
+  must be created;
+* a writer waits at most ``BUSY_TIMEOUT`` seconds for another one, then the command ends
+  with one line naming the database file (BackendUnavailableError, exit 8).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from apstorage.catalog.base import INDEXES, Catalog, InitReport
-from apstorage.errors import BackendUnavailableError, PermissionDeniedError
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    PermissionDeniedError,
+)
 
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+BUSY_TIMEOUT = 10  # seconds a write waits for another command's write transaction
 
 DDL = """
 CREATE TABLE "file" (
@@ -44,24 +62,49 @@ class SqliteCatalog(Catalog):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
         except PermissionError as exc:
-            raise PermissionDeniedError(f"cannot create the catalog at {self.path}: {exc}") from exc
-        except (sqlite3.Error, OSError) as exc:
-            raise BackendUnavailableError(f"cannot open the catalog at {self.path}: {exc}") from exc
+            raise PermissionDeniedError(f"cannot create the catalog at {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise self.translate(exc) from None
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot open the catalog at {self.path}: {exc}") from None
+
+    def translate(self, exc: sqlite3.Error) -> ApStorageError:
+        """A driver error as one line naming the database file."""
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return BackendUnavailableError(
+                f"the catalog {self.path} is busy: another apstorage command held its write "
+                f"lock for over {BUSY_TIMEOUT} s; try again when it has finished"
+            )
+        if "readonly" in lowered or "read-only" in lowered:
+            return PermissionDeniedError(f"the catalog {self.path} is read-only: {text}")
+        if isinstance(exc, sqlite3.OperationalError):
+            return BackendUnavailableError(f"cannot use the catalog {self.path}: {text}")
+        return ApStorageError(f"SQLite error in the catalog {self.path}: {text}")
 
     def close(self) -> None:
         self.conn.close()
 
     def init_schema(self) -> InitReport:
+        """Create the table when missing. An existing table is only read (no write lock:
+        every command opens the catalog this way, beside a running migrate or sweep)."""
         report = InitReport(created_table=False, target=self.target)
+        exists_sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'file'"
+        if self._execute(exists_sql):
+            with self._lock:
+                try:
+                    report.missing_indexes = self._missing_indexes(self.conn.cursor())
+                except sqlite3.Error as exc:
+                    raise self.translate(exc) from None
+            return report
         with self.transaction() as cur:
-            exists = cur.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'file'"
-            ).fetchone()
+            exists = cur.execute(exists_sql).fetchone()
             if not exists:
                 cur.execute(DDL)
                 report.created_table = True
@@ -83,13 +126,18 @@ class SqliteCatalog(Catalog):
         return [name for name, cols in INDEXES.items() if cols not in present]
 
     def transaction(self) -> "_Tx":
-        return _Tx(self.conn, self._lock)
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: the write lock for the transaction's length
+        only. Keep network I/O out of it."""
+        return _Tx(self)
 
     def _execute(self, sql: str, params: tuple = (), *, binary: bool = False) -> list[tuple]:
-        # Autocommit mode: one statement is one transaction. The lock makes the shared
-        # connection safe to use from worker threads.
+        # Autocommit mode: one statement is one transaction (a read takes no lock in WAL).
+        # The lock makes the shared connection safe to use from worker threads.
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self.translate(exc) from None
 
     def _ts_in(self, value: datetime) -> Any:
         return value.astimezone(timezone.utc).strftime(_TS_FORMAT)
@@ -111,22 +159,41 @@ class SqliteCatalog(Catalog):
 
 
 class _Tx:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception; driver errors come out as
+    ApStorageError naming the database file."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
-        self.conn = conn
-        self.lock = lock
+    def __init__(self, catalog: SqliteCatalog) -> None:
+        self.catalog = catalog
+        self.conn = catalog.conn
+        self.lock = catalog._lock
 
     def __enter__(self) -> sqlite3.Cursor:
         self.lock.acquire()
-        self.cur = self.conn.cursor()
-        self.cur.execute("BEGIN IMMEDIATE")
+        try:
+            self.cur = self.conn.cursor()
+            self.cur.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.lock.release()
+            raise self.catalog.translate(exc) from None
+        except BaseException:
+            self.lock.release()
+            raise
         return self.cur
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
-        self.cur.close()
-        self.lock.release()
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as error:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise self.catalog.translate(error) from None
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.cur.close()
+            self.lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise self.catalog.translate(exc) from None
+        return False

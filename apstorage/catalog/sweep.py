@@ -1,4 +1,4 @@
-"""The SQL of `sweep-expired`: expired rows by keyset pages, per-project retention, the
+"""The SQL of `sweep-expired`: expired rows by keyset pages, projects' own retention, the
 delete of exactly the rows whose bytes are gone, and the sweep lock.
 
 Every selection is an equality on ``"type"`` (and ``"projectId"``) plus a range on
@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from apstorage.catalog.locks import RunLock, try_run_lock
-from apstorage.model import EXECUTION_TYPES, LEGACY_TYPES
+from apstorage.model import EXPIRING_TYPES, LEGACY_TYPES
 
 if TYPE_CHECKING:
     from apstorage.catalog.base import Catalog
@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 # Only what the sweep needs: never "data" (bytea) nor "metadata".
 SWEEP_COLUMNS = '"id", "created", "location", "s3Key", "type", "projectId", "platformId", "size"'
 
-# Rows of an older type name that belong to an execution type (``STEP_FILE`` rows).
+# Rows of an older type name that belong to an expiring type (``STEP_FILE`` rows).
 _STORED_NAMES = {
-    t: (t, *sorted(old for old, new in LEGACY_TYPES.items() if new == t)) for t in EXECUTION_TYPES
+    t: (t, *sorted(old for old, new in LEGACY_TYPES.items() if new == t)) for t in EXPIRING_TYPES
 }
 
 SQLITE_MAX_VARS = 500  # per IN (...) list: well under every SQLite build's limit
@@ -45,9 +45,9 @@ class ExpiredRow:
 
 
 def stored_type_names(file_type: str) -> tuple[str, ...]:
-    """The ``"type"`` values that hold rows of an execution type (its legacy names too)."""
-    if file_type not in EXECUTION_TYPES:  # the one guard that keeps permanent files safe
-        raise ValueError(f"{file_type!r} is not an execution-data type")
+    """The ``"type"`` values that hold rows of an expiring type (its legacy names too)."""
+    if file_type not in EXPIRING_TYPES:  # the one guard that keeps bundles and permanent files safe
+        raise ValueError(f"{file_type!r} is not an expiring execution-data type")
     return _STORED_NAMES[file_type]
 
 
@@ -112,7 +112,7 @@ def select_expired(
     """One page of rows of ``stored_type`` created before ``cutoff`` (and, for one
     project, not before ``not_before``), after the keyset cursor ``after``."""
     if stored_type not in {n for names in _STORED_NAMES.values() for n in names}:
-        raise ValueError(f"{stored_type!r} is not an execution-data type")
+        raise ValueError(f"{stored_type!r} is not an expiring execution-data type")
     by_project = project_id is not None
     sql = expired_page_sql(catalog, by_project=by_project, after=after is not None, limit=limit)
     params = expired_page_params(
@@ -158,15 +158,16 @@ def has_project_retention(catalog: Catalog) -> bool:
     return bool(rows)
 
 
-def projects_with_shorter_retention(
+def projects_below(
     catalog: Catalog, days: int, *, after: str = "", limit: int = 500
 ) -> list[tuple[str, int]]:
-    """(project id, retention days) for projects whose own positive retention is shorter
-    than ``days``, in id order after ``after``."""
+    """(project id, its own ``executionDataRetentionDays``) for projects that set a value
+    below ``days``, in id order after ``after``. The clamp to the pause timeout is the
+    caller's (``model.effective_retention_days``)."""
     p = catalog.ph
     rows = catalog._execute(
         f'SELECT "id", "executionDataRetentionDays" FROM "project" '
-        f'WHERE "executionDataRetentionDays" > 0 AND "executionDataRetentionDays" < {p} '
+        f'WHERE "executionDataRetentionDays" IS NOT NULL AND "executionDataRetentionDays" < {p} '
         f'AND "id" > {p} ORDER BY "id" LIMIT {int(limit)}',
         (days, after),
     )
@@ -204,6 +205,32 @@ def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]]) -> set[
     return deleted
 
 
+def delete_rows_sharing_bytes(
+    catalog: Catalog, keys: dict[str, list[tuple[str, str]]], batch_ids: list[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``keys`` ({key: [(row id, location), ...]} of one batch), find in one transaction
+    the keys some row outside the batch still references, and delete the batch's rows at
+    those keys there and then — their bytes stay, for the other row. Returns (the ids
+    deleted, the keys kept). The other keys' bytes may go; their rows are deleted later
+    (``delete_rows``), once the bytes are."""
+    from apstorage.catalog.refs import rows_referencing
+
+    if not keys:
+        return set(), set()
+    deleted: set[str] = set()
+    with catalog.transaction() as cur:
+        held = rows_referencing(cur, catalog, list(keys), exclude=batch_ids)
+        for key in held:
+            for file_id, location in keys[key]:
+                cur.execute(
+                    f'DELETE FROM "file" WHERE "id" = {catalog.ph} AND "location" = {catalog.ph} '
+                    'RETURNING "id"',
+                    (file_id, location),
+                )
+                deleted.update(r[0] for r in cur.fetchall())
+    return deleted, set(held)
+
+
 # -- the sweep lock ----------------------------------------------------------------------------
 
 SweepLock = RunLock
@@ -219,10 +246,11 @@ __all__ = [
     "count_expired",
     "SweepLock",
     "delete_rows",
+    "delete_rows_sharing_bytes",
     "expired_page_params",
     "expired_page_sql",
     "has_project_retention",
-    "projects_with_shorter_retention",
+    "projects_below",
     "select_expired",
     "stored_type_names",
     "try_sweep_lock",

@@ -6,17 +6,15 @@ import sys
 
 from apstorage.cli.app import app
 # Registration order is the order `--help` lists the commands in.
-from apstorage.cli import files, presign, migrate, sweep, du, lifecycle, check_iam, admin  # noqa: F401,E402,I001
+from apstorage.cli import files, presign, migrate, sweep, gc, du, lifecycle, check_iam, admin  # noqa: F401,E402,I001
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    try:
-        app(prog_name="apstorage")  # always ends in SystemExit (click's standalone mode)
-    except SystemExit as exc:
-        _exit(exc.code)
-    _exit(0)
+    from apstorage.cli.app import run
+
+    _exit(run())
 
 
 def _exit(code: object) -> None:

@@ -12,25 +12,30 @@ from apstorage.cli.output import Output
 def config_cmd(json_out: bool = JSON_OPTION) -> None:
     """Show the effective settings, secrets redacted.
 
-    Each AP_* variable that was set is listed with where it came from (the environment or
-    a .env file).
+    One row per AP_* variable apstorage reads: its value (secrets shown as ********) and
+    where it came from (environment, the .env file, or default).
     """
     from apstorage.config import load_settings
 
     settings = load_settings()
-    data = settings.redacted()
+    rows = settings.describe()
 
     def render(console) -> None:
-        from rich.table import Table
+        # Plain aligned columns, not a Rich table: nothing is cut or wrapped at any width.
+        shown = [(r["name"], "" if r["value"] is None else _text(r["value"]), r["source"]) for r in rows]
+        name_w = max(len(n) for n, _, _ in [("variable", "", ""), *shown])
+        value_w = max(len(v) for _, v, _ in [("", "value", ""), *shown])
+        for name, value, source in [("variable", "value", "source"), *shown]:
+            console.print(f"{name:<{name_w}}  {value:<{value_w}}  {source}".rstrip(), soft_wrap=True)
 
-        table = Table("setting", "value", "source")
-        for key, value in data.items():
-            table.add_row(key, "" if value is None else str(value), "")
-        for var, source in sorted(settings.sources.items()):
-            table.add_row(f"[dim]{var}[/dim]", "", source)
-        console.print(table)
+    out = Output(json_out)
+    out.result({"settings": rows}, render)
+    if settings.retention_race_warning:
+        out.warn(settings.retention_race_warning)
 
-    Output(json_out).result({**data, "sources": settings.sources}, render)
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @app.command()

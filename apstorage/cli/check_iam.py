@@ -8,8 +8,14 @@ import typer
 
 from apstorage.cli.app import JSON_OPTION, METRICS_OPTION, app, handle_errors
 from apstorage.cli.output import Output, new_table, record_metrics
+from apstorage.text import printable
 
-_MARKS = {"passed": ("✓", "green"), "failed": ("✗", "bold red"), "skipped": ("–", "dim")}
+_MARKS = {
+    "passed": ("✓", "green"),
+    "failed": ("✗", "bold red"),
+    "skipped": ("–", "dim"),
+    "inconclusive": ("?", "yellow"),
+}
 
 
 @app.command("check-iam")
@@ -36,13 +42,18 @@ def check_iam(
     Runs list, put, get, presign-get, presign-put, anonymous-denied, delete and clock in
     order, each naming the IAM permission it exercises, with a hint for each failure.
     Probe objects are removed even when a check fails or the run is interrupted.
-    Exit 0 all passed, 1 some failed, 3 configuration missing, 8 endpoint unreachable.
+    Exit 0 all passed, 1 some failed, 3 configuration missing, 4 bucket missing (the run
+    stops after list and writes nothing), 8 endpoint unreachable.
     """
     from apstorage.config import load_settings
-    from apstorage.services.check_iam import parse_skip, run_checks, write_junit
+    from apstorage.services.check_iam import (
+        MISSING_BUCKET_HINT, parse_skip, prepare_junit_path, run_checks, write_junit,
+    )
 
     out = Output(json_out)
     names = parse_skip(skip)
+    if junit_xml:
+        prepare_junit_path(junit_xml)
     with record_metrics(metrics_file, "check_iam") as metrics:
         settings = load_settings()
         with out.status("checking the bucket credentials…"):
@@ -51,9 +62,9 @@ def check_iam(
             write_junit(report, junit_xml)
         if metrics is not None:
             for check in report.checks:
-                if check.status != "skipped":
-                    metrics.set("check_passed", 1 if check.ok else 0,
-                                "1 when the check passed, 0 when it failed (skipped checks are absent).",
+                if check.status in ("passed", "failed"):
+                    metrics.set("check_passed", 1 if check.status == "passed" else 0,
+                                "1 when the check passed, 0 when it failed (skipped and inconclusive checks are absent).",
                                 check=check.name, permission=check.permission)
             metrics.set("failed_checks", len(report.failed), "Checks that failed in the last run.")
             metrics.set("reachable", 0 if report.unreachable else 1, "0 when the endpoint could not be reached.")
@@ -67,7 +78,7 @@ def _show(out: Output, report, json_out: bool) -> None:
         table = new_table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
         for check in report.checks:
             mark, style = _MARKS[check.status]
-            result = Text(check.detail)
+            result = Text(printable(check.detail))
             if check.hint:
                 result.append(f"\nhint: {check.hint}", style="yellow")
             table.add_row(Text(mark, style=style), check.name, check.permission, result)
@@ -76,9 +87,13 @@ def _show(out: Output, report, json_out: bool) -> None:
     out.result(report.to_json(), render)
     for key in report.leftover:
         out.warn(f"probe object left behind (these credentials could not delete it): {key}")
+    for warning in report.warnings:
+        out.warn(warning)
     failed = [c.name for c in report.failed]
     if report.unreachable is not None:
         out.error(report.unreachable, "check AP_S3_ENDPOINT and the network")
+    elif report.missing_bucket is not None:
+        out.error(report.missing_bucket, MISSING_BUCKET_HINT)
     elif failed:
         if not json_out:  # one unwrapped line per hint, easy to copy from a CI log
             for check in report.failed:

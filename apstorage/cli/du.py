@@ -122,8 +122,27 @@ def _render(console, report) -> None:
     console.print(table)
     if report.created_before is not None:
         console.print(f"files created before {report.created_before:%Y-%m-%d %H:%M} UTC", markup=False)
+    if report.catalog is not None:
+        _render_footprint(console, report.catalog)
     if report.verify is not None:
         _render_verify(console, report.verify)
+
+
+def _render_footprint(console, fp) -> None:
+    """The footer: what the catalog's own table costs."""
+    if fp.dialect == "postgres":
+        parts = (
+            f"table {human_size(fp.table)} + TOAST {human_size(fp.toast)} + indexes "
+            f"{human_size(fp.indexes)} = {human_size(fp.on_disk)} on disk"
+        )
+    else:
+        parts = f"database file {human_size(fp.on_disk)}, of which {human_size(fp.free)} free pages"
+    console.print(
+        f"catalog: {parts}; live rows hold {human_size(fp.live_bytes)} "
+        f"({human_size(fp.data_bytes)} of file data in {fp.rows:,} rows); "
+        f"{fp.vacuum} would return about {human_size(fp.reclaimable)}",
+        markup=False, soft_wrap=True,
+    )
 
 
 def _render_verify(console, result) -> None:
@@ -145,6 +164,7 @@ def _render_verify(console, result) -> None:
         "missing": "missing objects",
         "orphans": "orphan objects",
         "sizeMismatches": "size mismatches",
+        "refused": "refused by the store",
         "pendingUploads": "pending uploads",
     }
     for kind in result.kinds():
@@ -167,6 +187,8 @@ def _render_verify(console, result) -> None:
                 line += f"  created={item['created']} (its pre-signed upload may still come)"
             elif item.get("size") is not None:
                 line += f"  size={item['size']}"
+            if item.get("error"):
+                line += f"  error={item['error']}"
             console.print(line, markup=False, soft_wrap=True)
         if kind.files > len(kind.items):
             console.print(f"  … and {kind.files - len(kind.items):,} more (--json lists them all)", markup=False)

@@ -36,8 +36,11 @@ def put(
 ) -> None:
     """Store a file and print its id.
 
-    Execution data follows AP_FILE_STORAGE_LOCATION; permanent types always go to the
-    database. AP_MAX_FILE_SIZE_MB is checked before anything is written.
+    Execution data and FLOW_BUNDLE follow AP_FILE_STORAGE_LOCATION; permanent types
+    always go to the database. Limits are checked before anything is written (exit 7):
+    AP_MAX_FILE_SIZE_MB for any input (a pipe or device is read to at most the limit + 1
+    byte), 2,147,483,647 bytes (the catalog's size column), and 1 GiB for a file stored
+    in the database.
     """
     from apstorage.services.context import Storage
     from apstorage.services.files import PutRequest, put_file
@@ -54,7 +57,7 @@ def put(
         compress=(compress or "").lower() == "zstd",
     )
     with Storage() as storage:
-        row = put_file(storage, request, dry_run=dry_run)
+        row = put_file(storage, request, dry_run=dry_run, warn=out.warn)
     data = {
         "id": row.id,
         "location": row.location.value,
@@ -85,14 +88,16 @@ def get(
     """Write a file's bytes to standard output or a file.
 
     The bytes are read from whatever location the file's row records (DB, LOCAL or S3),
-    and zstd-compressed rows are decompressed.
+    and ZSTD and GZIP rows are decompressed (so are NONE rows whose bytes are a zstd
+    frame). Exit 1, naming the id, when the stored bytes differ in size from the row's
+    size or cannot be decoded; with -o PATH nothing is left behind then.
     """
     from apstorage.services.context import Storage
-    from apstorage.services.files import write_file
+    from apstorage.services.files import write_file_to
 
     if json_out and output == "-":
         raise UsageError("--json needs -o PATH: standard output carries the file's bytes")
     with Storage() as storage:
-        row = write_file(storage, file_id, output)
+        row, written = write_file_to(storage, file_id, output)
     if output != "-":
-        Output(json_out).result(row.to_json(), lambda c: c.print(f"wrote {output}", markup=False))
+        Output(json_out).result(row.to_json(), lambda c: c.print(f"wrote {written}", markup=False))

@@ -27,11 +27,12 @@ _CHANGE_STYLE = {"added": "green", "updated": "yellow", "kept": "dim", "removed"
 @handle_errors
 def apply_cmd(
     retention_days: Optional[int] = typer.Option(
-        None, "--retention-days", min=1, metavar="N",
-        help="Days execution data is kept (default: AP_EXECUTION_DATA_RETENTION_DAYS).",
+        None, "--retention-days", min=1, max=36500, metavar="N",
+        help="Days execution data is kept (default: AP_EXECUTION_DATA_RETENTION_DAYS; "
+        "a shorter expiry than that + 1 day is refused).",
     ),
     grace_days: int = typer.Option(
-        1, "--grace-days", min=0, metavar="N",
+        1, "--grace-days", min=0, max=36500, metavar="N",
         help="Extra days before the bucket expires tagged objects, so the catalog sweep "
         "deletes them first.",
     ),
@@ -48,6 +49,11 @@ def apply_cmd(
     apstorage-abort-incomplete-multipart (incomplete multipart uploads are aborted after
     1 day). Rules with other IDs are kept unchanged unless --replace. Shows the diff;
     writes only when something changed.
+
+    The expiry is never shorter than the catalog's retention
+    (AP_EXECUTION_DATA_RETENTION_DAYS) + 1 day: a shorter one is refused (exit 2), since
+    the bucket would delete objects whose rows still exist. Kept rules that expire
+    apstorage's objects too soon are flagged.
     """
     from apstorage.services.context import Storage
     from apstorage.services.lifecycle import apply_lifecycle
@@ -81,6 +87,8 @@ def apply_cmd(
         console.print(table)
 
     out.result(plan.to_json(), render)
+    for rule_id, problem in plan.problems:
+        out.warn(f"rule {rule_id!r} {problem}")
     if json_out:
         return
     counts = ", ".join(
@@ -100,7 +108,12 @@ def apply_cmd(
 @lifecycle_app.command("show")
 @handle_errors
 def show_cmd(json_out: bool = JSON_OPTION) -> None:
-    """List the bucket's lifecycle rules; apstorage's own are marked."""
+    """List the bucket's lifecycle rules; apstorage's own are marked.
+
+    A rule that would expire apstorage's objects before the catalog lets them go
+    (sooner than AP_EXECUTION_DATA_RETENTION_DAYS + 1 day, or objects that never expire
+    by age) is flagged "too short", with a warning line on stderr.
+    """
     from apstorage.services.context import Storage
     from apstorage.services.lifecycle import show_lifecycle
 
@@ -115,7 +128,7 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
         if not view.rules:
             console.print(f"bucket {view.bucket} has no lifecycle rules", markup=False)
             return
-        table = new_table("rule", "ours", "status", "filter", "action", title=f"s3://{view.bucket}")
+        table = new_table("rule", "ours", "status", "filter", "action", "check", title=f"s3://{view.bucket}")
         for rule in data["rules"]:
             table.add_row(
                 Text(rule["id"]),
@@ -123,10 +136,13 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
                 "enabled" if rule["enabled"] else "disabled",
                 Text(rule["filter"]),
                 Text(rule["actions"]),
+                Text("too short", style="bold red") if rule["tooShort"] else "",
             )
         console.print(table)
 
     out.result(data, render)
+    for rule_id, problem in view.problems:
+        out.warn(f"rule {rule_id!r} {problem}")
     if not json_out and view.missing:
         out.info(
             f"missing apstorage rules: {', '.join(view.missing)}; run `apstorage lifecycle apply`"

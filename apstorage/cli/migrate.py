@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
-from apstorage.cli.output import Output, human_size, record_metrics, summary_line
+from apstorage.cli.output import Output, record_metrics, summary_line
 
 
 
@@ -26,7 +26,7 @@ def migrate_to_s3(
     ),
     workers: int = typer.Option(64, "--workers", min=1, max=256, help="Parallel uploads."),
     batch_size: int = typer.Option(100, "--batch-size", min=1, max=10000, help="Rows claimed per transaction."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Stop after this many files."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, max=1_000_000_000, help="Stop after this many files."),
     quiet: bool = QUIET_OPTION,
     metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -67,7 +67,11 @@ def migrate_to_s3(
                         total, total_bytes = plan(storage, opts)
                 with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
                     report = run(storage, opts, progress=bar.advance, stop=interrupt.event)
-            dialect, target = storage.catalog.dialect, storage.catalog.target
+            vacuum = None
+            if report.freed_db_bytes:  # also after an interrupt: the batches done freed space
+                from apstorage.services.du import vacuum_hint
+
+                vacuum = vacuum_hint(storage)
         seconds = time.monotonic() - started
         if metrics is not None:
             metrics.dry_run = dry_run
@@ -76,14 +80,16 @@ def migrate_to_s3(
             metrics.set("skipped_files", report.skipped, "Files the last run found nothing to move for.")
             metrics.set("failed_files", report.failed, "Files the last run could not move (left where they were).")
             metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
-        _show(out, report, seconds, dialect, target)
+        _show(out, report, seconds)
+        if vacuum and not out.json_mode:
+            out.info(vacuum)
         if report.interrupted:
             raise typer.Exit(interrupt.exit_code)
         if report.failed:
             raise typer.Exit(1)
 
 
-def _show(out: Output, report, seconds: float, dialect: str, target: str) -> None:
+def _show(out: Output, report, seconds: float) -> None:
     if out.json_mode:
         out.result({**report.to_json(), "seconds": round(seconds, 3)})
         return
@@ -101,14 +107,3 @@ def _show(out: Output, report, seconds: float, dialect: str, target: str) -> Non
         )
     else:
         out.note("nothing to migrate: no DB or LOCAL bytes match (already in S3?)")
-    if report.freed_db_bytes and dialect == "postgres":
-        out.info(
-            f"{human_size(report.freed_db_bytes)} of file contents left the database's file "
-            'table; run VACUUM "file" to make the space reusable, or VACUUM FULL "file" in a '
-            "quiet window to return it to the system"
-        )
-    elif report.freed_db_bytes:
-        out.info(
-            f"{human_size(report.freed_db_bytes)} of file contents left the SQLite database; "
-            f"run sqlite3 {target.removeprefix('sqlite:')} VACUUM to shrink the file"
-        )

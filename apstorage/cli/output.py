@@ -12,6 +12,8 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from apstorage.text import printable
+
 
 def human_size(n: int | None) -> str:
     """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``19.5 MiB``; ``-`` for unknown."""
@@ -136,13 +138,6 @@ def failure_lines(failures: Iterable[tuple[str, str]], total: int, verb: str, *,
 PIPE_WIDTH = 100_000
 
 
-def _console(stream: Any):
-    from rich.console import Console
-
-    width = None if stream.isatty() else PIPE_WIDTH
-    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
-
-
 class Output:
     """Where a command's output goes. ``json_mode``: one JSON document on stdout.
     ``quiet``: messages are dropped except failures (errors, and a summary line that
@@ -157,13 +152,13 @@ class Output:
     @property
     def out(self):  # rich.console.Console on stdout
         if self._out is None:
-            self._out = _console(sys.stdout)
+            self._out = _safe_console(sys.stdout)
         return self._out
 
     @property
     def err(self):  # rich.console.Console on stderr
         if self._err is None:
-            self._err = _console(sys.stderr)
+            self._err = _safe_console(sys.stderr)
         return self._err
 
     @property
@@ -193,7 +188,10 @@ class Output:
         self.err.print(f"warning: {message}", style="yellow", markup=False)
 
     def error(self, message: str, hint: str | None = None) -> None:
-        """One line: what went wrong and, when there is one, what to do about it."""
+        """One line: what went wrong and, when there is one, what to do about it.
+
+        Like every string printed here, it goes out with control characters escaped and
+        known secrets blanked (``_safe_console``): one line, whatever the message quotes."""
         line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
         self.err.print(line, style="bold red", markup=False, soft_wrap=True)
 
@@ -262,6 +260,25 @@ class Output:
             tracker = Progress(bar, task, bytes_total, unit=unit)
             tracker.advance(0)
             yield tracker
+
+
+def _safe_console(file: Any) -> Any:
+    """A Rich console that escapes control characters (``apstorage.text.printable``) and
+    blanks known secrets (``config.scrub``) in every string it renders: messages and table
+    cells alike, since keys, names and ids come from a catalog or a server. No markup and
+    no emoji codes: ``[red]`` or ``:x:`` in a key prints as written. Off a terminal the
+    console is ``PIPE_WIDTH`` wide, so a pipe or a log carries every value whole."""
+    from rich.console import Console
+
+    from apstorage.config import scrub
+
+    class SafeConsole(Console):
+        def render_str(self, text: str, **kwargs: Any) -> Any:
+            return super().render_str(printable(scrub(text)), **kwargs)
+
+    # Off a terminal, wide enough that no table cell is folded or cut (PIPE_WIDTH).
+    width = None if file.isatty() else PIPE_WIDTH
+    return SafeConsole(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
 
 
 class Progress:

@@ -15,9 +15,9 @@ from apstorage.errors import NotFoundError, PermissionDeniedError, UsageError
 
 
 def _complete_type(incomplete: str) -> list[str]:
-    from apstorage.model import EXECUTION_TYPES
+    from apstorage.model import LOCATION_TYPES
 
-    return sorted(t for t in EXECUTION_TYPES if t.startswith(incomplete.upper()))
+    return sorted(t for t in LOCATION_TYPES if t.startswith(incomplete.upper()))
 
 
 @app.command()
@@ -120,18 +120,22 @@ def presign(
         out.info("send these headers with the upload: " + ", ".join(f"{k}: {v}" for k, v in item.headers.items()))
 
 
-def _read_input(source: str) -> str:
+def _read_input(source: str) -> bytes:
+    """The document's bytes, at most one more than the limit (parse_upload_json refuses it)."""
+    from apstorage.services.presign import MAX_DOCUMENT_BYTES
+
     if source == "-":
-        return sys.stdin.read()
+        return sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
     path = Path(source)
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            return fh.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         raise NotFoundError(f"--from-json: {source} does not exist") from None
     except PermissionError:
         raise PermissionDeniedError(f"--from-json: cannot read {source}: permission denied") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--from-json: cannot read {source}: {exc}") from None
+    except (OSError, ValueError) as exc:  # a folder, an embedded NUL, ...
+        raise UsageError(f"--from-json: cannot read {source!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _render_uploads(console, result) -> None:
@@ -152,7 +156,11 @@ def _upload_hint(out: Output, result) -> None:
     if result.dry_run:
         out.info(f"dry run: {len(result.items)} file(s) validated; nothing was created")
         return
-    headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in item.headers.items() if k != "Content-Length")
+    # Content-Type given: without it curl sends a form content type, which some stores
+    # keep (one emulator even stores the upload as an empty object).
+    sent = {"Content-Type": "application/octet-stream"}
+    sent.update((k, v) for k, v in item.headers.items() if k != "Content-Length")
+    headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in sent.items())
     if len(result.items) == 1:
         out.info(f"created file {item.id} at {item.s3_key}; upload exactly {item.size} bytes with:")
         out.info(f"  curl -X PUT {headers} --data-binary @FILE '<url>'")

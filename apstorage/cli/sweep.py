@@ -11,29 +11,30 @@ import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
 from apstorage.cli.output import Output, human_size, new_table, plural, record_metrics, summary_line
+from apstorage.model import EXPIRING_TYPES
 
-# The types --types accepts (DESIGN §1, execution data that expires); FLOW_BUNDLE is not one.
-SWEEPABLE_HELP = "FLOW_RUN_LOG, FLOW_RUN_LOG_SLICE, FLOW_STEP_FILE, TRIGGER_PAYLOAD, TRIGGER_EVENT_FILE, WEBHOOK_PAYLOAD"
+# The types --types accepts (DESIGN §1: execution data that expires; FLOW_BUNDLE is not one).
+SWEEPABLE_HELP = ", ".join(sorted(EXPIRING_TYPES))
 
 
 @app.command("sweep-expired")
 @handle_errors
 def sweep_expired_cmd(
     retention_days: Optional[int] = typer.Option(
-        None, "--retention-days", min=1, metavar="N",
+        None, "--retention-days", min=1, max=36500, metavar="N",
         help="Delete execution data older than N days (default: AP_EXECUTION_DATA_RETENTION_DAYS, 30).",
     ),
     types: Optional[str] = typer.Option(
         None, "--types", metavar="T,..",
-        help=f"Comma-separated types to sweep, among {SWEEPABLE_HELP} (default: all of them). "
-        "Other types are refused.",
+        help=f"Comma-separated types to sweep, among {SWEEPABLE_HELP} (default: all six). "
+        "Permanent types and FLOW_BUNDLE are refused.",
     ),
     batch_size: int = typer.Option(
         1000, "--batch-size", min=1, max=100_000, metavar="N",
         help="Rows selected and deleted per batch (one short transaction each).",
     ),
     max_delete: Optional[int] = typer.Option(
-        None, "--max-delete", min=1, metavar="N", help="Stop after N files in this run.",
+        None, "--max-delete", min=1, max=1_000_000_000, metavar="N", help="Stop after N files in this run.",
     ),
     workers: int = typer.Option(
         8, "--workers", min=1, max=64, metavar="N",
@@ -48,12 +49,13 @@ def sweep_expired_cmd(
 
     Bytes go first, then exactly the rows whose bytes are gone.
 
-    Only execution data that expires is swept; permanent files and flow bundles are never
-    touched. A file its store refuses to delete keeps its row and makes the run exit 1.
-    Safe in cron: prints one summary line when it deleted or failed something, nothing
-    when nothing had expired; a run that finds another one holding the sweep lock exits 0
-    and says so. Ctrl-C (or SIGTERM) finishes the batches in flight, prints what was
-    done and exits 130.
+    Only execution data that expires is swept; FLOW_BUNDLE and permanent files are never
+    touched. A project's own executionDataRetentionDays counts, clamped to
+    [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]. A file its
+    store refuses to delete keeps its row and makes the run exit 1. Safe in cron: one
+    summary line when it deleted or failed something, nothing when nothing had expired;
+    a run that finds another one holding the sweep lock exits 0 and says so. Ctrl-C (or
+    SIGTERM) finishes the batches in flight, prints what was done and exits 130.
     """
     from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
@@ -83,10 +85,19 @@ def sweep_expired_cmd(
                     on_batch=lambda deleted, failed, size: bar.advance(deleted + failed, size),
                     stop=interrupt.event,
                 )
+            vacuum = None
+            if report.deleted and not dry_run:
+                from apstorage.services.du import vacuum_hint
+
+                vacuum = vacuum_hint(storage)
         seconds = time.monotonic() - started
         if metrics is not None:
             _fill_metrics(metrics, report)
+        for warning in report.warnings if not quiet else ():  # a setting, not a failure
+            out.warn(warning)
         _show(out, report, seconds, max_delete)
+        if vacuum and not out.json_mode:
+            out.info(vacuum)
         if report.interrupted:
             raise typer.Exit(interrupt.exit_code)
         if report.failed:

@@ -64,6 +64,7 @@ HTTP_TIMEOUT = 15
 RETENTION_TAG = {"ap-retention": "execution"}  # the tag `put` gives execution data
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+INCONCLUSIVE = "inconclusive"  # the answer proves neither outcome (not a failure)
 
 
 @dataclass
@@ -78,8 +79,8 @@ class CheckResult:
 
     @property
     def ok(self) -> bool | None:
-        """True passed, False failed, None skipped."""
-        return None if self.status == SKIPPED else self.status == PASSED
+        """True passed, False failed, None skipped or inconclusive."""
+        return None if self.status in (SKIPPED, INCONCLUSIVE) else self.status == PASSED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,11 +103,16 @@ class CheckReport:
     checks: list[CheckResult] = field(default_factory=list)
     leftover: list[str] = field(default_factory=list)
     unreachable: str | None = None  # why the endpoint could not be reached
+    missing_bucket: str | None = None  # why the run stopped after `list` (exit 4)
+    warnings: list[str] = field(default_factory=list)  # degradations worth a line on stderr
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
     def ok(self) -> bool:
-        return self.unreachable is None and all(c.status != FAILED for c in self.checks)
+        return (
+            self.unreachable is None and self.missing_bucket is None
+            and all(c.status != FAILED for c in self.checks)
+        )
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -116,6 +122,8 @@ class CheckReport:
     def exit_code(self) -> int:
         if self.unreachable is not None:
             return BackendUnavailableError.exit_code
+        if self.missing_bucket is not None:
+            return NotFoundError.exit_code
         return 0 if self.ok else 1
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +134,7 @@ class CheckReport:
             "endpoint": self.endpoint,
             "checks": [c.to_json() for c in self.checks],
             "leftover": self.leftover,
+            "warnings": self.warnings,
         }
 
 
@@ -206,6 +215,7 @@ class _Run:
         self.created: set[str] = set()  # keys that may exist and must be removed
         self.readable: set[str] = set()  # keys known to hold their payload
         self.put_outcome = "not run"
+        self.warnings: list[str] = []
 
     def arn(self, objects: bool = True) -> str:
         return f"arn:aws:s3:::{self.bucket}/{self.prefix}*" if objects else f"arn:aws:s3:::{self.bucket}"
@@ -249,7 +259,16 @@ class _Run:
             return self.failure("put", exc, "s3:PutObject")
         self.readable.add(self.probe)
         self.put_outcome = "ok"
-        return CheckResult("put", PASSED, f"wrote s3://{self.bucket}/{self.probe} ({len(self.payload)} bytes, tag {tag})")
+        detail = f"wrote s3://{self.bucket}/{self.probe} ({len(self.payload)} bytes, tag {tag})"
+        kept = self.tag_kept(self.probe, len(self.payload))
+        if kept is False:
+            self.warnings.append(
+                f"the store did not keep the tag {tag} on the probe: the lifecycle rule "
+                "(`apstorage lifecycle apply`) will miss execution data here; "
+                "`apstorage sweep-expired` still deletes it"
+            )
+            detail += "; the store did not keep the tag (read back with GetObjectTagging)"
+        return CheckResult("put", PASSED, detail, extra={"tagKept": kept})
 
     def check_get(self) -> CheckResult:
         if self.probe not in self.readable:
@@ -312,22 +331,25 @@ class _Run:
         extra = {"publicAccess": public}
         summary = _public_summary(public)
         what = "the probe" if target else "a missing key (no probe object exists)"
-        if answer.status in (401, 403):
+        if answer.status in (400, 401, 403):
             return CheckResult(
                 "anonymous-denied", PASSED,
                 f"an unsigned GET of {what} was refused ({answer.describe()}); {summary}", extra=extra,
             )
-        if answer.status == 200:
-            detail = f"an unsigned GET of s3://{self.bucket}/{key} returned the object: anyone can read it; {summary}"
-        else:
-            detail = (
-                f"an unsigned GET of {what} got {answer.describe()} instead of 403: anonymous "
-                f"requests reach the objects; {summary}"
+        if 200 <= answer.status < 300:
+            return CheckResult(
+                "anonymous-denied", FAILED,
+                f"an unsigned GET of s3://{self.bucket}/{key} returned HTTP {answer.status}: anyone "
+                f"can read it; {summary}", extra=extra,
+                hint=f"remove grants to everyone (\"Principal\": \"*\" or public-read ACLs) on "
+                f"{self.arn()}, or turn on Block Public Access",
             )
+        # 404 (the store hides what it will not serve, or anonymous requests reach a
+        # listing that lacks the key), redirects, 5xx: neither refused nor served.
         return CheckResult(
-            "anonymous-denied", FAILED, detail, extra=extra,
-            hint=f"remove grants to everyone (\"Principal\": \"*\" or public-read ACLs) on {self.arn()}, "
-            "or turn on Block Public Access",
+            "anonymous-denied", INCONCLUSIVE,
+            f"an unsigned GET of {what} got {answer.describe()}: neither refused (400/401/403) "
+            f"nor served (2xx), so public access is not proven either way; {summary}", extra=extra,
         )
 
     def check_delete(self) -> CheckResult:
@@ -352,10 +374,12 @@ class _Run:
         if problems:
             if failure is not None and _credential_problem(str(failure)):
                 return self.failure("delete", failure, "s3:DeleteObject")
-            return CheckResult(
-                "delete", FAILED, "s3:DeleteObject refused. " + "; ".join(problems),
-                hint=f"grant s3:DeleteObject on {self.arn()}",
-            )
+            text = "; ".join(problems)
+            hint = _cause_hint(text)
+            if hint is None and ("AccessDenied" in text or "refused access" in text):
+                hint = f"grant s3:DeleteObject on {self.arn()}"
+            what = "s3:DeleteObject refused. " if hint and hint.startswith("grant") else "delete failed. "
+            return CheckResult("delete", FAILED, what + text, hint=hint)
         try:
             still = self.store.stat(first)
         except ApStorageError as exc:
@@ -392,13 +416,21 @@ class _Run:
         return CheckResult("clock", PASSED, detail, extra={"skewSeconds": round(skew, 1)})
 
     # -- shared -------------------------------------------------------------------------
+    def tag_kept(self, key: str, size: int) -> bool | None:
+        """Whether the store kept the retention tag on ``key`` (None: could not read it)."""
+        try:
+            tags = self.store.read_tags(key, size)
+        except ApStorageError:
+            return None  # s3:GetObjectTagging may be withheld: not this check's business
+        return tags is not None and all(tags.get(k) == v for k, v in RETENTION_TAG.items())
+
     def no_probe(self, name: str) -> CheckResult:
         reason = "put was skipped" if self.put_outcome == "not run" else "put failed"
         return CheckResult(name, SKIPPED, f"no probe object to read ({reason})")
 
     def failure(self, name: str, exc: ApStorageError, permission: str, *, objects: bool = True) -> CheckResult:
         message = str(exc)
-        hint = _credential_hint(message)
+        hint = _credential_hint(message) or _cause_hint(message)
         if hint is None:
             if isinstance(exc, NotFoundError) and "bucket" in message:
                 hint = "check AP_S3_BUCKET (and AP_S3_ENDPOINT / AP_S3_REGION)"
@@ -453,6 +485,25 @@ _CREDENTIAL_HINTS = (
     ("InvalidToken", "the session token is not valid: refresh the credentials"),
     ("AuthorizationHeaderMalformed", "the request was signed for the wrong region: check AP_S3_REGION"),
 )
+
+
+# Refusals that are not about permissions: each hint names the real cause.
+_CAUSE_HINTS = (
+    ("MissingContentMD5", "the store requires Content-MD5 on the request (apstorage sends it on "
+     "DeleteObjects: a proxy in between may strip it); this is not a permission problem"),
+    ("MalformedXML", "the store could not parse the request body (keys with control characters "
+     "are deleted one by one); this is not a permission problem"),
+    ("NotImplemented", "the store does not implement this request; this is not a permission problem"),
+    ("InvalidRequest", "the store refused the request's form; this is not a permission problem"),
+    ("NoSuchBucket", "check AP_S3_BUCKET (and AP_S3_ENDPOINT / AP_S3_REGION)"),
+)
+
+
+def _cause_hint(message: str) -> str | None:
+    for code, hint in _CAUSE_HINTS:
+        if code in message:
+            return hint
+    return None
 
 
 def _credential_hint(message: str) -> str | None:
@@ -525,6 +576,7 @@ def run_checks(
         from apstorage.stores.s3 import S3Store
 
         store = S3Store(settings, workers=1)  # ConfigError (exit 3) when settings are missing
+    store.require_credentials()  # AP_S3_USE_IRSA=true with nothing to find: exit 3, before any check
     skipped = set(skip)
     endpoint = store.endpoint or f"AWS S3 ({settings.s3_region or 'us-east-1'})"
     report = CheckReport(bucket=store.bucket, prefix=prefix, endpoint=endpoint)
@@ -548,7 +600,10 @@ def run_checks(
                 report.unreachable = f"cannot reach S3 at {host}: {exc}"
             for name in CHECKS:
                 started = time.perf_counter()
-                if name in skipped:
+                if report.missing_bucket is not None:
+                    # Nothing after `list` runs: no write may create the misspelled bucket.
+                    result = CheckResult(name, SKIPPED, "not run: the bucket does not exist")
+                elif name in skipped:
                     result = CheckResult(name, SKIPPED, "skipped (--skip)")
                 elif report.unreachable is not None:
                     if any(c.status == FAILED for c in report.checks):
@@ -565,11 +620,34 @@ def run_checks(
                 report.checks.append(result)
                 if on_result is not None:
                     on_result(result)
+                if name == "list" and report.unreachable is None:
+                    report.missing_bucket = _bucket_missing(store, result)
     finally:
+        report.warnings.extend(run.warnings)
         report.leftover = run.cleanup()
         if owned:
             store.close()
     return report
+
+
+def _bucket_missing(store: Any, listed: CheckResult) -> str | None:
+    """Why the run must stop after `list`, or None: the bucket does not exist. Some
+    stores create a bucket on first write, so nothing may be written to a misspelled one.
+    When `list` was skipped, one ListObjectsV2 still asks."""
+    if listed.status == SKIPPED:
+        try:
+            store.check_bucket()
+        except NotFoundError as exc:
+            return str(exc)
+        except ApStorageError:
+            return None  # refused or failing: the checks report it
+        return None
+    if listed.status == FAILED and "does not exist" in listed.detail and "bucket" in listed.detail:
+        return listed.detail
+    return None
+
+
+MISSING_BUCKET_HINT = "check AP_S3_BUCKET (and AP_S3_ENDPOINT / AP_S3_REGION); nothing was written"
 
 
 def junit_xml(report: CheckReport) -> bytes:
@@ -577,7 +655,7 @@ def junit_xml(report: CheckReport) -> bytes:
     import xml.etree.ElementTree as ET
 
     failures = sum(1 for c in report.checks if c.status == FAILED)
-    skipped = sum(1 for c in report.checks if c.status == SKIPPED)
+    skipped = sum(1 for c in report.checks if c.status in (SKIPPED, INCONCLUSIVE))
     total = sum(c.seconds for c in report.checks)
     counts = {
         "tests": str(len(report.checks)),
@@ -604,7 +682,7 @@ def junit_xml(report: CheckReport) -> bytes:
             failure.text = f"permission: {check.permission}\n{check.detail}" + (
                 f"\nhint: {check.hint}" if check.hint else ""
             )
-        elif check.status == SKIPPED:
+        elif check.status in (SKIPPED, INCONCLUSIVE):
             ET.SubElement(case, "skipped", {"message": check.detail})
         else:
             out = ET.SubElement(case, "system-out")
@@ -616,9 +694,24 @@ def junit_xml(report: CheckReport) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def prepare_junit_path(path: str) -> str:
+    """Check the --junit-xml target before any probe runs, creating missing parent folders
+    (``reports/s3-iam.xml`` on a fresh checkout). Returns the absolute path."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise UsageError(f"--junit-xml: {path} is a folder; give a file path such as {path.rstrip('/')}/s3-iam.xml")
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    except PermissionError:
+        raise PermissionDeniedError(f"--junit-xml: cannot create the folder {os.path.dirname(target)}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"--junit-xml: cannot create the folder {os.path.dirname(target)}: {exc.strerror}") from None
+    return target
+
+
 def write_junit(report: CheckReport, path: str) -> None:
     data = junit_xml(report)
-    target = os.path.abspath(path)
+    target = prepare_junit_path(path)
     try:
         with open(target, "wb") as fh:
             fh.write(data)
@@ -635,6 +728,7 @@ __all__ = [
     "CheckResult",
     "junit_xml",
     "parse_skip",
+    "prepare_junit_path",
     "run_checks",
     "write_junit",
 ]

@@ -7,7 +7,8 @@ prefixes (``platform/`` and ``project/``) and reports three kinds of problem:
 
 - **missing**: a row at S3/LOCAL whose object or file is not there;
 - **orphans**: an object or file no row points at (a project deleted by cascade leaves
-  them behind: its rows go, its objects stay);
+  them behind: its rows go, its objects stay); zero-byte "folder" objects (keys ending
+  in "/") are not files and never orphans;
 - **size mismatches**: the object's size differs from the row's ``size`` (the stored
   size: for ``ZSTD`` rows, the compressed size, which is what the object holds).
 
@@ -41,7 +42,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from apstorage.catalog import du as sql
 from apstorage.catalog.du import KeyedRow, UsageFilter, UsageRow
-from apstorage.errors import ConfigError, UsageError
+from apstorage.errors import (
+    ApStorageError,
+    BackendUnavailableError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    UsageError,
+)
 from apstorage.model import Location, check_owner_id, parse_type, iso_utc
 from apstorage.services.context import Storage
 from apstorage.stores.base import ObjectInfo, Store
@@ -56,36 +64,47 @@ LIST_QUEUE_PAGES = 8  # pages a listing thread may run ahead
 STAT_WORKERS = 8  # concurrent stat/HEAD requests when rows are checked one by one
 
 # What would clean each kind of problem, in a few words (tables) and in full (JSON).
-# Honest: no apstorage command deletes orphans or rows without bytes on demand yet.
 CLEAN_SHORT = {
-    "missing": "`sweep-expired` once expired; `gc` for execution data",
-    "orphans": "`gc` (after a grace period); the S3 lifecycle rule for tagged execution data",
+    "missing": "`apstorage gc --missing` (execution data; permanent rows are reported)",
+    "orphans": "`apstorage gc --orphans` (objects older than its --grace, 24h)",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
-    "pendingUploads": "nothing yet: the upload may still come; `gc` once its URL has expired",
+    "refused": "check the key with your S3 tool; the rest was checked",
+    "pendingUploads": "nothing yet: the upload may still come; `apstorage gc --pending` once its URL expired",
 }
 CLEAN = {
     "missing": (
-        "rows whose bytes are gone: `apstorage sweep-expired` deletes them once they are "
-        "expired execution data, and `apstorage gc` removes such rows of execution data "
-        "sooner. First check AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point where the "
-        "platform writes."
+        "rows whose bytes are gone: `apstorage gc --missing` deletes execution-data rows "
+        "older than its --grace (24h by default); rows `presign --upload` made whose URL "
+        "expired with no upload go with `apstorage gc --pending`. Permanent rows are never "
+        "deleted: gc reports them (exit 1) for a person to look at. First check "
+        "AP_S3_BUCKET and AP_LOCAL_STORAGE_PATH point where the platform writes."
     ),
     "orphans": (
-        "objects no row points at: `apstorage gc` deletes them once older than its grace "
-        "period. S3 objects tagged as execution data also expire under `apstorage lifecycle "
-        "apply`'s rule; otherwise remove them with your S3 tool or rm after checking."
+        "objects no row points at: `apstorage gc --orphans` deletes those older than its "
+        "--grace (24h by default), re-checking the catalog just before each batch; "
+        "`apstorage gc --orphans --dry-run` lists what it would take."
     ),
     "pendingUploads": (
-        "rows created for a pre-signed upload whose object has not arrived yet, and whose "
-        "URL may still be used (the row is younger than the longest a pre-signed URL "
-        "lives, 7 days): not a loss. Once the URL has expired they count as missing, and "
-        "`apstorage gc` removes them."
+        "S3 rows created for a pre-signed upload whose object has not arrived yet while "
+        "its URL may still be used (the row is younger than its URL's expiry, or than 7 "
+        "days, the longest a pre-signed URL lives, when the row does not record it): not "
+        "lost bytes. Once the URL has expired with no upload, `apstorage gc --pending` "
+        "removes them."
     ),
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
         "read the file with `apstorage get ID` to check it, then store it again."
     ),
+    "refused": (
+        "rows whose object the store refused to look up (an error other than not-found, "
+        "e.g. HTTP 400 for a key it will not take): their bytes could not be checked; the "
+        "rest of the catalog was. Look at the key with your S3 tool."
+    ),
 }
+
+# When a run has left this much reclaimable space in the catalog, say so once.
+VACUUM_HINT_BYTES = 64 * 1024 * 1024
+VACUUM_HINT_SHARE = 0.20
 
 
 # -- usage ------------------------------------------------------------------------------------
@@ -147,6 +166,7 @@ class DuReport:
     groups: list[UsageRow]
     created_before: datetime | None = None
     verify: "VerifyReport | None" = None
+    catalog: "sql.Footprint | None" = None
 
     @property
     def files(self) -> int:
@@ -174,6 +194,8 @@ class DuReport:
         }
         if self.created_before is not None:
             data["createdBefore"] = iso_utc(self.created_before)
+        if self.catalog is not None:
+            data["catalog"] = self.catalog.to_json()
         if self.verify is not None:
             data["verify"] = self.verify.to_json()
         return data
@@ -199,7 +221,34 @@ def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = N
         return (*keys[:-1], -g.bytes, -g.files, *keys[-1:])
 
     groups.sort(key=order)
-    return DuReport(by=request.by, groups=groups, created_before=created_before)
+    return DuReport(
+        by=request.by, groups=groups, created_before=created_before,
+        catalog=sql.footprint(storage.catalog),
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:,.1f} MiB"
+
+
+def vacuum_hint(storage: Storage) -> str | None:
+    """One line suggesting VACUUM (SQLite) or VACUUM FULL (Postgres) when the ``file``
+    table could return more than ``VACUUM_HINT_BYTES`` and more than
+    ``VACUUM_HINT_SHARE`` of its size; None otherwise. Called after the commands that
+    empty rows (migrate-to-s3, sweep-expired, gc); the figures come from
+    ``catalog.du.footprint``."""
+    fp = sql.footprint(storage.catalog)
+    if fp.reclaimable <= VACUUM_HINT_BYTES or fp.reclaimable <= VACUUM_HINT_SHARE * fp.on_disk:
+        return None
+    share = fp.reclaimable / fp.on_disk if fp.on_disk else 0
+    if fp.dialect == "postgres":
+        how = 'run VACUUM FULL "file" in a quiet window (it locks the table while it rewrites it)'
+    else:
+        how = f"run VACUUM on {storage.catalog.target.removeprefix('sqlite:')} while no apstorage command runs"
+    return (
+        f"the catalog's file table could return about {_mib(fp.reclaimable)} of "
+        f"{_mib(fp.on_disk)} ({share:.0%}) to the system: {how}"
+    )
 
 
 # -- verify -----------------------------------------------------------------------------------
@@ -280,16 +329,18 @@ class VerifyReport:
     missing: Problems = field(default_factory=lambda: Problems("missing"))
     orphans: Problems = field(default_factory=lambda: Problems("orphans"))
     size_mismatches: Problems = field(default_factory=lambda: Problems("sizeMismatches"))
+    refused: Problems = field(default_factory=lambda: Problems("refused"))
     # S3 rows with no object yet, young enough that their pre-signed upload may still come:
     # reported apart from lost bytes, and not an inconsistency.
     pending_uploads: Problems = field(default_factory=lambda: Problems("pendingUploads"))
 
     @property
     def ok(self) -> bool:
-        return not (self.missing.files or self.orphans.files or self.size_mismatches.files)
+        """No problem found; pending uploads are not one (their bytes may still come)."""
+        return not any(kind.files for kind in self.kinds() if kind is not self.pending_uploads)
 
     def kinds(self) -> list[Problems]:
-        return [self.missing, self.orphans, self.size_mismatches, self.pending_uploads]
+        return [self.missing, self.orphans, self.size_mismatches, self.refused, self.pending_uploads]
 
     def to_json(self) -> dict:
         return {
@@ -298,6 +349,7 @@ class VerifyReport:
             "missing": self.missing.to_json(),
             "orphans": self.orphans.to_json(),
             "sizeMismatches": self.size_mismatches.to_json(),
+            "refused": self.refused.to_json(),
             "pendingUploads": self.pending_uploads.to_json(),
         }
 
@@ -311,6 +363,7 @@ class _Tally:
         self.missing = Problems("missing", limit)
         self.orphans = Problems("orphans", limit)
         self.mismatches = Problems("sizeMismatches", limit)
+        self.refused = Problems("refused", limit)
         self.pending = Problems("pendingUploads", limit)
         # A pre-signed PUT URL lives at most this long: a younger S3 row may still get its object.
         self.pending_after = datetime.now(timezone.utc) - timedelta(seconds=PRESIGN_MAX_SECONDS)
@@ -328,6 +381,9 @@ class _Tally:
             return
         self.missing.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
 
+    def refused_row(self, row: KeyedRow, reason: str) -> None:
+        self.refused.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size, error=reason)
+
     def orphan(self, info: ObjectInfo) -> None:
         self.orphans.add(info.size, location=self.where, key=info.key, size=info.size)
 
@@ -343,6 +399,7 @@ class _Tally:
         report.missing.extend(self.missing)
         report.orphans.extend(self.orphans)
         report.size_mismatches.extend(self.mismatches)
+        report.refused.extend(self.refused)
         report.pending_uploads.extend(self.pending)
 
 
@@ -365,6 +422,7 @@ def verify(
         missing=Problems("missing", limit),
         orphans=Problems("orphans", limit),
         size_mismatches=Problems("sizeMismatches", limit),
+        refused=Problems("refused", limit),
         pending_uploads=Problems("pendingUploads", limit),
     )
     tick = on_listed or (lambda n: None)
@@ -425,18 +483,43 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     tally.into(report, check)
 
 
+def _folder_marker(info: ObjectInfo) -> bool:
+    """A zero-byte object whose key ends in "/": what consoles and some tools create to
+    show a folder. It holds no file, so it is never an orphan (nor counted)."""
+    return info.size == 0 and info.key.endswith("/")
+
+
 def _managed(key: str) -> bool:
     return key.startswith(MANAGED_PREFIXES)
 
 
-def _stat(store: Store, key: str | None) -> ObjectInfo | None:
-    """stat, with a key the store refuses as unsafe (or no key) counting as absent."""
+@dataclass(frozen=True)
+class _Refused:
+    """The store answered a lookup of one key with an error other than not-found."""
+
+    reason: str
+
+
+def _stat(store: Store, key: str | None) -> ObjectInfo | _Refused | None:
+    """stat, with a key the store refuses as unsafe (or no key) counting as absent, and
+    any other error about this one key (HTTP 400, a name the disk will not take) kept as
+    ``_Refused`` so the rest is still checked. A LOCAL path that is a symbolic link is not
+    a file of ours (stores/local.py) and counts as absent. Errors about the store as a
+    whole (it is unreachable, refuses the credentials, the bucket is gone) stop the run."""
+    from apstorage.stores.local import LinkError
+
     if key is None:
         return None
     try:
         return store.stat(key)
-    except UsageError:
+    except (UsageError, LinkError):
         return None
+    except (BackendUnavailableError, PermissionDeniedError, NotFoundError, ConfigError):
+        raise
+    except ApStorageError as exc:
+        return _Refused(exc.message)
+    except OSError as exc:  # LOCAL: a name too long, a component that is a file, ...
+        return _Refused(f"{exc.strerror or exc}")
 
 
 # -- the merge join -------------------------------------------------------------------------
@@ -490,6 +573,9 @@ def _merge_streams(rows: Iterator[KeyedRow], objects: Iterator[ObjectInfo], stor
         if not _managed(r.key):  # type: ignore[arg-type]
             # Outside the listed prefixes: ask the store about this one key.
             info = _stat(store, r.key)
+            if isinstance(info, _Refused):
+                tally.refused_row(r, info.reason)
+                return
             if info is not None:
                 tally.compare(r, info)
                 return
@@ -544,6 +630,8 @@ class _ListingThreads:
         page: list[ObjectInfo] = []
         try:
             for info in store.list(prefix):
+                if _folder_marker(info):
+                    continue
                 page.append(info)
                 if len(page) >= LIST_PAGE:
                     if not self._put(q, page):
@@ -622,7 +710,10 @@ def _stat_page(pool: ThreadPoolExecutor, store: Store, page: list[KeyedRow], tal
     the listed prefixes (compared here)."""
     seen = 0
     for row, info in zip(page, pool.map(lambda r: _stat(store, r.key), page)):
-        if info is None:
+        if isinstance(info, _Refused):
+            tally.refused_row(row, info.reason)
+            seen += 1
+        elif info is None:
             tally.missing_row(row)
             seen += 1
         elif not _managed(row.key):  # type: ignore[arg-type]
@@ -661,6 +752,7 @@ def _lookup_batch(catalog, batch: list[ObjectInfo], tally: _Tally, *, odd: int) 
 
 __all__ = [
     "CLEAN",
+    "vacuum_hint",
     "DEFAULT_BY",
     "DuReport",
     "DuRequest",

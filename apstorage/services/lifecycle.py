@@ -12,6 +12,13 @@ differs from what is there. apstorage's rules:
   middle of the key (``project/{id}/FLOW_RUN_LOG/{file}``), so a prefix cannot select them.
 - ``apstorage-abort-incomplete-multipart``: the whole bucket; incomplete multipart uploads
   are aborted one day after they started.
+
+Never sooner than the catalog (DESIGN §1, Retention): the catalog keeps execution data for
+up to ``AP_EXECUTION_DATA_RETENTION_DAYS`` (a project's own retention is clamped to it), so
+`apply` refuses (exit 2) an expiry shorter than that plus ``MIN_GRACE_DAYS``: the bucket
+would delete objects whose rows still exist. `show` (and `apply`, for rules it keeps)
+flags any enabled expiration rule that reaches apstorage's objects sooner than that, or
+reaches objects that never expire (``FLOW_BUNDLE`` and permanent files carry no tag).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from apstorage.model import Location
 from apstorage.services.files import RETENTION_TAG
 
 if TYPE_CHECKING:
+    from apstorage.config import Settings
+
+if TYPE_CHECKING:
     from apstorage.services.context import Storage
     from apstorage.stores.s3 import S3Store
 
@@ -34,7 +44,10 @@ EXPIRE_RULE_ID = "apstorage-expire-execution-data"
 ABORT_RULE_ID = "apstorage-abort-incomplete-multipart"
 OUR_RULE_IDS = (EXPIRE_RULE_ID, ABORT_RULE_ID)
 DEFAULT_GRACE_DAYS = 1
+MIN_GRACE_DAYS = 1  # days between the catalog's retention and the bucket's expiry, at least
 ABORT_AFTER_DAYS = 1
+# Where apstorage puts objects (model.object_key); a rule prefix reaching these reaches ours.
+KEY_ROOTS = ("project/", "platform/")
 
 ADDED, UPDATED, KEPT, REMOVED = "added", "updated", "kept", "removed"
 
@@ -63,6 +76,89 @@ def our_rules(retention_days: int, grace_days: int = DEFAULT_GRACE_DAYS) -> list
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_AFTER_DAYS},
         },
     ]
+
+
+def minimum_expiry_days(settings: Settings) -> int:
+    """The shortest bucket expiry that never deletes bytes the catalog still references:
+    the longest retention the catalog can hold (``AP_EXECUTION_DATA_RETENTION_DAYS``;
+    projects' own retention is clamped to it) plus ``MIN_GRACE_DAYS``."""
+    return settings.execution_data_retention_days + MIN_GRACE_DAYS
+
+
+def check_expiry(retention_days: int, grace_days: int, settings: Settings) -> None:
+    """Refuse (exit 2) rules that would expire objects before the catalog lets them go."""
+    minimum = minimum_expiry_days(settings)
+    expiry = retention_days + grace_days
+    if expiry >= minimum:
+        return
+    global_days = settings.execution_data_retention_days
+    raise UsageError(
+        f"--retention-days {retention_days} with --grace-days {grace_days} would make the bucket "
+        f"expire execution data after {expiry} days, but the catalog keeps it for up to "
+        f"{global_days} days (AP_EXECUTION_DATA_RETENTION_DAYS): the bucket would delete "
+        f"objects whose rows still exist; the expiry must be at least {minimum} days "
+        f"(retention + {MIN_GRACE_DAYS} day grace); nothing was written",
+        hint=f"use --retention-days {global_days} or more, with --grace-days {MIN_GRACE_DAYS} or more",
+    )
+
+
+def expiry_problem(rule: dict[str, Any], minimum_days: int) -> str | None:
+    """Why an existing rule would delete bytes the catalog still references, or None.
+
+    Only enabled rules that expire current objects count. A rule reaches apstorage's
+    objects when its prefix overlaps ``project/`` or ``platform/`` and its tag condition
+    (if any) is met by ``ap-retention=execution``. Without a tag condition it also reaches
+    ``FLOW_BUNDLE`` and permanent files, which never expire by age: always a problem.
+    With the tag, an expiry sooner than ``minimum_days`` (or on a fixed date) is.
+    """
+    if rule.get("Status") != "Enabled":
+        return None
+    expiration = rule.get("Expiration") or {}
+    if "Days" not in expiration and "Date" not in expiration:
+        return None
+    prefix, tags = _rule_scope(rule)
+    if not any(root.startswith(prefix) or prefix.startswith(root) for root in KEY_ROOTS):
+        return None
+    if not set(tags.items()) <= set(RETENTION_TAG.items()):
+        return None  # needs a tag apstorage never sets
+    if "Date" in expiration:
+        when = f"on {jsonable(expiration['Date'])}, whatever their age"
+    else:
+        when = f"after {_days(expiration['Days'])}"
+    if not tags:
+        scope = f"objects under {prefix!r}" if prefix else "every object in the bucket"
+        return (
+            f"expires {scope} {when}, including "
+            "FLOW_BUNDLE and permanent files, which carry no retention tag and are never "
+            "expired by age"
+        )
+    if "Date" in expiration or int(expiration["Days"]) < minimum_days:
+        return (
+            f"expires execution data {when}, sooner than the catalog lets it go "
+            f"({_days(minimum_days)}: AP_EXECUTION_DATA_RETENTION_DAYS + {MIN_GRACE_DAYS} day "
+            "grace); rows would point at deleted objects"
+        )
+    return None
+
+
+def _rule_scope(rule: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(prefix, required tags) of a rule, whatever spelling its filter uses."""
+    flt = rule.get("Filter")
+    if flt is None:
+        return str(rule.get("Prefix") or ""), {}
+    body = flt.get("And", flt)
+    tags = [body["Tag"]] if "Tag" in body else list(body.get("Tags") or [])
+    return str(body.get("Prefix") or ""), {str(t.get("Key")): str(t.get("Value")) for t in tags}
+
+
+def rule_problems(rules: list[dict[str, Any]], minimum_days: int) -> list[tuple[str, str]]:
+    """(rule id or "#N", problem) for each rule that expires objects too soon."""
+    out = []
+    for index, rule in enumerate(rules):
+        problem = expiry_problem(rule, minimum_days)
+        if problem:
+            out.append((rule.get("ID") or f"#{index + 1}", problem))
+    return out
 
 
 def is_ours(rule: dict[str, Any]) -> bool:
@@ -107,6 +203,7 @@ class LifecyclePlan:
     grace_days: int = DEFAULT_GRACE_DAYS
     dry_run: bool = False
     written: bool = False
+    problems: list[tuple[str, str]] = field(default_factory=list)  # rules kept that expire too soon
 
     def ids(self, change: str) -> list[str]:
         return [c.id for c in self.changes if c.change == change]
@@ -145,6 +242,7 @@ class LifecyclePlan:
             "graceDays": self.grace_days,
             "expirationDays": self.retention_days + self.grace_days,
             "rules": [jsonable(r) for r in self.rules],
+            "problems": [{"id": rule_id, "problem": problem} for rule_id, problem in self.problems],
         }
 
 
@@ -209,11 +307,13 @@ def apply_lifecycle(
     dry_run: bool = False,
 ) -> LifecyclePlan:
     """Merge apstorage's rules into the bucket's lifecycle configuration; write only when
-    something changed, and never with ``dry_run``."""
+    something changed, and never with ``dry_run``. An expiry shorter than the catalog's
+    retention + grace is refused before the bucket is read (exit 2)."""
     from apstorage.stores.s3_lifecycle import get_lifecycle, put_lifecycle
 
     retention = retention_days if retention_days is not None else storage.settings.execution_data_retention_days
     desired = our_rules(retention, grace_days)
+    check_expiry(retention, grace_days, storage.settings)
     with _bucket_store(storage) as store:
         config = get_lifecycle(store)
         rules, changes = plan_merge(config.rules, desired, replace=replace)
@@ -226,6 +326,7 @@ def apply_lifecycle(
             retention_days=retention,
             grace_days=grace_days,
             dry_run=dry_run,
+            problems=rule_problems(rules, minimum_expiry_days(storage.settings)),
         )
         if plan.changed and not dry_run:
             put_lifecycle(
@@ -243,6 +344,11 @@ class LifecycleView:
     where: str
     rules: list[dict[str, Any]] = field(default_factory=list)
     exists: bool = True
+    minimum_expiry_days: int = 0
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        return rule_problems(self.rules, self.minimum_expiry_days)
 
     @property
     def missing(self) -> list[str]:
@@ -260,11 +366,15 @@ class LifecycleView:
                     "enabled": rule.get("Status") == "Enabled",
                     "filter": describe_filter(rule),
                     "actions": describe_actions(rule),
+                    "tooShort": expiry_problem(rule, self.minimum_expiry_days) is not None,
+                    "problem": expiry_problem(rule, self.minimum_expiry_days),
                     "rule": jsonable(rule),
                 }
                 for i, rule in enumerate(self.rules)
             ],
             "missing": self.missing,
+            "minimumExpiryDays": self.minimum_expiry_days,
+            "problems": [{"id": rule_id, "problem": problem} for rule_id, problem in self.problems],
         }
 
 
@@ -273,7 +383,10 @@ def show_lifecycle(storage: Storage) -> LifecycleView:
 
     with _bucket_store(storage) as store:
         config = get_lifecycle(store)
-        return LifecycleView(store.bucket, store.where, config.rules, config.exists)
+        return LifecycleView(
+            store.bucket, store.where, config.rules, config.exists,
+            minimum_expiry_days=minimum_expiry_days(storage.settings),
+        )
 
 
 # -- describing rules -------------------------------------------------------------------
@@ -351,6 +464,10 @@ __all__ = [
     "LifecycleView",
     "RuleChange",
     "apply_lifecycle",
+    "check_expiry",
+    "expiry_problem",
+    "minimum_expiry_days",
+    "rule_problems",
     "describe_actions",
     "describe_filter",
     "is_ours",

@@ -9,7 +9,8 @@ worker or browser talks to S3 directly.
   against ``AP_MAX_FILE_SIZE_MB``), every URL is signed, and only then are all rows
   inserted in one transaction — a failure anywhere leaves no row behind. Each PUT URL
   is bound to its declared size (``content-length`` is a signed header) and, for
-  execution data, to the ``ap-retention=execution`` tag (``x-amz-tagging``, signed).
+  execution data that expires, to the ``ap-retention=execution`` tag (``x-amz-tagging``,
+  signed); a ``FLOW_BUNDLE`` is never tagged (the platform never expires it by age).
 
 Expiry: 604800 s (7 days) is the SigV4 maximum; longer is refused, never clamped.
 """
@@ -24,21 +25,22 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from apstorage.durations import format_duration, parse_duration
-from apstorage.errors import NotSupportedError, UsageError
+from apstorage.errors import NotSupportedError, TooLargeError, UsageError
 from apstorage.model import (
     iso_utc,
-    EXECUTION_TYPES,
+    LOCATION_TYPES,
+    MAX_CATALOG_SIZE,
+    PENDING_UPLOAD_KEY,
     Compression,
     FileRow,
     Location,
     check_owner,
-    is_execution_type,
     new_id,
     object_key,
     parse_type,
 )
 from apstorage.services.context import Storage
-from apstorage.services.files import RETENTION_TAG, too_large_error
+from apstorage.services.files import check_file_name, retention_tags, too_large_error
 
 MAX_EXPIRES = 604800  # 7 days: the longest a SigV4 pre-signed URL can live
 DEFAULT_EXPIRES = {"GET": MAX_EXPIRES, "PUT": 3600}
@@ -110,7 +112,7 @@ def resolve_expires(value: str | int | None, method: str) -> int:
     """Seconds a URL lives: the default for ``method`` when not given; over 7 days refused."""
     if value is None:
         return DEFAULT_EXPIRES[method]
-    seconds = parse_duration(value, "--expires")
+    seconds = parse_duration(value, "--expires", maximum=10**13)  # over 7 days: refused below
     if seconds > MAX_EXPIRES:
         raise UsageError(
             f"--expires {value}: {seconds} s is longer than 7 days (604800 s), the most a "
@@ -173,17 +175,17 @@ def presign_file(
             row.key, seconds, content_disposition=content_disposition(row.file_name or row.id)
         )
         headers: dict[str, str] = {}
-        if row.compression is Compression.ZSTD:
+        if row.compression is not Compression.NONE:
             warnings.append(
-                f"file {row.id} is stored zstd-compressed (compression ZSTD); the URL serves "
-                "the compressed bytes — `apstorage get` decompresses them"
+                f"file {row.id} is stored compressed (compression {row.compression.value}); "
+                "the URL serves the compressed bytes — `apstorage get` decompresses them"
             )
     else:
         url, headers = store.presign_put(  # type: ignore[attr-defined]
             row.key,
             seconds,
             content_length=row.size,
-            tags=RETENTION_TAG if is_execution_type(row.type) else None,
+            tags=retention_tags(row.type),
         )
         if row.compression is Compression.ZSTD:
             warnings.append(
@@ -220,18 +222,35 @@ def _not_in_s3(storage: Storage, row: FileRow) -> NotSupportedError:
 # -- the upload flow --------------------------------------------------------------------
 
 
-def parse_upload_json(text: str, source: str = "--from-json") -> list[UploadFile]:
-    """``{"files": [{"fileName": .., "fileSize": ..}, ...]}`` → UploadFiles (exit 2 on errors)."""
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # --from-json: a batch of 10,000 entries is ~1 MB
+MAX_BATCH_FILES = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4  # 5 TiB, S3's largest object
+
+def parse_upload_json(text: str | bytes, source: str = "--from-json") -> list[UploadFile]:
+    """``{"files": [{"fileName": .., "fileSize": ..}, ...]}`` → UploadFiles (exit 2 on errors).
+
+    Refused whole, naming the entry, before anything is created: a document over
+    MAX_DOCUMENT_BYTES or nested too deep, more than MAX_BATCH_FILES entries, a missing or
+    empty ``fileName`` (or one with control characters), a ``fileSize`` that is missing,
+    negative, not a whole number, or over 5 TiB."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise UsageError(f"{source}: the document is over {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB; split the batch")
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{source}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{source}: the document is nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # a number of thousands of digits, bad bytes
+        raise UsageError(f"{source}: not a document this accepts ({str(exc)[:120]})") from None
     files = document.get("files") if isinstance(document, dict) else None
     if not isinstance(files, list) or not files:
         raise UsageError(
             f'{source}: expected {{"files": [{{"fileName": ..., "fileSize": ...}}, ...]}} '
             "with at least one file"
         )
+    if len(files) > MAX_BATCH_FILES:
+        raise UsageError(f"{source}: {len(files)} files; at most {MAX_BATCH_FILES} per batch")
     problems: list[str] = []
     out: list[UploadFile] = []
     for i, entry in enumerate(files):
@@ -239,15 +258,33 @@ def parse_upload_json(text: str, source: str = "--from-json") -> list[UploadFile
             problems.append(f"files[{i}] is not an object")
             continue
         name, size = entry.get("fileName"), entry.get("fileSize")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"files[{i}].fileName must be a non-empty string")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problem = check_file_name(name, f"files[{i}].fileName")
+        if problem:
+            problems.append(problem)
+        if "fileSize" not in entry:
+            problems.append(f"files[{i}].fileSize is missing")
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
             problems.append(f"files[{i}].fileSize must be a whole number of bytes >= 0")
+        elif size > MAX_OBJECT_SIZE:
+            problems.append(f"files[{i}].fileSize is over 5 TiB, the largest S3 object")
         if not problems:
             out.append(UploadFile(name, size))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
     return out
+
+
+class _Float:
+    """A JSON number with a fraction or exponent, or NaN/Infinity: never a size or a name."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _no_float(text: str) -> _Float:
+    return _Float(text)
 
 
 def presign_uploads(
@@ -261,18 +298,20 @@ def presign_uploads(
     """Create one S3 row per file and a PUT URL bound to its size; all or nothing."""
     seconds = resolve_expires(expires, "PUT")
     file_type = parse_type(request.file_type)
-    if file_type not in EXECUTION_TYPES:
+    if file_type not in LOCATION_TYPES:
         raise NotSupportedError(
             f"{file_type} is a permanent type: permanent files are always stored in the "
             "database, so they are not uploaded to S3",
-            hint="pre-signed uploads are for execution data: " + ", ".join(sorted(EXECUTION_TYPES)),
+            hint="pre-signed uploads are for execution data and flow bundles: "
+            + ", ".join(sorted(LOCATION_TYPES)),
         )
     check_owner(request.project_id, request.platform_id)
     if not files:
         raise UsageError("nothing to upload: give --name and --size, or --from-json")
     for f in files:
-        if not f.file_name.strip():
-            raise UsageError("--name: a file name cannot be empty")
+        problem = check_file_name(f.file_name, "--name")
+        if problem:
+            raise UsageError(problem)
         if f.size < 0:
             raise UsageError(f"--size: {f.size} is not a size; give a whole number of bytes >= 0")
     limit = storage.settings.max_file_size_bytes
@@ -281,9 +320,21 @@ def presign_uploads(
         names = ", ".join(f"{f.file_name!r} ({f.size} bytes)" for f in too_large[:5])
         more = f" and {len(too_large) - 5} more" if len(too_large) > 5 else ""
         raise too_large_error(f"{names}{more} too large", limit, "nothing was created")
+    uncatalogued = [f for f in files if f.size > MAX_CATALOG_SIZE]
+    if uncatalogued:  # AP_MAX_FILE_SIZE_MB may be set above what the size column holds
+        names = ", ".join(f"{f.file_name!r} ({f.size} bytes)" for f in uncatalogued[:5])
+        raise TooLargeError(
+            f"{names} over the {MAX_CATALOG_SIZE} bytes the catalog's size column (a 32-bit "
+            "integer in the platform's schema) can record; nothing was created"
+        )
 
     store = storage.store(Location.S3)  # ConfigError (exit 3) when S3 is not configured
-    tags = RETENTION_TAG  # every type here is execution data
+    tags = retention_tags(file_type)
+    signed_at = _now()
+    expires_at = signed_at + timedelta(seconds=seconds)
+    # Marked pending until the URL expires: `gc --pending` deletes the row after that if
+    # no object came (model.PENDING_UPLOAD_KEY).
+    pending = {PENDING_UPLOAD_KEY: iso_utc(expires_at)}
     rows = []
     for f in files:
         file_id = new_id()
@@ -297,14 +348,15 @@ def presign_uploads(
                 file_name=f.file_name,
                 size=f.size,
                 s3_key=object_key(file_id, file_type, request.project_id, request.platform_id),
+                metadata=dict(pending),
             )
         )
-    signed_at = _now()
-    expires_at = signed_at + timedelta(seconds=seconds)
     items: list[Presigned] = []
     for row in rows:
         if dry_run:
-            url, headers = None, {"Content-Length": str(row.size), "x-amz-tagging": _tagging(tags)}
+            url, headers = None, {"Content-Length": str(row.size)}
+            if tags:
+                headers["x-amz-tagging"] = _tagging(tags)
         else:
             url, headers = store.presign_put(  # type: ignore[attr-defined]
                 row.key, seconds, content_length=row.size, tags=tags

@@ -1,6 +1,12 @@
 """`sweep-expired`: delete expired execution data, bytes first, then exactly the rows whose
 bytes are gone.
 
+What expires (DESIGN §1, as the platform computes it): rows of the six expiring types
+(``model.EXPIRING_TYPES``; never ``FLOW_BUNDLE``, never permanent types) created longer ago
+than their project's effective retention: the project's own ``executionDataRetentionDays``
+clamped to [``AP_PAUSED_FLOW_TIMEOUT_DAYS``, ``AP_EXECUTION_DATA_RETENTION_DAYS``] when the
+platform's ``project`` table has that column and the project sets it, else the global.
+
 Order of work, one batch at a time:
 
 1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
@@ -35,12 +41,15 @@ from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
 from apstorage.errors import ApStorageError, UsageError
 from apstorage.model import (
-    EXECUTION_TYPES,
+    EXPIRING_TYPES,
+    FLOW_BUNDLE,
     PERMANENT_TYPES,
     Location,
+    effective_retention_days,
     iso_utc,
     object_key,
     parse_type,
+    retention_race_warning,
 )
 from apstorage.services.context import Storage
 from apstorage.stores.base import Store
@@ -86,7 +95,9 @@ class SweepReport:
     max_delete_reached: bool = False
     project_retention: bool = False
     projects_with_shorter_retention: int = 0
+    pause_timeout_days: int = 0
     abandoned_locations: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     by_location: dict[str, int] = field(default_factory=dict)
     bytes_by_location: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
@@ -131,23 +142,32 @@ class SweepReport:
             "cutoff": iso_utc(self.cutoff),
             "projectRetention": self.project_retention,
             "projectsWithShorterRetention": self.projects_with_shorter_retention,
+            "pausedFlowTimeoutDays": self.pause_timeout_days,
+            "warnings": list(self.warnings),
             "abandonedLocations": dict(self.abandoned_locations),
             "failures": [f.to_json() for f in self.failures],
         }
 
 
 def resolve_types(values: Iterable[str] | None) -> list[str]:
-    """The execution types to sweep (all by default); a permanent type is refused (exit 2)."""
+    """The expiring types to sweep (all by default). A permanent type or ``FLOW_BUNDLE``
+    is refused (exit 2): the platform never expires either by age."""
     names = [v for v in (values or []) if v.strip()]
     if not names:
-        return sorted(EXECUTION_TYPES)
+        return sorted(EXPIRING_TYPES)
     out: list[str] = []
+    expiring = ", ".join(sorted(EXPIRING_TYPES))
     for value in names:
         name = parse_type(value, "--types")
         if name in PERMANENT_TYPES:
             raise UsageError(
                 f"--types: {name} is permanent data and is never swept; "
-                f"execution-data types: {', '.join(sorted(EXECUTION_TYPES))}"
+                f"execution-data types: {expiring}"
+            )
+        if name == FLOW_BUNDLE:
+            raise UsageError(
+                f"--types: {name} is never swept: the platform removes a flow bundle with its "
+                f"flow version, never by age; execution-data types: {expiring}"
             )
         if name not in out:
             out.append(name)
@@ -171,20 +191,13 @@ def sweep_expired(
     failed, bytes)`` is called after each batch (for a progress bar). When ``stop`` is
     set (the CLI sets it on SIGINT/SIGTERM) no new page is selected: the batches in
     flight finish — bytes deleted, then their rows — and the report says ``interrupted``."""
-    sweep_types = resolve_types(types)
+    report, now = _new_report(storage, retention_days, types, dry_run, now)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if max_delete is not None and max_delete < 1:
         raise UsageError("--max-delete must be at least 1")
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
-    if days < 1:
-        raise UsageError("--retention-days must be at least 1")
-    now = now or datetime.now(timezone.utc)
-    report = SweepReport(
-        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types
-    )
     catalog = storage.catalog
     lock = None if dry_run else sql.try_sweep_lock(catalog)
     if not dry_run and lock is None:
@@ -208,31 +221,38 @@ def count_expired(
     now: datetime | None = None,
 ) -> tuple[int, int]:
     """(files, bytes) a run with these options would delete — a progress bar's total.
-    One count per type by the same index the sweep pages through (and per project with
-    a shorter retention of its own)."""
-    days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
-    now = now or datetime.now(timezone.utc)
-    cutoff = now - timedelta(days=days)
-    catalog = storage.catalog
-    sweep_types = resolve_types(types)
+    One count per scope the sweep pages through (each type, and each project with a
+    shorter retention of its own), by the same indexes."""
+    report, now = _new_report(storage, retention_days, types, True, now)
     files = size = 0
-    scopes: list[tuple[datetime, dict]] = [(cutoff, {})]
-    if sql.has_project_retention(catalog):
-        after = ""
-        while True:
-            projects = sql.projects_with_shorter_retention(catalog, days, after=after, limit=PROJECT_PAGE)
-            scopes += [(now - timedelta(days=d), {"project_id": pid, "not_before": cutoff}) for pid, d in projects]
-            if len(projects) < PROJECT_PAGE:
-                break
-            after = projects[-1][0]
-    for scope_cutoff, scope in scopes:
-        for file_type in sweep_types:
-            for stored in sql.stored_type_names(file_type):
-                f, b = sql.count_expired(catalog, stored, scope_cutoff, **scope)
-                files, size = files + f, size + b
+    for _, stored, cutoff, scope in _scopes(storage, report, now):
+        f, b = sql.count_expired(storage.catalog, stored, cutoff, **scope)
+        files, size = files + f, size + b
     if max_delete is not None:
         files = min(files, max_delete)
     return files, size
+
+
+def _new_report(
+    storage: Storage, retention_days, types, dry_run: bool, now: datetime | None
+) -> tuple[SweepReport, datetime]:
+    """(the run's report, its "now"): types and retention checked, the cutoff worked out,
+    the retention race warned about."""
+    sweep_types = resolve_types(types)
+    days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
+    if days < 1:
+        raise UsageError("--retention-days must be at least 1")
+    now = now or datetime.now(timezone.utc)
+    pause = storage.settings.paused_flow_timeout_days
+    report = SweepReport(
+        dry_run=dry_run, retention_days=days, cutoff=now - timedelta(days=days), types=sweep_types,
+        pause_timeout_days=pause,
+    )
+    name = "AP_EXECUTION_DATA_RETENTION_DAYS" if retention_days is None else "--retention-days"
+    warning = retention_race_warning(days, pause, name)
+    if warning:
+        report.warnings.append(warning)
+    return report, now
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -241,30 +261,38 @@ def count_expired(
 def _pages(
     storage: Storage, report: SweepReport, now: datetime, batch_size: int
 ) -> Iterator[tuple[str, list[ExpiredRow]]]:
-    """(type, rows) pages: first every row older than the retention, type by type; then,
-    when projects carry their own shorter retention, the younger rows those projects
-    no longer keep (by the (projectId, type, created) index)."""
+    """(type, rows) pages, scope by scope (``_scopes``)."""
+    for file_type, stored, cutoff, scope in _scopes(storage, report, now):
+        yield from _keyset(storage.catalog, file_type, stored, cutoff, batch_size, **scope)
+
+
+def _scopes(storage: Storage, report: SweepReport, now: datetime) -> Iterator[tuple[str, str, datetime, dict]]:
+    """(type, stored type name, cutoff, project scope): first every row older than the
+    retention, type by type; then, for each project whose effective retention
+    (``model.effective_retention_days``: its own value clamped to [pause timeout,
+    retention]) is shorter, the younger rows that project no longer keeps (by the
+    (projectId, type, created) index)."""
     catalog = storage.catalog
     for file_type in report.types:
         for stored in sql.stored_type_names(file_type):
-            yield from _keyset(catalog, file_type, stored, report.cutoff, batch_size)
+            yield file_type, stored, report.cutoff, {}
     if not sql.has_project_retention(catalog):
         return
     report.project_retention = True
+    if report.pause_timeout_days >= report.retention_days:
+        return  # the clamp's floor is the ceiling: no project keeps less than the retention
     after = ""
     while True:
-        projects = sql.projects_with_shorter_retention(
-            catalog, report.retention_days, after=after, limit=PROJECT_PAGE
-        )
-        for project_id, days in projects:
+        projects = sql.projects_below(catalog, report.retention_days, after=after, limit=PROJECT_PAGE)
+        for project_id, own_days in projects:
+            days = effective_retention_days(own_days, report.retention_days, report.pause_timeout_days)
+            if days >= report.retention_days:
+                continue
             report.projects_with_shorter_retention += 1
             cutoff = now - timedelta(days=days)
             for file_type in report.types:
                 for stored in sql.stored_type_names(file_type):
-                    yield from _keyset(
-                        catalog, file_type, stored, cutoff, batch_size,
-                        project_id=project_id, not_before=report.cutoff,
-                    )
+                    yield file_type, stored, cutoff, {"project_id": project_id, "not_before": report.cutoff}
         if len(projects) < PROJECT_PAGE:
             return
         after = projects[-1][0]
@@ -309,6 +337,8 @@ class _Sweeper:
         self.on_batch = on_batch
         self.stop = stop
         self.refused_in_a_row: dict[Location, int] = {}
+        self.shared: set[str] | None = None  # keys more than one row holds
+        self.link_targets: set | None = None  # files links under the LOCAL root reach
 
     def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
         remaining = max_delete
@@ -387,6 +417,7 @@ class _Sweeper:
                 self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
                 continue
             batch.objects.setdefault(location, {}).setdefault(key, []).append(row)
+        self._keep_shared_bytes(batch, rows)
         for location in list(batch.objects):
             try:
                 batch.stores[location] = self._store(location)
@@ -396,6 +427,53 @@ class _Sweeper:
                         self.report.fail(row, file_type, key, str(exc))
                 self.report.abandoned_locations[location.value] = str(exc)
         return batch
+
+    def _keep_shared_bytes(self, batch: _Batch, rows: list[ExpiredRow]) -> None:
+        """Bytes another row still references are never deleted: for the keys more than
+        one row holds (``refs.shared_keys``, asked once per run), check in one transaction
+        which are referenced outside this batch, and delete the batch's rows at those keys
+        without touching their bytes. A LOCAL file a symbolic link under the root reaches
+        is kept the same way (its row is deleted, the file stays)."""
+        from apstorage.catalog import refs
+
+        if not batch.objects:
+            return
+        if self.shared is None:
+            self.shared = refs.shared_keys(self.storage.catalog)
+        shared: dict[str, list[tuple[str, str]]] = {}
+        reached: dict[str, list[tuple[str, str]]] = {}
+        for location, by_key in batch.objects.items():
+            for key, key_rows in by_key.items():
+                if key in self.shared:
+                    shared.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+                elif location is Location.LOCAL and self._reached_by_link(key):
+                    reached.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
+        if not shared and not reached:
+            return
+        deleted, kept = sql.delete_rows_sharing_bytes(self.storage.catalog, shared, [r.id for r in rows])
+        kept |= set(reached)
+        if reached:
+            deleted |= sql.delete_rows(self.storage.catalog, _by_location(reached))
+        for location in list(batch.objects):
+            by_key = batch.objects[location]
+            for key in [k for k in by_key if k in kept]:
+                for row in by_key.pop(key):
+                    if row.id in deleted:
+                        self.report.count(batch.file_type, row.size, location.value)
+            if not by_key:
+                del batch.objects[location]
+
+    def _reached_by_link(self, key: str) -> bool:
+        try:
+            local = self._store(Location.LOCAL)
+        except ApStorageError:
+            return False
+        if self.link_targets is None:
+            self.link_targets = local.link_targets()
+        try:
+            return local.reached_by_link(key, self.link_targets)
+        except ApStorageError:
+            return False
 
     def _store(self, location: Location) -> Store:
         store = self.storage.store(location)
@@ -442,10 +520,18 @@ class _Sweeper:
                         if row.id in deleted:
                             report.count(batch.file_type, row.size, location.value)
         local = batch.stores.get(Location.LOCAL)
-        if local is not None and hasattr(local, "prune_empty_dirs"):
+        if local is not None and Location.LOCAL in batch.objects:
             local.prune_empty_dirs(batch.objects[Location.LOCAL])  # folders the deletes emptied
         if self.on_batch is not None:
             self.on_batch(report.deleted - deleted_before, report.failed - failed_before, report.bytes - bytes_before)
+
+
+def _by_location(rows_by_key: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pairs in rows_by_key.values():
+        for file_id, location in pairs:
+            out.setdefault(location, []).append(file_id)
+    return out
 
 
 def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Iterable, Iterator
 
 from apstorage.model import Location
@@ -21,6 +22,7 @@ CHUNK = 1024 * 1024
 class ObjectInfo:
     key: str
     size: int
+    modified: datetime | None = None  # LastModified (S3) or mtime (LOCAL), UTC, when listed
 
 
 class Store(ABC):

@@ -1,0 +1,231 @@
+"""The SQL of `gc`: which keys rows still reference, the rows whose bytes may be gone,
+and the conditional delete of exactly those rows.
+
+Every check that decides a delete runs on a connection of its own (one per worker
+thread), inside a transaction that stays open until the bytes are deleted:
+
+- ``Session.referenced(keys)``: the keys among ``keys`` that some row, at any location,
+  points at — looked up by primary key (a platform key ends in its file id) and, when
+  some row's key does not end in its id, by ``s3Key`` as well;
+- ``Session.rows(ids)``: what gc needs to judge a row whose bytes looked absent;
+- ``Session.delete_rows(...)``: delete them only if each still records the location it
+  was judged at, was created before the run began and, at DB, still has no data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from apstorage.catalog.du import KEY_SQL
+from apstorage.errors import ApStorageError
+from apstorage.model import PENDING_UPLOAD_KEY
+
+if TYPE_CHECKING:
+    from apstorage.catalog.base import Catalog
+
+SQLITE_MAX_VARS = 500
+_ID = '"id"'
+_S3KEY = '"s3Key"'
+DB_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class JudgedRow:
+    """A row whose bytes looked absent, as gc judges it."""
+
+    id: str
+    created: datetime
+    location: str
+    type: str
+    key: str | None  # None at DB, or when the row has neither s3Key nor owner
+    size: int | None
+    has_data: bool
+    upload_expires: str | None  # the pending-upload marker (ISO-8601), when set
+
+
+def _pending_sql(dialect: str) -> str:
+    if dialect == "postgres":
+        return f"(\"metadata\" ->> '{PENDING_UPLOAD_KEY}')"
+    return f"(CASE WHEN json_valid(\"metadata\") THEN json_extract(\"metadata\", '$.{PENDING_UPLOAD_KEY}') END)"
+
+
+def _in(dialect: str, ph: str, column: str, n: int) -> str:
+    if dialect == "postgres":
+        return f"{column} = ANY({ph})"
+    return f"{column} IN ({', '.join([ph] * n)})"
+
+
+def _params(dialect: str, values: Sequence[Any]) -> list[Any]:
+    return [list(values)] if dialect == "postgres" else list(values)
+
+
+def _chunks(values: Sequence[Any], dialect: str) -> Iterator[Sequence[Any]]:
+    step = 10_000 if dialect == "postgres" else SQLITE_MAX_VARS
+    for start in range(0, len(values), step):
+        yield values[start : start + step]
+
+
+def has_rows(catalog: Catalog) -> bool:
+    """Whether the ``file`` table holds any row at all (an empty catalog is refused as a
+    source of orphans: it is far likelier to be the wrong database)."""
+    return bool(catalog._execute('SELECT 1 FROM "file" LIMIT 1'))
+
+
+def odd_keys(catalog: Catalog) -> bool:
+    """Whether any row's key does not end in ``/{id}`` (then keys are looked up by
+    ``s3Key`` too, which has no index)."""
+    if catalog.dialect == "postgres":
+        suffix = f'right({KEY_SQL}, length("id") + 1)'
+    else:
+        suffix = f'substr({KEY_SQL}, -(length("id") + 1))'
+    rows = catalog._execute(
+        f'SELECT 1 FROM "file" WHERE "s3Key" IS NOT NULL AND "s3Key" <> \'\' '
+        f"AND {suffix} <> '/' || \"id\" LIMIT 1"
+    )
+    return bool(rows)
+
+
+def iter_db_rows_without_data(catalog: Catalog, created_before: datetime, *, page: int = DB_PAGE) -> Iterator[list[str]]:
+    """Pages of ids of DB rows with no data, created before ``created_before``, by keyset
+    pages on the primary key (one scan of the table in all)."""
+    p = catalog.ph
+    last = ""
+    while True:
+        rows = catalog._execute(
+            f'SELECT "id" FROM "file" WHERE "location" = \'DB\' AND "data" IS NULL '
+            f'AND "created" < {p} AND "id" > {p} ORDER BY "id" LIMIT {int(page)}',
+            (catalog._ts_in(created_before), last),
+        )
+        if rows:
+            yield [r[0] for r in rows]
+        if len(rows) < page:
+            return
+        last = rows[-1][0]
+
+
+class Session:
+    """A connection of its own, for one thread: checks and deletes in short transactions."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.dialect = catalog.dialect
+        self.ph = catalog.ph
+        if self.dialect == "postgres":
+            self.conn: Any = catalog.connect()  # type: ignore[attr-defined]
+        else:
+            try:
+                self.conn = sqlite3.connect(
+                    catalog.path, timeout=30, isolation_level=None,  # type: ignore[attr-defined]
+                    check_same_thread=False,
+                )
+                self.conn.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise ApStorageError(f"cannot open {catalog.target}: {exc}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Any]:
+        """One transaction; a cursor inside it. SQLite: ``BEGIN`` (a read snapshot that
+        never blocks writers) or ``BEGIN IMMEDIATE`` for a write."""
+        if self.dialect == "postgres":
+            import psycopg
+
+            try:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    yield cur
+            except psycopg.Error as exc:
+                raise self.catalog._translate(exc) from None  # type: ignore[attr-defined]
+            return
+        cur = self.conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise ApStorageError(f"SQLite error at {self.catalog.target}: {exc}") from None
+        finally:
+            cur.close()
+
+    # -- orphans ------------------------------------------------------------------------
+    def referenced(self, cur: Any, keys: Sequence[str], *, by_s3_key: bool) -> set[str]:
+        """The keys among ``keys`` some row points at, whatever its location. A row whose
+        id is a key's last segment counts (its key is normally that key; and a row at DB
+        or LOCAL whose migration uploaded the object but did not switch yet needs it)."""
+        ids = {k.rsplit("/", 1)[-1]: k for k in keys}
+        found: set[str] = set()
+        id_list = list(ids)
+        lock = " FOR KEY SHARE" if self.dialect == "postgres" else ""
+        for chunk in _chunks(id_list, self.dialect):
+            cur.execute(
+                f'SELECT "id" FROM "file" WHERE {_in(self.dialect, self.ph, _ID, len(chunk))}{lock}',
+                _params(self.dialect, chunk),
+            )
+            found.update(ids[r[0]] for r in cur.fetchall())
+        if by_s3_key:
+            rest = [k for k in keys if k not in found]
+            for chunk in _chunks(rest, self.dialect):
+                cur.execute(
+                    f'SELECT "s3Key" FROM "file" WHERE {_in(self.dialect, self.ph, _S3KEY, len(chunk))}{lock}',
+                    _params(self.dialect, chunk),
+                )
+                found.update(r[0] for r in cur.fetchall())
+        return found
+
+    # -- rows without bytes ---------------------------------------------------------------
+    def rows(self, ids: Sequence[str]) -> list[JudgedRow]:
+        out: list[JudgedRow] = []
+        with self.transaction() as cur:
+            for chunk in _chunks(list(ids), self.dialect):
+                cur.execute(
+                    f'SELECT "id", "created", "location", "type", '
+                    f'CASE WHEN "location" = \'DB\' THEN NULL ELSE {KEY_SQL} END, "size", '
+                    f'"data" IS NOT NULL, {_pending_sql(self.dialect)} FROM "file" '
+                    f'WHERE {_in(self.dialect, self.ph, _ID, len(chunk))}',
+                    _params(self.dialect, chunk),
+                )
+                for t in cur.fetchall():
+                    out.append(JudgedRow(
+                        id=t[0], created=self.catalog._ts_out(t[1]), location=t[2], type=t[3],
+                        key=t[4], size=t[5], has_data=bool(t[6]),
+                        upload_expires=None if t[7] is None else str(t[7]),
+                    ))
+        return out
+
+    def delete_rows(self, location: str, ids: Sequence[str], created_before: datetime) -> set[str]:
+        """Delete, in one short transaction, the rows among ``ids`` still at ``location``,
+        created before ``created_before`` and, at DB, still without data. Returns the ids
+        deleted."""
+        deleted: set[str] = set()
+        if not ids:
+            return deleted
+        p = self.ph
+        extra = ' AND "data" IS NULL' if location == "DB" else ""
+        with self.transaction(write=True) as cur:
+            for chunk in _chunks(list(ids), self.dialect):
+                cur.execute(
+                    f'DELETE FROM "file" WHERE {_in(self.dialect, p, _ID, len(chunk))} '
+                    f'AND "location" = {p} AND "created" < {p}{extra} RETURNING "id"',
+                    (*_params(self.dialect, chunk), location, self.catalog._ts_in(created_before)),
+                )
+                deleted.update(r[0] for r in cur.fetchall())
+        return deleted
+
+
+__all__ = [
+    "JudgedRow",
+    "Session",
+    "has_rows",
+    "iter_db_rows_without_data",
+    "odd_keys",
+]

@@ -1,0 +1,141 @@
+"""`gc`: delete what `du --verify` finds — orphans, rows whose bytes are gone, expired
+pending uploads."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size
+
+SHOWN = 20  # failures and reported rows printed without --json
+
+
+@app.command("gc")
+@handle_errors
+def gc_cmd(
+    orphans: bool = typer.Option(
+        False, "--orphans",
+        help="Objects and LOCAL files under platform/ and project/ that no row references "
+        "and older than the grace.",
+    ),
+    missing: bool = typer.Option(
+        False, "--missing",
+        help="Execution-data rows older than the grace whose bytes are gone. Permanent rows "
+        "with missing bytes are reported (exit 1), never deleted.",
+    ),
+    pending: bool = typer.Option(
+        False, "--pending",
+        help="Rows made by `presign --upload` whose URL expired with no object uploaded.",
+    ),
+    grace: Optional[str] = typer.Option(
+        None, "--grace", metavar="DURATION",
+        help="Leave anything younger than this alone (default 24h; at least 1h): 90m, 12h, 2d.",
+    ),
+    max_delete: Optional[int] = typer.Option(
+        None, "--max-delete", min=1, metavar="N", help="Stop after N deletions in this run.",
+    ),
+    workers: int = typer.Option(
+        8, "--workers", min=1, max=64, metavar="N",
+        help="Batches of objects deleted concurrently.",
+    ),
+    dry_run: bool = DRY_RUN_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Delete orphans, rows whose bytes are gone and expired pending uploads.
+
+    With no kind named, all three. What `du --verify` finds, cleaned safely beside
+    put, get, presign and migrate-to-s3: anything younger than --grace is never taken,
+    every batch is re-checked against the catalog just before its delete, and only one
+    gc or sweep-expired runs at a time (a second one exits 0 and says so).
+    """
+    from apstorage.services.context import Storage
+    from apstorage.services.du import vacuum_hint
+    from apstorage.services.gc import collect_garbage, parse_grace, parse_kinds
+
+    kinds = parse_kinds(orphans, missing, pending)
+    grace_seconds = parse_grace(grace)
+    out = Output(json_out)
+    with Storage(workers=workers) as storage:
+        with out.progress(None, "gc: listing") as bar:
+            def progress(event: str, n: int) -> None:
+                if event == "listed":
+                    bar.advance(n)
+
+            report = collect_garbage(
+                storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
+                dry_run=dry_run, workers=workers, on_progress=progress,
+            )
+        hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
+    data = report.to_json()
+
+    if report.lock_held:
+        out.info("another gc or sweep-expired run holds the run lock; this run did nothing")
+        if json_out:
+            out.result(data)
+        return
+
+    if json_out:
+        out.result(data)
+    elif dry_run or sys.stdout.isatty():
+        out.result(data, lambda console: _render(console, report))
+    if not json_out:
+        _messages(out, report, max_delete)
+    if hint:
+        out.info(hint)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render(console, report) -> None:
+    from rich.table import Table
+
+    verb = "would delete" if report.dry_run else "deleted"
+    table = Table("kind", "location", "files", "bytes", title=f"gc: {verb} (older than {_grace(report.grace)})")
+    table.columns[2].justify = table.columns[3].justify = "right"
+    for name in report.kinds:
+        tally = report.kind(name)
+        if not tally.by_location:
+            table.add_row(name, "-", "0", human_size(0))
+        for location, (files, size) in sorted(tally.by_location.items()):
+            table.add_row(name, location, f"{files:,}", human_size(size))
+    table.add_section()
+    table.add_row("total", "", f"{report.deleted:,}", human_size(report.bytes), style="bold")
+    console.print(table)
+
+
+def _grace(seconds: int) -> str:
+    from apstorage.durations import format_duration
+
+    return format_duration(seconds)
+
+
+def _messages(out: Output, report, max_delete: int | None) -> None:
+    verb = "would delete" if report.dry_run else "deleted"
+    parts = [f"{name} {report.kind(name).files:,}" for name in report.kinds]
+    if report.deleted or report.failed or report.reported_count:
+        out.info(
+            f"gc: {verb} {report.deleted:,} ({', '.join(parts)}; {human_size(report.bytes)}) "
+            f"in {report.seconds:.1f} s; {report.failed} failed, {report.reported_count} reported"
+        )
+    if report.max_delete_reached:
+        out.info(f"stopped at --max-delete {max_delete}; more may remain")
+    for note in report.notes:
+        out.warn(note)
+    for row in report.reported[:SHOWN]:
+        out.error(f"{row['type']} {_safe(row['id'])} ({row['location']} {_safe(row['key'] or '-')}): {row['reason']}")
+    if report.reported_count > SHOWN:
+        out.error(f"... and {report.reported_count - SHOWN} more rows with missing bytes (see --json)")
+    for failure in report.failures[:SHOWN]:
+        where = _safe(failure["key"] or failure["id"] or "")
+        out.error(f"kept {failure['location']} {where}: {failure['reason']}")
+    if report.failed > SHOWN:
+        out.error(f"... and {report.failed - SHOWN} more kept")
+
+
+def _safe(text: str) -> str:
+    """Keys and ids come from a catalog or a server: escape control characters."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))

@@ -1,0 +1,713 @@
+"""`gc`: clean up what `du --verify` finds — orphan objects and files, execution-data rows
+whose bytes are gone, and pre-signed uploads that never came — safely beside every other
+command.
+
+Three kinds (all three when none is named):
+
+- **orphans**: objects in S3 and files under the LOCAL root, under ``platform/`` and
+  ``project/``, that no row references and whose LastModified (mtime) is older than the
+  grace (default 24 h, at least 1 h): an upload in flight — a ``put`` between its bytes
+  and its row, a pre-signed PUT — is always younger than that.
+- **missing**: rows of an expiring execution-data type created before the grace whose
+  bytes are gone (no object, no file, or a DB row with no data) are deleted. Permanent
+  rows and ``FLOW_BUNDLE`` (kept by the platform) are never deleted: they are reported
+  (the run exits 1), because that is data loss for a person to look at.
+- **pending**: rows `presign --upload` made (``metadata`` carries
+  ``model.PENDING_UPLOAD_KEY``, the URL's expiry) whose URL expired more than
+  ``PENDING_MARGIN`` ago with no object uploaded. A pending row whose object arrived is
+  an ordinary row and is left alone.
+
+How it finds them: one streaming pass per location, the merge join of `du --verify`
+(rows sorted by key against the store's listing, listing threads ahead of the merge, or
+lookups by id when the store lists in neither order), plus one keyset scan of DB rows
+without data. Memory stays flat: orphans are deleted in batches while the listing goes
+on.
+
+Safety, batch by batch:
+
+- a row created after the run began is never judged (``created`` against the start);
+- an orphan batch is re-checked on a connection of its own, in a transaction that stays
+  open until its objects are deleted: a key some row at any location points at is kept
+  (a row at DB or LOCAL whose migration uploaded the object but did not switch yet
+  counts). A row inserted after that check cannot point at one of these objects: every
+  writer (``put``, ``presign --upload``, ``migrate-to-s3``, the platform) writes the
+  object first, so it is younger than the grace;
+- a row judged missing is asked for again (HEAD / stat) and then deleted only if it still
+  records the location it was judged at, was created before the run, and — at DB —
+  still has no data (``migrate-to-s3`` moving it meanwhile keeps it);
+- the same run lock as ``sweep-expired``: a second gc or a sweep holding it makes this
+  run return at once with ``lock_held``;
+- guards against a wrong configuration: an empty catalog judges no orphans (it is far
+  likelier the wrong database than a bucket of garbage), and a location where no row has
+  its bytes while many lack them (a wrong bucket or root) deletes no rows there.
+
+Object deletes reuse sweep's ``delete_keys`` (DeleteObjects in
+``AP_S3_DELETE_BATCH_SIZE`` keys, a refused batch split in halves to find the bad key),
+``workers`` batches at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+from apstorage.catalog import du as du_sql
+from apstorage.catalog import gc as sql
+from apstorage.catalog.du import KeyedRow
+from apstorage.catalog.sweep import try_sweep_lock
+from apstorage.errors import ApStorageError, ConfigError, UsageError
+from apstorage.model import EXECUTION_TYPES, Location, iso_utc
+from apstorage.services import du as du_service
+from apstorage.services.context import Storage
+from apstorage.services.sweep import BROKEN_AFTER, delete_keys
+from apstorage.stores.base import ObjectInfo, Store
+
+KINDS = ("orphans", "missing", "pending")
+DEFAULT_GRACE = 24 * 3600
+MIN_GRACE = 3600
+PENDING_MARGIN = 15 * 60  # s after a pre-signed URL expired before its row is judged
+BATCH = 1000  # objects or rows per batch
+DEFAULT_WORKERS = 8
+KEPT = 100  # failures and reported rows listed; the counts cover them all
+# A location where rows lack their bytes but none has them: the configuration, not the
+# data, is wrong (another bucket, another root). Rows are held back until one row is seen
+# with its bytes; past this many, or with at least MISCONFIGURED_MIN and none seen, the
+# location's rows are left alone.
+HOLD_MAX = 10_000
+MISCONFIGURED_MIN = 10
+# Never deleted by `gc --missing` although they are execution data: the platform keeps
+# FLOW_BUNDLE for as long as its flow version (DESIGN §1).
+KEPT_BY_PLATFORM = frozenset({"FLOW_BUNDLE"})
+
+
+def expiring_type(file_type: str) -> bool:
+    """Execution data that expires (DESIGN §1): the only rows gc may delete."""
+    return file_type in EXECUTION_TYPES and file_type not in KEPT_BY_PLATFORM
+
+
+# -- request and report -------------------------------------------------------------------
+
+
+def parse_kinds(orphans: bool = False, missing: bool = False, pending: bool = False) -> tuple[str, ...]:
+    chosen = tuple(k for k, on in zip(KINDS, (orphans, missing, pending)) if on)
+    return chosen or KINDS
+
+
+def parse_grace(value: str | int | None) -> int:
+    """``--grace``: a duration of at least 1 h (UsageError, exit 2, otherwise)."""
+    from apstorage.durations import parse_duration
+
+    if value is None:
+        return DEFAULT_GRACE
+    seconds = parse_duration(value, "--grace")
+    if seconds < MIN_GRACE:
+        raise UsageError(
+            f"--grace {value}: {seconds} s is under 1 hour; an upload in flight (a put "
+            "between its bytes and its row, a pre-signed PUT) could be taken for an orphan",
+            hint="use --grace 1h or more (default 24h)",
+        )
+    return seconds
+
+
+@dataclass
+class KindTally:
+    """Files (objects or rows) and bytes of one kind, in total and per location."""
+
+    files: int = 0
+    bytes: int = 0
+    by_location: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, location: str, size: int | None, n: int = 1) -> None:
+        self.files += n
+        self.bytes += size or 0
+        entry = self.by_location.setdefault(location, [0, 0])
+        entry[0] += n
+        entry[1] += size or 0
+
+    def extend(self, other: "KindTally") -> None:
+        for location, (files, size) in other.by_location.items():
+            self.add(location, size, files)
+
+    def to_json(self) -> dict:
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "byLocation": {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(self.by_location.items())},
+        }
+
+
+@dataclass
+class GcReport:
+    kinds: tuple[str, ...]
+    dry_run: bool
+    grace: int
+    started: datetime
+    cutoff: datetime
+    orphans: KindTally = field(default_factory=KindTally)
+    missing: KindTally = field(default_factory=KindTally)
+    pending: KindTally = field(default_factory=KindTally)
+    reported: list[dict] = field(default_factory=list)
+    reported_count: int = 0
+    failures: list[dict] = field(default_factory=list)
+    failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    lock_held: bool = False
+    max_delete_reached: bool = False
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def deleted(self) -> int:
+        return self.orphans.files + self.missing.files + self.pending.files
+
+    @property
+    def bytes(self) -> int:
+        return self.orphans.bytes + self.missing.bytes + self.pending.bytes
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.reported_count
+
+    def kind(self, name: str) -> KindTally:
+        return {"orphans": self.orphans, "missing": self.missing, "pending": self.pending}[name]
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def fail(self, location: str, key: str | None, reason: str, row_id: str | None = None) -> None:
+        with self._lock:
+            self.failed += 1
+            if len(self.failures) < KEPT:
+                self.failures.append({"location": location, "key": key, "id": row_id, "reason": reason})
+
+    def report_row(self, row: sql.JudgedRow, reason: str) -> None:
+        with self._lock:
+            self.reported_count += 1
+            if len(self.reported) < KEPT:
+                self.reported.append({
+                    "id": row.id, "type": row.type, "location": row.location, "key": row.key,
+                    "size": row.size, "created": iso_utc(row.created), "reason": reason,
+                })
+
+    def to_json(self) -> dict:
+        return {
+            "kinds": list(self.kinds),
+            "orphans": self.orphans.to_json(),
+            "missing": self.missing.to_json(),
+            "pending": self.pending.to_json(),
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "failed": self.failed,
+            "failures": list(self.failures),
+            "reported": list(self.reported),
+            "reportedCount": self.reported_count,
+            "skipped": dict(sorted(self.skipped.items())),
+            "notes": list(self.notes),
+            "dryRun": self.dry_run,
+            "lockHeld": self.lock_held,
+            "maxDeleteReached": self.max_delete_reached,
+            "graceSeconds": self.grace,
+            "cutoff": iso_utc(self.cutoff),
+            "startedAt": iso_utc(self.started),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def collect_garbage(
+    storage: Storage,
+    *,
+    kinds: Iterable[str] = KINDS,
+    grace: int = DEFAULT_GRACE,
+    max_delete: int | None = None,
+    dry_run: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    now: datetime | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> GcReport:
+    """Delete (or, with ``dry_run``, count exactly what would be deleted) orphans, rows
+    without bytes and expired pending uploads. ``grace`` in seconds (at least 3600).
+
+    ``now`` is the clock ages are judged by (default: when the run starts). It is for
+    the library's callers — tests and ``bench/gc.py``, which cannot make an object in a
+    real S3 server an hour old — and is not a command-line flag: rows created after the
+    run really began are never judged, whatever ``now`` says.
+    ``on_progress(event, n)``: ``("listed", n)`` objects listed, ``("deleted", n)``.
+    """
+    kinds = tuple(dict.fromkeys(kinds))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise UsageError(f"unknown gc kind(s) {unknown}; accepted: {', '.join(KINDS)}")
+    if grace < MIN_GRACE:
+        raise UsageError(f"--grace: {grace} s is under 1 hour", hint="use --grace 1h or more")
+    if max_delete is not None and max_delete < 1:
+        raise UsageError("--max-delete must be at least 1")
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    started = datetime.now(timezone.utc)
+    clock = now or started
+    report = GcReport(
+        kinds=kinds, dry_run=dry_run, grace=grace, started=started,
+        cutoff=clock - timedelta(seconds=grace),
+    )
+    t0 = time.monotonic()
+    lock = None if dry_run else try_sweep_lock(storage.catalog)
+    if not dry_run and lock is None:
+        report.lock_held = True
+        return report
+    try:
+        _Collector(storage, report, clock=clock, workers=workers, max_delete=max_delete,
+                   on_progress=on_progress).run()
+    finally:
+        if lock is not None:
+            lock.release()
+        report.seconds = time.monotonic() - t0
+    return report
+
+
+@dataclass
+class _Outcome:
+    """What one batch did, counted into the report when its pass is kept."""
+
+    counts: dict[str, KindTally] = field(default_factory=dict)
+
+    def add(self, kind: str, location: str, size: int | None) -> None:
+        self.counts.setdefault(kind, KindTally()).add(location, size)
+
+
+class _Collector:
+    def __init__(self, storage: Storage, report: GcReport, *, clock: datetime, workers: int,
+                 max_delete: int | None, on_progress: Callable[[str, int], None] | None) -> None:
+        self.storage = storage
+        self.catalog = storage.catalog
+        self.report = report
+        self.clock = clock
+        self.workers = workers
+        self.budget = max_delete
+        self.progress = on_progress or (lambda event, n: None)
+        self.local = threading.local()
+        self.sessions: list[sql.Session] = []
+        self.sessions_lock = threading.Lock()
+        self.by_s3_key = False
+        self.refused_in_a_row: dict[str, int] = {}
+        self.abandoned: dict[str, str] = {}
+
+    # -- plumbing -------------------------------------------------------------------------
+    def session(self) -> sql.Session:
+        s = getattr(self.local, "session", None)
+        if s is None:
+            s = sql.Session(self.catalog)
+            self.local.session = s
+            with self.sessions_lock:
+                self.sessions.append(s)
+        return s
+
+    def take(self, n: int) -> int:
+        """How many of ``n`` deletions the --max-delete budget still allows."""
+        if self.budget is None:
+            return n
+        allowed = min(n, self.budget)
+        self.budget -= allowed
+        if allowed < n:
+            self.report.max_delete_reached = True
+        return allowed
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget is not None and self.budget <= 0
+
+    def wants(self, kind: str) -> bool:
+        return kind in self.report.kinds
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> None:
+        report = self.report
+        self.judge_orphans = self.wants("orphans")
+        if self.judge_orphans and not sql.has_rows(self.catalog):
+            self.judge_orphans = False
+            report.notes.append(
+                "the catalog has no rows at all: no object is judged an orphan (check "
+                "AP_POSTGRES_* / AP_DB_TYPE point at the platform's database)"
+            )
+        self.by_s3_key = sql.odd_keys(self.catalog)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-gc")
+        try:
+            for location in (Location.S3, Location.LOCAL):
+                if self.exhausted:
+                    break
+                self._location(location)
+            if not self.exhausted and (self.wants("missing") or self.wants("pending")):
+                for ids in sql.iter_db_rows_without_data(self.catalog, report.started, page=BATCH):
+                    outcome = _Outcome()
+                    self._rows_batch(Location.DB, None, ids, outcome)
+                    self._count(outcome)
+                    if self.exhausted:
+                        break
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            with self.sessions_lock:
+                for s in self.sessions:
+                    s.close()
+                self.sessions.clear()
+
+    def _count(self, outcome: _Outcome) -> None:
+        for kind, tally in outcome.counts.items():
+            self.report.kind(kind).extend(tally)
+            self.progress("deleted", tally.files)
+
+    def _location(self, location: Location) -> None:
+        settings = self.storage.settings
+        counts = du_sql.count_rows(self.catalog, (location.value,))
+        rows, odd = counts[location.value]
+        if location is Location.S3 and not settings.s3_bucket:
+            if rows:
+                raise ConfigError(
+                    f"{rows} rows in the catalog are in S3 but AP_S3_BUCKET is not set: "
+                    "set the AP_S3_* variables so gc can check them"
+                )
+            return
+        store = self.storage.store(location)
+        if location is Location.LOCAL:
+            root = getattr(store, "root", None)
+            if root is None or not root.is_dir():
+                if rows:
+                    self.report.notes.append(
+                        f"AP_LOCAL_STORAGE_PATH {root} is not a directory: its {rows} LOCAL "
+                        "rows were not judged"
+                    )
+                return
+        prefixes = du_service.MANAGED_PREFIXES if location is Location.S3 else ("",)
+        tick = lambda n: self.progress("listed", n)  # noqa: E731
+        for order in du_service.ORDERS:
+            tally = _GcTally(self, location, store)
+            try:
+                du_service._merge(self.catalog, store, prefixes, order, tally, tick)
+            except du_service._OutOfOrder:
+                # Starts over in the next order. What this pass deleted is gone and counted;
+                # a dry pass counts nothing (the next one sees the same things again).
+                tally.close(finish=False, keep=not self.report.dry_run)
+                continue
+            except _BudgetSpent:
+                tally.close(finish=False)
+                return
+            tally.close()
+            return
+        tally = _GcTally(self, location, store)
+        try:
+            du_service._lookups(self.catalog, store, prefixes, tally, tick, rows=rows, odd=odd)
+        except _BudgetSpent:
+            tally.close(finish=False)
+            return
+        tally.close()
+
+    # -- orphans ----------------------------------------------------------------------------
+    def _orphan_batch(self, location: Location, store: Store, infos: list[ObjectInfo]) -> _Outcome:
+        """Worker thread: re-check a batch against the catalog and delete what no row
+        references, inside one transaction on this thread's own connection."""
+        outcome = _Outcome()
+        report = self.report
+        session = self.session()
+        keys = [info.key for info in infos]
+        with session.transaction() as cur:
+            referenced = session.referenced(cur, keys, by_s3_key=self.by_s3_key)
+            todo = [info for info in infos if info.key not in referenced]
+            report.skip("referenced", len(infos) - len(todo))
+            if location is Location.LOCAL:
+                todo = self._not_links(store, todo)
+            if not todo:
+                return outcome
+            if report.dry_run:
+                for info in todo:
+                    outcome.add("orphans", location.value, info.size)
+                return outcome
+            abandoned = self.abandoned.get(location.value)
+            if abandoned:
+                for info in todo:
+                    report.fail(location.value, info.key, f"not attempted: {abandoned}")
+                return outcome
+            try:
+                refused, whole = delete_keys(store, sorted(i.key for i in todo),
+                                             split=location is Location.S3)
+            except ApStorageError as exc:
+                refused, whole = {info.key: str(exc) for info in todo}, True
+        for info in todo:
+            if info.key in refused:
+                report.fail(location.value, info.key, refused[info.key])
+            else:
+                outcome.add("orphans", location.value, info.size)
+        self._judge_store(location, refused, whole)
+        return outcome
+
+    def _judge_store(self, location: Location, refused: dict[str, str], whole: bool) -> None:
+        with self.sessions_lock:
+            if whole:
+                count = self.refused_in_a_row.get(location.value, 0) + 1
+                self.refused_in_a_row[location.value] = count
+                if count >= BROKEN_AFTER and location.value not in self.abandoned:
+                    reason = next(iter(refused.values()), "refused")
+                    self.abandoned[location.value] = f"{location.value} refused {count} batches in a row ({reason})"
+                    self.report.notes.append(f"{self.abandoned[location.value]}; left alone for the rest of the run")
+            else:
+                self.refused_in_a_row[location.value] = 0
+
+    def _not_links(self, store: Store, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+        """A symlink under the LOCAL root is never deleted by gc (a delete could reach the
+        file it points at, which a row may reference)."""
+        root = getattr(store, "root", None)
+        if root is None:
+            return infos
+        kept = [info for info in infos if not (root / info.key).is_symlink()]
+        self.report.skip("symlinks", len(infos) - len(kept))
+        return kept
+
+    # -- rows without bytes -----------------------------------------------------------------
+    def _rows_batch(self, location: Location, store: Store | None, ids: list[str], outcome: _Outcome) -> None:
+        """Main thread: judge rows whose bytes looked absent, ask the store again, and
+        delete the ones still without bytes in one short transaction."""
+        report = self.report
+        session = self.session()
+        chosen: dict[str, list[sql.JudgedRow]] = {"missing": [], "pending": []}
+        for row in session.rows(ids):
+            if row.location != location.value:
+                report.skip("moved", 1)
+                continue
+            if row.created >= report.started:
+                report.skip("young", 1)
+                continue
+            if location is Location.DB and row.has_data:
+                continue
+            kind = self._classify(row)
+            if kind is None:
+                continue
+            if kind == "report" or self.wants(kind):
+                chosen.setdefault(kind, []).append(row)
+        if not any(chosen.values()):
+            return
+        # Ask the store once more: bytes that arrived meanwhile keep their row.
+        candidates = [r for rows in chosen.values() for r in rows]
+        present = self._present(location, store, candidates)
+        for kind in list(chosen):
+            chosen[kind] = [r for r in chosen[kind] if r.id not in present]
+        for row in chosen.pop("report", []):
+            report.report_row(row, _loss(row))
+        for kind, rows in chosen.items():
+            rows = rows[: self.take(len(rows))]
+            if not rows:
+                continue
+            if report.dry_run:
+                for row in rows:
+                    outcome.add(kind, location.value, row.size)
+                continue
+            deleted = session.delete_rows(location.value, [r.id for r in rows], report.started)
+            for row in rows:
+                if row.id in deleted:
+                    outcome.add(kind, location.value, row.size)
+                else:
+                    report.skip("changed", 1)
+
+    def _classify(self, row: sql.JudgedRow) -> str | None:
+        report = self.report
+        if row.upload_expires is not None:
+            expires = _parse_time(row.upload_expires)
+            if expires is None or expires + timedelta(seconds=PENDING_MARGIN) > self.clock:
+                report.skip("inFlight", 1)
+                return None
+            return "pending"
+        if not self.wants("missing"):
+            return None
+        if not expiring_type(row.type):
+            return "report"
+        if row.created >= report.cutoff:
+            report.skip("young", 1)
+            return None
+        return "missing"
+
+    def _present(self, location: Location, store: Store | None, rows: list[sql.JudgedRow]) -> set[str]:
+        """Ids among ``rows`` whose bytes the store has after all (or that could not be
+        asked about: those are kept and counted as failures)."""
+        if location is Location.DB or store is None:
+            return set()
+        present: set[str] = set()
+
+        def ask(row: sql.JudgedRow) -> tuple[sql.JudgedRow, bool | str]:
+            if row.key is None:
+                return row, False
+            try:
+                return row, store.stat(row.key) is not None
+            except UsageError:
+                return row, False  # a key the store refuses as unsafe cannot hold bytes
+            except ApStorageError as exc:
+                return row, str(exc)
+
+        for row, answer in self.pool.map(ask, rows):
+            if answer is True:
+                present.add(row.id)
+            elif isinstance(answer, str):
+                present.add(row.id)
+                self.report.fail(location.value, row.key, f"could not check: {answer}", row.id)
+        return present
+
+
+def _loss(row: sql.JudgedRow) -> str:
+    what = "permanent" if row.type not in EXECUTION_TYPES else "kept by the platform"
+    where = {"DB": "no data in the row", "S3": "no object", "LOCAL": "no file"}.get(row.location, "no bytes")
+    return f"{row.type} is {what} and its bytes are gone ({where}); never deleted by gc"
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class _BudgetSpent(Exception):
+    """--max-delete reached: stop listing."""
+
+
+class _GcTally:
+    """What a merge pass over one location hands gc: orphans (old enough) and rows whose
+    bytes are absent, batched and dealt with while the listing goes on."""
+
+    def __init__(self, collector: _Collector, location: Location, store: Store) -> None:
+        self.c = collector
+        self.where = location.value
+        self.location = location
+        self.store = store
+        self.objects = 0
+        self.bytes = 0
+        self.orphan_batch: list[ObjectInfo] = []
+        self.inflight: dict[Future, None] = {}
+        self.outcomes: list[_Outcome] = []
+        self.held: list[str] = []  # rows without bytes, held until one row has its bytes
+        self.matched = False
+        self.rows_refused = False
+
+    # the interface du's merge and lookups call ------------------------------------------------
+    def listed(self, info: ObjectInfo) -> None:
+        self.objects += 1
+        self.bytes += info.size
+
+    def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
+        if not self.matched:
+            self.matched = True
+            self._flush_rows()
+
+    def orphan(self, info: ObjectInfo) -> None:
+        c = self.c
+        if not c.judge_orphans:
+            return
+        if info.modified is None:
+            c.report.skip("noAge", 1)
+            return
+        if info.modified >= c.report.cutoff:
+            c.report.skip("young", 1)
+            return
+        self.orphan_batch.append(info)
+        if len(self.orphan_batch) >= BATCH:
+            self._submit_orphans()
+
+    def missing_row(self, row: KeyedRow) -> None:
+        c = self.c
+        if not (c.wants("missing") or c.wants("pending")) or self.rows_refused:
+            return
+        self.held.append(row.id)
+        if self.matched:
+            if len(self.held) >= BATCH:
+                self._flush_rows()
+        elif len(self.held) > HOLD_MAX:
+            self._refuse_rows()
+
+    # batches ----------------------------------------------------------------------------------
+    def _submit_orphans(self) -> None:
+        batch, self.orphan_batch = self.orphan_batch, []
+        allowed = self.c.take(len(batch))
+        if allowed:
+            future = self.c.pool.submit(self.c._orphan_batch, self.location, self.store, batch[:allowed])
+            self.inflight[future] = None
+            while len(self.inflight) >= self.c.workers:
+                done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
+                for f in done:
+                    self.inflight.pop(f)
+                    self._collect(f)
+        if self.c.exhausted:
+            raise _BudgetSpent()
+
+    def _collect(self, future: Future) -> None:
+        outcome = future.result()
+        if self.c.report.dry_run:
+            self.outcomes.append(outcome)
+        else:
+            self.c._count(outcome)
+
+    def _flush_rows(self) -> None:
+        while self.held:
+            ids, self.held = self.held[:BATCH], self.held[BATCH:]
+            outcome = _Outcome()
+            self.c._rows_batch(self.location, self.store, ids, outcome)
+            if self.c.report.dry_run:
+                self.outcomes.append(outcome)
+            else:
+                self.c._count(outcome)
+            if self.c.exhausted:
+                raise _BudgetSpent()
+
+    def _refuse_rows(self) -> None:
+        self.rows_refused = True
+        n = len(self.held)
+        self.held = []
+        self.c.report.notes.append(
+            f"{self.where}: rows lack their bytes ({n} or more) and no row was found with its "
+            f"bytes; the configuration looks wrong (AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH), so "
+            f"no {self.where} row was deleted"
+        )
+
+    def close(self, *, finish: bool = True, keep: bool = True) -> None:
+        """End of the pass: deal with what is queued (``finish``), wait for the batches
+        in flight, and count their outcomes (``keep``)."""
+        try:
+            if finish:
+                if self.orphan_batch and not self.c.exhausted:
+                    try:
+                        self._submit_orphans()
+                    except _BudgetSpent:
+                        pass
+                if self.held and not self.rows_refused:
+                    if not self.matched and len(self.held) >= MISCONFIGURED_MIN:
+                        self._refuse_rows()
+                    else:
+                        try:
+                            self._flush_rows()
+                        except _BudgetSpent:
+                            pass
+        finally:
+            for future in list(self.inflight):
+                self.inflight.pop(future)
+                self._collect(future)
+        if keep:
+            for outcome in self.outcomes:
+                self.c._count(outcome)
+        self.outcomes = []
+
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "GcReport",
+    "KINDS",
+    "MIN_GRACE",
+    "PENDING_MARGIN",
+    "collect_garbage",
+    "expiring_type",
+    "parse_grace",
+    "parse_kinds",
+]

@@ -1,0 +1,521 @@
+"""`gc` against real catalogs (SQLite, Postgres) and real stores (LOCAL, SeaweedFS).
+
+A real S3 server stamps every object with its own clock, so an S3 orphan cannot be made
+an hour old in a test: those tests call the service with ``now`` a few days ahead (the
+library's clock, not a command-line flag). LOCAL files are aged with ``os.utime`` and the
+command runs with the real clock.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from apstorage.catalog import du as du_sql
+from apstorage.catalog.sweep import try_sweep_lock
+from apstorage.cli import app
+from apstorage.errors import NotFoundError
+from apstorage.model import PENDING_UPLOAD_KEY, FileRow, Location, iso_utc, new_id
+from apstorage.services import du as du_service
+from apstorage.services.context import Storage
+from apstorage.services.gc import collect_garbage
+from apstorage.services.files import PutRequest, put_file
+from apstorage.services.presign import UploadFile, UploadRequest, presign_uploads
+
+NOW = datetime.now(timezone.utc)
+LATER = NOW + timedelta(days=3)  # the clock S3 tests judge ages by
+DAY = 86400
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def full_env(catalog_env, s3_env, tmp_path) -> dict[str, str]:
+    files = tmp_path / "files"
+    files.mkdir()
+    return {**catalog_env, **s3_env, "AP_LOCAL_STORAGE_PATH": str(files)}
+
+
+@pytest.fixture
+def local_env(catalog_env, tmp_path) -> dict[str, str]:
+    files = tmp_path / "files"
+    files.mkdir()
+    return {**catalog_env, "AP_LOCAL_STORAGE_PATH": str(files)}
+
+
+def seed(storage: Storage, file_type: str, location: Location, created: datetime, *,
+         data: bytes | None = b"some bytes", metadata: dict | None = None,
+         project: str = "proj1") -> FileRow:
+    """A row created at ``created``; its bytes stored unless ``data`` is None."""
+    row = FileRow(id=new_id(), type=file_type, location=location, created=created,
+                  project_id=project, size=len(data or b"") or 10, metadata=metadata)
+    if location is Location.DB:
+        return storage.catalog.insert(row, data)
+    row = FileRow(**{**row.__dict__, "s3_key": row.key})
+    if data is not None:
+        storage.store(location).put(row.key, io.BytesIO(data), len(data))
+    return storage.catalog.insert(row)
+
+
+def orphan(storage: Storage, location: Location, *, age: float | None = None, project: str = "gone") -> str:
+    """An object no row points at; LOCAL files are aged ``age`` seconds."""
+    key = f"project/{project}/FLOW_STEP_FILE/{new_id()}"
+    if location is Location.S3:
+        storage.store(location).put(key, io.BytesIO(b"orphan!"), 7)
+        return key
+    path = Path(storage.settings.local_storage_path) / key  # plain writes: no fsync per file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"orphan!")
+    if age is not None:
+        t = time.time() - age
+        os.utime(path, (t, t))
+    return key
+
+
+def row_exists(storage: Storage, file_id: str) -> bool:
+    try:
+        storage.catalog.get(file_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def object_exists(storage: Storage, location: Location, key: str) -> bool:
+    return storage.store(location).stat(key) is not None
+
+
+def every_row_has_its_bytes(storage: Storage) -> list[str]:
+    """The invariant: ids of rows whose bytes are gone (empty when it holds)."""
+    lost = []
+    for location in (Location.S3, Location.LOCAL):
+        if location is Location.S3 and not storage.settings.s3_bucket:
+            continue
+        for row in du_sql.iter_rows_by_id(storage.catalog, location.value):
+            if storage.store(location).stat(row.key) is None:
+                lost.append(row.id)
+    rows = storage.catalog._execute('SELECT "id" FROM "file" WHERE "location" = \'DB\' AND "data" IS NULL')
+    return lost + [r[0] for r in rows]
+
+
+def snapshot(storage: Storage) -> tuple:
+    rows = sorted(r[0] for r in storage.catalog._execute('SELECT "id" FROM "file"'))
+    objects = sorted(o.key for o in storage.store(Location.S3).list("")) if storage.settings.s3_bucket else []
+    files = sorted(o.key for o in storage.store(Location.LOCAL).list(""))
+    return rows, objects, files
+
+
+def plant_everything(storage: Storage) -> dict[str, list]:
+    """Every kind, and everything gc must keep, in every location."""
+    old = NOW - timedelta(days=10)
+    gone: dict[str, list] = {"objects": [], "rows": []}
+    kept: dict[str, list] = {"objects": [], "rows": []}
+    # Rows with their bytes: kept, old or not, permanent or not.
+    for location in Location:
+        kept["rows"].append(seed(storage, "FLOW_RUN_LOG", location, old))
+        kept["rows"].append(seed(storage, "FLOW_BUNDLE", location, old))
+    kept["rows"].append(seed(storage, "PLATFORM_ASSET", Location.DB, old))
+    # Orphans: S3 (old by LATER's clock) and LOCAL (aged on disk); a young LOCAL one.
+    for _ in range(3):
+        gone["objects"].append((Location.S3, orphan(storage, Location.S3)))
+        gone["objects"].append((Location.LOCAL, orphan(storage, Location.LOCAL, age=-DAY)))
+    kept["objects"].append((Location.LOCAL, orphan(storage, Location.LOCAL, age=-3 * DAY + 600)))
+    # An object whose row still lives at DB (a migration that uploaded, then stopped).
+    waiting = seed(storage, "FLOW_RUN_LOG", Location.DB, old)
+    key = waiting.key
+    storage.store(Location.S3).put(key, io.BytesIO(b"some bytes"), 10)
+    kept["rows"].append(waiting)
+    kept["objects"].append((Location.S3, key))
+    # Execution rows whose bytes are gone: deleted. Young ones (created after the run
+    # began, by LATER's clock within the grace): kept.
+    for location in Location:
+        gone["rows"].append(seed(storage, "TRIGGER_PAYLOAD", location, old, data=None))
+    kept["rows"].append(seed(storage, "TRIGGER_PAYLOAD", Location.S3, NOW + timedelta(minutes=1), data=None))
+    # Permanent rows and FLOW_BUNDLE without bytes: kept and reported.
+    reported = [
+        seed(storage, "SAMPLE_DATA", Location.DB, old, data=None),
+        seed(storage, "FLOW_BUNDLE", Location.S3, old, data=None),
+        seed(storage, "PROJECT_RELEASE", Location.LOCAL, old, data=None),
+    ]
+    kept["rows"].extend(reported)
+    # Pending uploads: expired with no object (deleted), expired but uploaded (kept), in
+    # flight (kept).
+    expired = {PENDING_UPLOAD_KEY: iso_utc(LATER - timedelta(hours=2))}
+    gone["rows"].append(seed(storage, "FLOW_STEP_FILE", Location.S3, old, data=None, metadata=expired))
+    kept["rows"].append(seed(storage, "FLOW_STEP_FILE", Location.S3, old, metadata=expired))
+    in_flight = {PENDING_UPLOAD_KEY: iso_utc(LATER + timedelta(minutes=5))}
+    kept["rows"].append(seed(storage, "FLOW_STEP_FILE", Location.S3, old, data=None, metadata=in_flight))
+    return {"gone": gone, "kept": kept, "reported": reported}
+
+
+def assert_outcome(storage: Storage, planted: dict) -> None:
+    for location, key in planted["gone"]["objects"]:
+        assert not object_exists(storage, location, key), key
+    for row in planted["gone"]["rows"]:
+        assert not row_exists(storage, row.id), row
+    for location, key in planted["kept"]["objects"]:
+        assert object_exists(storage, location, key), key
+    for row in planted["kept"]["rows"]:
+        assert row_exists(storage, row.id), row
+
+
+# -- the judged scenario -------------------------------------------------------------------
+
+
+def test_gc_cleans_every_kind_and_nothing_else(full_env, storage_factory) -> None:
+    storage = storage_factory(full_env)
+    planted = plant_everything(storage)
+    before = snapshot(storage)
+
+    dry = collect_garbage(storage, dry_run=True, now=LATER)
+    assert snapshot(storage) == before  # --dry-run changes nothing
+    report = collect_garbage(storage, now=LATER)
+
+    assert_outcome(storage, planted)
+    # --dry-run said exactly what the real run did.
+    assert dry.to_json()["orphans"] == report.to_json()["orphans"]
+    assert dry.to_json()["missing"] == report.to_json()["missing"]
+    assert dry.to_json()["pending"] == report.to_json()["pending"]
+    assert report.orphans.files == 6 and report.orphans.by_location == {"S3": [3, 21], "LOCAL": [3, 21]}
+    assert report.missing.files == 3 and set(report.missing.by_location) == {"S3", "LOCAL", "DB"}
+    assert report.pending.files == 1
+    assert report.failed == 0
+    # Permanent rows (and FLOW_BUNDLE) without bytes: reported, never deleted; exit 1.
+    assert sorted(r["id"] for r in report.reported) == sorted(r.id for r in planted["reported"])
+    assert not report.ok
+    # Nothing else is gone: what remains is exactly what was kept.
+    rows, objects, files = snapshot(storage)
+    assert set(rows) == {r.id for r in planted["kept"]["rows"]}
+    # A second run finds nothing more to delete and reports the same rows.
+    again = collect_garbage(storage, now=LATER)
+    assert again.deleted == 0 and again.reported_count == 3
+
+
+def test_kinds_are_chosen_one_by_one(full_env, storage_factory) -> None:
+    storage = storage_factory(full_env)
+    planted = plant_everything(storage)
+    only_pending = collect_garbage(storage, kinds=["pending"], now=LATER)
+    assert (only_pending.orphans.files, only_pending.missing.files, only_pending.pending.files) == (0, 0, 1)
+    assert only_pending.reported_count == 0  # reporting belongs to --missing
+    only_orphans = collect_garbage(storage, kinds=["orphans"], now=LATER)
+    assert (only_orphans.orphans.files, only_orphans.missing.files) == (6, 0)
+    for row in planted["gone"]["rows"][:3]:  # the missing ones are still there
+        assert row_exists(storage, row.id)
+    only_missing = collect_garbage(storage, kinds=["missing"], now=LATER)
+    assert only_missing.missing.files == 3
+    assert_outcome(storage, planted)
+
+
+def test_presign_upload_marks_rows_pending_and_gc_judges_them(full_env, storage_factory) -> None:
+    storage = storage_factory(full_env)
+    result = presign_uploads(
+        storage, UploadRequest("FLOW_RUN_LOG", project_id="proj1"),
+        [UploadFile("a.txt", 5), UploadFile("b.txt", 5)], "1h",
+    )
+    a, b = result.items
+    row = storage.catalog.get(a.id)
+    assert row.metadata == {PENDING_UPLOAD_KEY: iso_utc(a.expires_at)}
+    request = urllib.request.Request(a.url, data=b"hello", method="PUT", headers=a.headers)
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+    # Judged now, both URLs are alive: nothing is touched.
+    assert collect_garbage(storage, kinds=["pending"]).deleted == 0
+    # Judged after the URLs expired (plus the margin): the one that never came goes.
+    report = collect_garbage(storage, kinds=["pending"], now=a.expires_at + timedelta(hours=1))
+    assert report.pending.files == 1
+    assert row_exists(storage, a.id) and not row_exists(storage, b.id)
+
+
+# -- safety beside other commands ------------------------------------------------------------
+
+
+def test_a_row_that_appears_after_the_listing_keeps_its_object(full_env, storage_factory) -> None:
+    """The re-check in each batch's transaction: a row inserted between the listing and
+    the delete (here: right as the listing runs) keeps the object it points at."""
+    storage = storage_factory(full_env)
+    seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=5))
+    keys = [orphan(storage, Location.S3) for _ in range(5)]
+    late = FileRow(id=keys[2].rsplit("/", 1)[1], type="FLOW_STEP_FILE", location=Location.S3,
+                   project_id="gone", size=7, s3_key=keys[2])
+    other = storage_factory(full_env)
+    inserted = []
+
+    def progress(event: str, n: int) -> None:
+        if event == "listed" and not inserted:
+            inserted.append(other.catalog.insert(late))
+
+    report = collect_garbage(storage, kinds=["orphans"], now=LATER, on_progress=progress)
+    assert inserted
+    assert object_exists(storage, Location.S3, keys[2])
+    assert [object_exists(storage, Location.S3, k) for k in keys].count(True) == 1
+    assert report.orphans.files == 4 and report.skipped.get("referenced") == 1
+
+
+def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, set_env, tmp_path) -> None:
+    """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,500
+    orphans: every new row keeps its bytes."""
+    storage = storage_factory(full_env)
+    set_env(**full_env)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    for _ in range(1500):
+        orphan(storage, Location.LOCAL, age=3 * DAY)
+    writers = {
+        location: storage_factory({**full_env, "AP_FILE_STORAGE_LOCATION": location.value})
+        for location in (Location.LOCAL, Location.S3)
+    }
+    source = tmp_path / "payload"
+    source.write_bytes(b"live bytes")
+    proc = subprocess.Popen([sys.executable, "-m", "apstorage", "gc", "--orphans", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    made = []
+    try:
+        while proc.poll() is None and len(made) < 300:
+            for location, writer in writers.items():
+                row = put_file(writer, PutRequest(str(source), "FLOW_RUN_LOG", project_id="live"))
+                made.append((row.id, location, row.key))
+            upload = presign_uploads(writers[Location.S3], UploadRequest("FLOW_RUN_LOG", project_id="live"),
+                                     [UploadFile("u.txt", 3)], "1h").items[0]
+            request = urllib.request.Request(upload.url, data=b"abc", method="PUT", headers=upload.headers)
+            with urllib.request.urlopen(request) as response:
+                assert response.status == 200
+            made.append((upload.id, Location.S3, upload.s3_key))
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert made and json.loads(out)["orphans"]["files"] == 1500
+    for file_id, location, key in made:
+        assert row_exists(storage, file_id)
+        assert object_exists(storage, location, key), (location, key)
+    assert every_row_has_its_bytes(storage) == []
+
+
+def test_kill_9_during_gc_then_a_rerun_keeps_the_invariant(local_env, storage_factory, set_env) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(50)]
+    gone = [seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, NOW - timedelta(days=5), data=None) for _ in range(30)]
+    keys = [orphan(storage, Location.LOCAL, age=3 * DAY) for _ in range(3000)]
+    root = Path(local_env["AP_LOCAL_STORAGE_PATH"])
+    proc = subprocess.Popen([sys.executable, "-m", "apstorage", "gc"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = root / "project" / "gone" / "FLOW_STEP_FILE"
+    for _ in range(20_000):  # until the first batch of orphans is gone
+        if proc.poll() is not None or len(os.listdir(folder)) < len(keys):
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    # Killed mid-run: rows with bytes all kept; what is gone is gone completely.
+    assert set(every_row_has_its_bytes(storage)) <= {r.id for r in gone}
+    for row in kept:
+        assert row_exists(storage, row.id) and object_exists(storage, Location.LOCAL, row.key)
+    rerun = subprocess.run([sys.executable, "-m", "apstorage", "gc", "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert every_row_has_its_bytes(storage) == []
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
+    for row in kept:
+        assert row_exists(storage, row.id) and object_exists(storage, Location.LOCAL, row.key)
+    assert not any(row_exists(storage, r.id) for r in gone)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def invoke(runner: CliRunner, *args: str):
+    return runner.invoke(app, ["gc", *args], catch_exceptions=False)
+
+
+def test_cli_on_local_with_the_real_clock(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    old = [orphan(storage, Location.LOCAL, age=2 * DAY) for _ in range(3)]
+    young = orphan(storage, Location.LOCAL, age=3 * 3600)  # older than 1h, younger than 24h
+    before = snapshot(storage)
+
+    refused = invoke(runner, "--grace", "59m")
+    assert refused.exit_code == 2 and "--grace" in refused.stderr
+    assert snapshot(storage) == before
+
+    dry = invoke(runner, "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    assert json.loads(dry.stdout)["orphans"]["files"] == 3 and json.loads(dry.stdout)["dryRun"] is True
+    assert snapshot(storage) == before
+
+    done = invoke(runner, "--orphans", "--json")
+    data = json.loads(done.stdout)
+    assert done.exit_code == 0
+    assert data["orphans"] == {"files": 3, "bytes": 21, "byLocation": {"LOCAL": {"files": 3, "bytes": 21}}}
+    assert set(data) >= {"missing", "pending", "deleted", "bytes", "failed", "reported", "dryRun", "skipped"}
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in old)
+    assert object_exists(storage, Location.LOCAL, young)
+
+    shorter = invoke(runner, "--grace", "2h", "--json")  # now the 3 h old one goes
+    assert json.loads(shorter.stdout)["orphans"]["files"] == 1
+    assert not object_exists(storage, Location.LOCAL, young)
+
+
+def test_cli_young_s3_orphan_is_never_taken(full_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(full_env)
+    set_env(**full_env)
+    seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=5))
+    key = orphan(storage, Location.S3)  # a put between its bytes and its row looks like this
+    result = invoke(runner, "--grace", "1h", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["orphans"]["files"] == 0
+    assert object_exists(storage, Location.S3, key)
+
+
+def test_cli_permanent_rows_without_bytes_exit_1(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    lost = seed(storage, "USER_PROFILE_PICTURE", Location.DB, NOW - timedelta(days=40), data=None)
+    result = invoke(runner, "--missing")
+    assert result.exit_code == 1
+    assert lost.id in result.stderr and "never deleted" in result.stderr
+    assert row_exists(storage, lost.id)
+
+
+def test_cli_lock_held_exits_0_and_says_so(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    key = orphan(storage, Location.LOCAL, age=2 * DAY)
+    seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
+    lock = try_sweep_lock(storage.catalog)  # what a running sweep-expired holds
+    assert lock is not None
+    try:
+        result = invoke(runner)
+    finally:
+        lock.release()
+    assert result.exit_code == 0
+    assert "holds the run lock" in result.stderr
+    assert object_exists(storage, Location.LOCAL, key)
+
+
+def test_max_delete_stops_and_says_so(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
+    keys = [orphan(storage, Location.LOCAL, age=2 * DAY) for _ in range(25)]
+    result = invoke(runner, "--max-delete", "10")
+    assert result.exit_code == 0
+    assert "--max-delete 10" in result.stderr
+    assert [object_exists(storage, Location.LOCAL, k) for k in keys].count(False) == 10
+
+
+def test_wrong_configuration_deletes_nothing(local_env, storage_factory, tmp_path) -> None:
+    """An empty catalog judges no orphans; a LOCAL root holding none of its rows' files
+    deletes no rows."""
+    storage = storage_factory(local_env)
+    key = orphan(storage, Location.LOCAL, age=2 * DAY)
+    report = collect_garbage(storage)
+    assert report.deleted == 0 and object_exists(storage, Location.LOCAL, key)
+    assert any("no rows" in note for note in report.notes)
+
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(12)]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    wrong = storage_factory({**local_env, "AP_LOCAL_STORAGE_PATH": str(empty)})
+    report = collect_garbage(wrong, kinds=["missing"])
+    assert report.deleted == 0 and all(row_exists(storage, r.id) for r in rows)
+    assert any("configuration looks wrong" in note for note in report.notes)
+
+
+def test_du_verify_hints_name_gc(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5), data=None)
+    orphan(storage, Location.LOCAL, age=2 * DAY)
+    result = runner.invoke(app, ["du", "--verify", "--json"], catch_exceptions=False)
+    verify = json.loads(result.stdout)["verify"]
+    assert "apstorage gc --orphans" in verify["orphans"]["clean"]
+    assert "apstorage gc --missing" in verify["missing"]["clean"]
+    assert "apstorage gc --pending" in verify["missing"]["clean"]
+    for text in du_service.CLEAN_SHORT.values():
+        assert "no command yet" not in text
+
+
+# -- what the catalog itself costs -------------------------------------------------------------
+
+
+def test_footprint_postgres_matches_pg_total_relation_size(pg_url, make_env, storage_factory, set_env, runner) -> None:
+    env = make_env(AP_POSTGRES_URL=pg_url)
+    storage = storage_factory(env)
+    storage.catalog.init_schema()
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.DB, NOW, data=os.urandom(200_000)) for _ in range(20)]
+    for row in rows[:15]:
+        storage.catalog.delete(row.id)
+    set_env(**env)
+    data = json.loads(runner.invoke(app, ["du", "--json"], catch_exceptions=False).stdout)["catalog"]
+    (total, table, indexes, data_bytes) = storage.catalog._execute(
+        "SELECT pg_total_relation_size('\"file\"'::regclass), pg_table_size('\"file\"'::regclass), "
+        "pg_indexes_size('\"file\"'::regclass), (SELECT SUM(octet_length(data)) FROM \"file\")"
+    )[0]
+    assert data["onDisk"] == total
+    assert data["table"] + data["toast"] == table and data["indexes"] == indexes
+    assert data["table"] + data["toast"] + data["indexes"] == total
+    assert data["dataBytes"] == data_bytes == 5 * 200_000 and data["rows"] == 5
+    # 15 deleted rows of 200 kB (random, incompressible) are dead until VACUUM FULL.
+    assert data["reclaimable"] >= 10 * 200_000
+    assert data["reclaimable"] <= data["toast"] + data["table"]
+    assert data["vacuum"] == 'VACUUM FULL "file"'
+    assert "every row" in data["method"]
+
+
+def test_footprint_postgres_samples_a_large_table(pg_url, make_env, storage_factory, monkeypatch) -> None:
+    storage = storage_factory(make_env(AP_POSTGRES_URL=pg_url))
+    storage.catalog.init_schema()
+    for _ in range(400):
+        seed(storage, "FLOW_RUN_LOG", Location.DB, NOW, data=b"x" * 100)
+    storage.catalog._execute('ANALYZE "file"')
+    monkeypatch.setattr(du_sql, "SAMPLE_PAGES", 1)  # every table is "large"
+    fp = du_sql.footprint(storage.catalog)
+    assert "sample" in fp.method and fp.rows == 400
+    assert fp.on_disk == storage.catalog._execute("SELECT pg_total_relation_size('\"file\"'::regclass)")[0][0]
+
+
+def test_footprint_sqlite_matches_page_counts(make_env, storage_factory, set_env, runner) -> None:
+    env = make_env()
+    storage = storage_factory(env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.DB, NOW, data=os.urandom(100_000)) for _ in range(30)]
+    for row in rows[:20]:
+        storage.catalog.delete(row.id)
+    storage.catalog._execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    set_env(**env)
+    result = runner.invoke(app, ["du", "--json"], catch_exceptions=False)
+    data = json.loads(result.stdout)["catalog"]
+    page_size = storage.catalog._execute("PRAGMA page_size")[0][0]
+    page_count = storage.catalog._execute("PRAGMA page_count")[0][0]
+    free = storage.catalog._execute("PRAGMA freelist_count")[0][0]
+    assert data["onDisk"] == page_count * page_size
+    assert data["freePages"] == data["reclaimable"] == free * page_size
+    assert free * page_size >= 20 * 100_000
+    assert data["dataBytes"] == 10 * 100_000 and data["vacuum"] == "VACUUM"
+    human = runner.invoke(app, ["du"], catch_exceptions=False).stdout
+    assert "catalog: database file" in human and "VACUUM would return" in human
+
+
+def test_vacuum_hint_only_when_much_is_reclaimable(make_env, storage_factory, monkeypatch) -> None:
+    storage = storage_factory(make_env())
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.DB, NOW, data=os.urandom(100_000)) for _ in range(30)]
+    assert du_service.vacuum_hint(storage) is None
+    for row in rows[:25]:
+        storage.catalog.delete(row.id)
+    assert du_service.vacuum_hint(storage) is None  # 2.5 MB: under 64 MiB
+    monkeypatch.setattr(du_service, "VACUUM_HINT_BYTES", 1024 * 1024)
+    hint = du_service.vacuum_hint(storage)
+    assert hint is not None and "VACUUM" in hint and "MiB" in hint
