@@ -65,7 +65,6 @@ def test_sigint_stops_migrate_after_the_batch_in_hand(pg_env) -> None:
         objects = list(storage.store(Location.S3).list(""))
         assert len(objects) == where["S3"]  # rows flipped = objects present: nothing half done
         assert f"migrated {where['S3']:,} files" in summary[0]
-        assert "VACUUM" in text  # the hint survives the interrupt
 
 
 def test_sigterm_stops_sweep_and_reports_what_was_deleted(make_env, s3_env, tmp_path) -> None:

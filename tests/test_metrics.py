@@ -28,7 +28,7 @@ def runner() -> CliRunner:
 def env(make_env, s3_env, tmp_path) -> dict[str, str]:
     files = tmp_path / "files"
     files.mkdir()
-    return make_env(**s3_env, AP_LOCAL_STORAGE_PATH=str(files))
+    return make_env(**s3_env, AP_LOCAL_STORAGE_PATH=str(files), AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
 
 
 def samples(path: Path) -> dict[tuple[str, tuple], float]:
@@ -104,12 +104,13 @@ def test_a_metrics_folder_that_does_not_exist_is_refused_before_anything_is_dele
     assert storage.catalog.get(row.id).id == row.id
 
 
-def test_migrate_du_and_check_iam_write_parseable_files(runner, env, set_env, storage_factory, tmp_path) -> None:
+def test_migrate_du_check_iam_and_gc_write_parseable_files(runner, env, set_env, storage_factory, tmp_path) -> None:
     storage = storage_factory(env)
     seed(storage, "FLOW_RUN_LOG", Location.DB, FRESH, data=b"a" * 7)
     set_env(**env)
-    files = {job: tmp_path / f"{job}.prom" for job in ("migrate_to_s3", "du", "check_iam")}
-    for args in (["migrate-to-s3"], ["du", "--by", "location,type"], ["check-iam", "--skip", "anonymous-denied,clock"]):
+    files = {job: tmp_path / f"{job}.prom" for job in ("migrate_to_s3", "du", "check_iam", "gc")}
+    for args in (["migrate-to-s3"], ["du", "--by", "location,type"], ["check-iam", "--skip", "anonymous-denied,clock"],
+                 ["gc"]):
         job = args[0].replace("-", "_")
         result = runner.invoke(app, [*args, "--metrics-file", str(files[job])], catch_exceptions=False)
         assert result.exit_code == 0, result.output
@@ -121,6 +122,7 @@ def test_migrate_du_and_check_iam_write_parseable_files(runner, env, set_env, st
     iam = samples(files["check_iam"])
     assert value(iam, "apstorage_check_iam_check_passed", check="put", permission="s3:PutObject, s3:PutObjectTagging") == 1
     assert value(iam, "apstorage_check_iam_failed_checks") == 0
+    assert value(samples(files["gc"]), "apstorage_gc_deleted_files", kind="orphans") == 0
 
 
 def test_help_does_not_import_prometheus_client(tmp_path) -> None:

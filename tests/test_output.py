@@ -73,7 +73,8 @@ def test_check_iam_keeps_a_long_prefix_whole_in_a_pipe(runner, set_env, s3_env) 
 def cron_env(make_env, s3_env, tmp_path) -> dict[str, str]:
     files = tmp_path / "files"
     files.mkdir()
-    return make_env(**s3_env, AP_LOCAL_STORAGE_PATH=str(files))
+    # A pause timeout below the retention: no retention-race warning in the log.
+    return make_env(**s3_env, AP_LOCAL_STORAGE_PATH=str(files), AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
 
 
 def test_sweep_in_cron_says_one_line_after_work_and_nothing_otherwise(
@@ -135,7 +136,6 @@ def test_migrate_in_cron_says_one_line_and_nothing_when_there_is_nothing_to_move
     assert len(summary) == 1
     assert summary[0].startswith("migrate-to-s3: migrated 2 files (20 B) in ")
     assert summary[0].endswith("; 0 skipped, 0 failed")
-    assert "VACUUM" in first.stderr  # the hint after bytes left the database
 
     again = runner.invoke(app, ["migrate-to-s3"], catch_exceptions=False)
     assert again.exit_code == 0
