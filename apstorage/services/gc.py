@@ -60,7 +60,7 @@ from apstorage.catalog import gc as sql
 from apstorage.catalog.du import KeyedRow
 from apstorage.catalog.sweep import try_sweep_lock
 from apstorage.errors import ApStorageError, ConfigError, UsageError
-from apstorage.model import EXECUTION_TYPES, Location, iso_utc
+from apstorage.model import Location, expires, follows_storage_location, iso_utc
 from apstorage.services import du as du_service
 from apstorage.services.context import Storage
 from apstorage.services.sweep import BROKEN_AFTER, delete_keys
@@ -79,14 +79,6 @@ KEPT = 100  # failures and reported rows listed; the counts cover them all
 # location's rows are left alone.
 HOLD_MAX = 10_000
 MISCONFIGURED_MIN = 10
-# Never deleted by `gc --missing` although they are execution data: the platform keeps
-# FLOW_BUNDLE for as long as its flow version (DESIGN §1).
-KEPT_BY_PLATFORM = frozenset({"FLOW_BUNDLE"})
-
-
-def expiring_type(file_type: str) -> bool:
-    """Execution data that expires (DESIGN §1): the only rows gc may delete."""
-    return file_type in EXECUTION_TYPES and file_type not in KEPT_BY_PLATFORM
 
 
 # -- request and report -------------------------------------------------------------------
@@ -524,7 +516,7 @@ class _Collector:
             return "pending"
         if not self.wants("missing"):
             return None
-        if not expiring_type(row.type):
+        if not expires(row.type):  # only expiring execution data; never FLOW_BUNDLE (DESIGN §1)
             return "report"
         if row.created >= report.cutoff:
             report.skip("young", 1)
@@ -558,7 +550,7 @@ class _Collector:
 
 
 def _loss(row: sql.JudgedRow) -> str:
-    what = "permanent" if row.type not in EXECUTION_TYPES else "kept by the platform"
+    what = "kept by the platform" if follows_storage_location(row.type) else "permanent"
     where = {"DB": "no data in the row", "S3": "no object", "LOCAL": "no file"}.get(row.location, "no bytes")
     return f"{row.type} is {what} and its bytes are gone ({where}); never deleted by gc"
 
@@ -707,7 +699,6 @@ __all__ = [
     "MIN_GRACE",
     "PENDING_MARGIN",
     "collect_garbage",
-    "expiring_type",
     "parse_grace",
     "parse_kinds",
 ]
