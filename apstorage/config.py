@@ -350,6 +350,7 @@ class Settings:
         AP_PAUSED_FLOW_TIMEOUT_DAYS (see ``model.retention_race_warning``), else None."""
         return retention_race_warning(self.execution_data_retention_days, self.paused_flow_timeout_days)
 
+    @property
     def postgres(self) -> PostgresDsn:
         """The Postgres connection, from AP_POSTGRES_URL or the AP_POSTGRES_* fields."""
         if self.postgres_dsn is not None:

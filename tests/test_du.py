@@ -305,6 +305,30 @@ def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> No
     assert s3_store.stat(orphan_key) is not None and local_store.stat(orphan_file) is not None
 
 
+def test_verify_tells_pending_uploads_from_lost_bytes_by_the_urls_expiry(verify_env, storage_factory) -> None:
+    """A row `presign --upload` made is pending until its URL's expiry (the marker it
+    records), then missing; a row without the marker is pending for 7 days (the longest a
+    pre-signed URL lives)."""
+    from apstorage.model import PENDING_UPLOAD_KEY, iso_utc
+
+    storage = storage_factory(verify_env)
+    now = datetime.now(timezone.utc)
+
+    def row(expires: datetime | None, age: timedelta) -> FileRow:
+        metadata = {PENDING_UPLOAD_KEY: iso_utc(expires)} if expires else None
+        return storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p",
+                                              size=3, created=now - age, metadata=metadata))
+
+    waiting = row(now + timedelta(minutes=30), timedelta(minutes=30))  # URL still valid
+    expired = row(now - timedelta(minutes=5), timedelta(hours=1))  # URL expired, nothing came
+    platform_young = row(None, timedelta(days=1))  # no marker, younger than 7 days
+    platform_old = row(None, timedelta(days=8))
+    result = verify(storage)
+    assert sorted(i["id"] for i in result.pending_uploads.items) == sorted([waiting.id, platform_young.id])
+    assert sorted(i["id"] for i in result.missing.items) == sorted([expired.id, platform_old.id])
+    assert not result.ok  # the lost bytes count; the pending uploads alone would not
+
+
 def test_verify_rows_outside_the_managed_prefixes_and_keys_not_ending_in_the_id(
     verify_env, storage_factory
 ) -> None:

@@ -183,8 +183,8 @@ def _render_verify(console, result) -> None:
                 line += f"  id={item['id']}"
             if "objectSize" in item:
                 line += f"  row size={item['size']} object size={item['objectSize']}"
-            elif item.get("created"):
-                line += f"  created={item['created']} (its pre-signed upload may still come)"
+            elif item.get("expiresAt"):
+                line += f"  created={item['created']}, upload possible until {item['expiresAt']}"
             elif item.get("size") is not None:
                 line += f"  size={item['size']}"
             if item.get("error"):

@@ -365,8 +365,7 @@ class _Tally:
         self.mismatches = Problems("sizeMismatches", limit)
         self.refused = Problems("refused", limit)
         self.pending = Problems("pendingUploads", limit)
-        # A pre-signed PUT URL lives at most this long: a younger S3 row may still get its object.
-        self.pending_after = datetime.now(timezone.utc) - timedelta(seconds=PRESIGN_MAX_SECONDS)
+        self.now = datetime.now(timezone.utc)
         self.objects = 0
         self.bytes = 0
 
@@ -375,9 +374,10 @@ class _Tally:
         self.bytes += info.size
 
     def missing_row(self, row: KeyedRow) -> None:
-        if self.where == "S3" and row.created is not None and row.created > self.pending_after:
+        expires = _upload_expires(row)
+        if self.where == "S3" and expires is not None and expires > self.now:
             self.pending.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size,
-                             created=iso_utc(row.created))
+                             created=iso_utc(row.created), expiresAt=iso_utc(expires))
             return
         self.missing.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
 
@@ -401,6 +401,22 @@ class _Tally:
         report.size_mismatches.extend(self.mismatches)
         report.refused.extend(self.refused)
         report.pending_uploads.extend(self.pending)
+
+
+def _upload_expires(row: KeyedRow) -> datetime | None:
+    """Until when a row's pre-signed upload may still come: the expiry `presign --upload`
+    records; for a row without it (the platform's own pre-signed uploads), its creation
+    plus the longest a pre-signed URL lives (7 days). None when unknown."""
+    if row.upload_expires:
+        try:
+            expires = datetime.fromisoformat(str(row.upload_expires).replace("Z", "+00:00"))
+        except ValueError:
+            expires = None
+        if expires is not None:
+            return expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+    if row.created is None:
+        return None
+    return row.created + timedelta(seconds=PRESIGN_MAX_SECONDS)
 
 
 class _OutOfOrder(Exception):
