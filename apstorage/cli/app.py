@@ -31,8 +31,17 @@ class _Root(TyperGroup):
             return super().invoke(ctx)
         except Exception as exc:  # typer's own click: its UsageError carries exit_code 2
             if ctx.meta.get("apstorage.json") and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-                _json_error(exc.format_message(), "see --help for the accepted flags", 2)
+                _json_error(*_usage_message(exc), 2)
             raise
+
+
+def _usage_message(exc: Any) -> tuple[str, str]:
+    """A click usage error as apstorage words it: (message, hint)."""
+    message = exc.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "apstorage"
+    return message, f"see `{where} --help`"
 
 
 def _json_error(message: str, hint: str | None, exit_code: int) -> None:
@@ -144,10 +153,7 @@ def run(args: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `apstorage`: the help, as click shows it
             sys.stderr.write(exc.format_message() + "\n")
             return exc.exit_code
-        message = exc.format_message().rstrip(".")
-        message = message[:1].lower() + message[1:]
-        where = exc.ctx.command_path if exc.ctx is not None else "apstorage"
-        Output().error(message, f"see `{where} --help`")
+        Output().error(*_usage_message(exc))
         return exc.exit_code
     except click.ClickException as exc:
         Output().error(exc.format_message())
