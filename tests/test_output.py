@@ -196,3 +196,18 @@ def test_emptied_local_folders_are_pruned_up_to_the_root_and_never_through_a_lin
     store.delete(keys[2])
     assert store.prune_empty_dirs(keys[2:]) == 3
     assert root.is_dir()  # the root itself stays
+
+
+# -- lifecycle apply: an updated rule shows what it was -----------------------------------------
+
+
+def test_lifecycle_apply_shows_old_and_new_for_an_updated_rule(runner, set_env, s3_env) -> None:
+    set_env(**s3_env, AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
+    first = runner.invoke(app, ["lifecycle", "apply"], catch_exceptions=False)  # 30 days + 1 of grace
+    assert first.exit_code == 0, first.output
+    set_env(**s3_env, AP_PAUSED_FLOW_TIMEOUT_DAYS="7", AP_EXECUTION_DATA_RETENTION_DAYS="14")
+    second = runner.invoke(app, ["lifecycle", "apply"], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    row = next(line for line in second.stdout.splitlines() if "apstorage-expire-execution-data" in line)
+    assert "updated" in row and "expire after 31 → 15 days" in row  # whole, on one line off a terminal
+    assert "1 updated" in second.stderr
