@@ -211,3 +211,30 @@ def test_lifecycle_apply_shows_old_and_new_for_an_updated_rule(runner, set_env, 
     row = next(line for line in second.stdout.splitlines() if "apstorage-expire-execution-data" in line)
     assert "updated" in row and "expire after 31 → 15 days" in row  # whole, on one line off a terminal
     assert "1 updated" in second.stderr
+
+
+# -- du: groups by the --by keys, then largest first ----------------------------------------------
+
+
+def test_du_keeps_each_locations_groups_together_largest_first(runner, make_env, set_env, storage_factory) -> None:
+    from apstorage.model import FileRow, new_id
+
+    env = make_env()
+    storage = storage_factory(env)
+    storage.catalog.init_schema()
+    sizes = {("S3", "FLOW_RUN_LOG"): 5_000_000, ("DB", "FLOW_RUN_LOG"): 10, ("DB", "SAMPLE_DATA"): 2_000_000,
+             ("LOCAL", "FLOW_STEP_FILE"): 70, ("S3", "TRIGGER_PAYLOAD"): 9_000_000}
+    for (location, file_type), size in sizes.items():
+        storage.catalog.insert(FileRow(id=new_id(), type=file_type, location=Location(location),
+                                       project_id="p", size=size, s3_key=None if location == "DB" else f"k/{new_id()}"))
+    set_env(**env)
+    data = runner.invoke(app, ["du", "--json"], catch_exceptions=False).stdout
+    import json
+
+    order = [(g["location"], g["type"]) for g in json.loads(data)["groups"]]
+    assert order == [("DB", "SAMPLE_DATA"), ("DB", "FLOW_RUN_LOG"), ("LOCAL", "FLOW_STEP_FILE"),
+                     ("S3", "TRIGGER_PAYLOAD"), ("S3", "FLOW_RUN_LOG")]
+    table = runner.invoke(app, ["du"], catch_exceptions=False).stdout
+    rows = [line for line in table.splitlines() if "B │" in line]
+    assert len(rows) == 6 and "8.6 MiB" in table  # five groups and the total, sizes in units
+    assert len({line.rindex("B │") for line in rows}) == 1  # right-aligned: all end in one column
