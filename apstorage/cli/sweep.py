@@ -93,8 +93,9 @@ def sweep_expired_cmd(
         seconds = time.monotonic() - started
         if metrics is not None:
             _fill_metrics(metrics, report)
-        for warning in report.warnings if not quiet else ():  # a setting, not a failure
-            out.warn(warning)
+        if not quiet:  # a warning about the settings, not a failure
+            for warning in report.warnings:
+                out.warn(warning)
         _show(out, report, seconds, max_delete)
         if vacuum and not out.json_mode:
             out.info(vacuum)
