@@ -47,7 +47,7 @@ def check_iam(
     """
     from apstorage.config import load_settings
     from apstorage.services.check_iam import (
-        MISSING_BUCKET_HINT, parse_skip, prepare_junit_path, run_checks, write_junit,
+        parse_skip, prepare_junit_path, run_checks, write_junit,
     )
 
     out = Output(json_out)
@@ -72,6 +72,8 @@ def check_iam(
 
 
 def _show(out: Output, report, json_out: bool) -> None:
+    from apstorage.services.check_iam import MISSING_BUCKET_HINT
+
     def render(console) -> None:
         from rich.text import Text
 
