@@ -158,7 +158,7 @@ def run(args: list[str] | None = None) -> int:
     except click.ClickException as exc:
         Output().error(exc.format_message())
         return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):  # typer.Abort is click's (or Typer's own copy)
         sys.stderr.write("interrupted\n")
         return 130
     except BrokenPipeError:
