@@ -238,3 +238,10 @@ def test_du_keeps_each_locations_groups_together_largest_first(runner, make_env,
     rows = [line for line in table.splitlines() if "B │" in line]
     assert len(rows) == 6 and "8.6 MiB" in table  # five groups and the total, sizes in units
     assert len({line.rindex("B │") for line in rows}) == 1  # right-aligned: all end in one column
+
+
+def test_usage_lines_name_arguments_plainly(runner) -> None:
+    for args, usage in ((["put", "--help"], "Usage: apstorage put [OPTIONS] PATH\n"),
+                        (["get", "--help"], "Usage: apstorage get [OPTIONS] ID\n"),
+                        (["presign", "--help"], "Usage: apstorage presign [OPTIONS] [ID]\n")):
+        assert runner.invoke(app, args).stdout.startswith(usage)

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from apstorage import __version__
 from apstorage.errors import ApStorageError
@@ -15,10 +15,30 @@ from apstorage.errors import ApStorageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _Command(TyperCommand):
+    """A command whose usage line names a required argument as ``PATH``, the way click
+    and every man page write it, not Typer 0.28's ``{PATH}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+def _plain_usage(group: TyperGroup) -> None:
+    for command in group.commands.values():
+        if isinstance(command, TyperGroup):
+            _plain_usage(command)
+        elif type(command) is TyperCommand:
+            command.__class__ = _Command
+
+
 class _Root(TyperGroup):
     """The root command group. Flags click refuses before a command runs (an unknown
     flag, a value out of range) are usage errors (exit 2) that never reach
     ``handle_errors``; with ``--json`` they too leave the error document on stdout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_usage(self)
 
     def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
         wants_json = "--json" in args
