@@ -76,6 +76,7 @@ class MigrateReport:
     gone: int = 0  # rows deleted by someone else (a sweep) while being moved; also skipped
     leftovers_removed: int = 0  # LOCAL copies of rows already in S3, left by a crash
     leftovers_kept: int = 0  # such copies kept: their S3 object could not be proven
+    interrupted: bool = False  # stopped early by ``stop``; a re-run moves the rest
 
     def fail(self, file_id: str, reason: str) -> None:
         self.failed += 1
@@ -109,6 +110,7 @@ class MigrateReport:
             "gone": self.gone,
             "leftoversRemoved": self.leftovers_removed,
             "leftoversKept": self.leftovers_kept,
+            "interrupted": self.interrupted,
             "dryRun": self.dry_run,
         }
 
@@ -155,12 +157,22 @@ def plan(storage: Storage, opts: MigrateOptions) -> tuple[int, int]:
     return files, size
 
 
-def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | None = None) -> MigrateReport:
+def migrate_to_s3(
+    storage: Storage,
+    opts: MigrateOptions,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> MigrateReport:
     """Move the chosen rows' bytes to S3 (module docstring for the order of work).
 
     With ``dry_run`` nothing is written: every candidate row is vetted as a real run would
     vet it (key, shared bytes, the LOCAL file there and ours), and the counts are what a
-    real run would move. Raises UsageError for bad options before anything happens."""
+    real run would move. Raises UsageError for bad options before anything happens.
+
+    ``progress(files, bytes)`` is called as uploads are proven. When ``stop`` is set (the
+    CLI sets it on SIGINT/SIGTERM) no new batch is claimed and no new upload starts; the
+    uploads in flight finish, the batch in hand commits the rows whose upload was proven,
+    and the report says ``interrupted``."""
     for source in opts.sources:
         types_for(source, opts)  # refuse bad --types before anything happens
     report = MigrateReport(dry_run=opts.dry_run)
@@ -182,11 +194,14 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
             "run at a time — wait for it to finish"
         )
     with lock, ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
-        run = _Run(storage, opts, report, progress)
-        if Location.LOCAL in opts.sources:
+        run = _Run(storage, opts, report, progress, stop)
+        if Location.LOCAL in opts.sources and not run.stopped():
             _remove_leftovers(run)
         for source in opts.sources:
+            if run.stopped():
+                break
             _migrate_source(run, source, types_for(source, opts), pool)
+    report.interrupted = stop is not None and stop.is_set()
     return report
 
 
@@ -200,11 +215,12 @@ class _Run:
     holds (asked once: ``refs.shared_keys``) and the files links under the LOCAL root reach."""
 
     def __init__(self, storage: Storage, opts: MigrateOptions, report: MigrateReport,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, stop: threading.Event | None = None) -> None:
         self.storage = storage
         self.opts = opts
         self.report = report
         self.progress = progress
+        self.stop = stop
         self.s3 = storage.store(Location.S3)
         self.lock = threading.Lock()  # guards report and progress
         self.shared = refs.shared_keys(storage.catalog)
@@ -213,6 +229,10 @@ class _Run:
     @property
     def local(self):
         return self.storage.store(Location.LOCAL)
+
+    def stopped(self) -> bool:
+        """Asked to stop (SIGINT/SIGTERM): claim no new batch, start no new upload."""
+        return self.stop is not None and self.stop.is_set()
 
     @property
     def link_targets(self) -> set:
@@ -322,7 +342,7 @@ def _claim(run: _Run, cur, catalog, source, types, cursor: _Cursor, *, lock: boo
         room = opts.batch_size
         if opts.limit is not None:
             room = min(room, opts.limit - cursor.claimed)
-        if cursor.done or room <= 0:
+        if cursor.done or room <= 0 or run.stopped():
             return None
         batch = sql.claim_batch(cur, catalog, [source], types, cursor.after, room, lock=lock)
         if not batch:
@@ -346,8 +366,10 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
                 return
             jobs = _vet(run, cur, catalog, batch, lock_keys=postgres)
             for group in _by_read_budget(jobs):
+                if run.stopped():
+                    break  # the rest of the batch stays where it is, untouched
                 payloads = dict(sql.read_data(cur, catalog, [j.row.id for j in group])) if local is None else {}
-                for job, outcome in _upload_group(s3, local, group, payloads, pool, concurrency):
+                for job, outcome in _upload_group(s3, local, group, payloads, pool, concurrency, run.stopped):
                     if isinstance(outcome, int):
                         uploaded[job.row.id] = (job, outcome)
                         if run.progress:
@@ -422,6 +444,7 @@ def _remove_local_copies(run: _Run, catalog, keys: list[str]) -> None:
             continue
         with contextlib.suppress(ApStorageError):
             local.delete(key)
+    local.prune_empty_dirs(keys)  # folders the moves emptied
 
 
 LEFTOVER_PAGE = 400
@@ -514,7 +537,9 @@ def _dry_run(storage: Storage, opts: MigrateOptions, report: MigrateReport) -> N
                 report.bytes += size
 
 
-def _upload_group(s3, local, group: list[_Job], payloads, pool, concurrency) -> Iterator[tuple[_Job, Outcome]]:
+def _upload_group(
+    s3, local, group: list[_Job], payloads, pool, concurrency, stopped: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[_Job, Outcome]]:
     """Upload one group's files; yields (job, outcome) as each finishes.
 
     Small files (<= SMALL_OBJECT: nearly all execution data) go through ``put_many``:
@@ -528,6 +553,8 @@ def _upload_group(s3, local, group: list[_Job], payloads, pool, concurrency) -> 
 
     def small() -> Iterator[tuple[_Job, str, bytes, dict[str, str] | None]]:
         for job in small_ones:
+            if stopped():
+                return  # no new upload; those in flight finish
             row = job.row
             if local is None:
                 body = payloads.get(row.id)

@@ -27,7 +27,7 @@ import stat as stat_mod
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, UsageError
 from apstorage.model import Location, safe_relative_key
@@ -143,6 +143,29 @@ class LocalStore(Store):
         except OSError as exc:
             raise ApStorageError(f"cannot delete {path}: {exc.strerror}") from None
 
+    def prune_empty_dirs(self, keys: Iterable[str]) -> int:
+        """Remove the folders that deleting ``keys`` left empty, children before parents,
+        up to the root — never the root itself, never through a symbolic link (a folder
+        whose path crosses one is left alone). ``rmdir`` only removes an empty folder, so
+        a file written meanwhile keeps its folder. Returns how many folders were removed."""
+        root = self.root.resolve()
+        folders: set[tuple[str, ...]] = set()
+        for key in keys:
+            parts = tuple(key.split("/")[:-1])
+            if not parts or ".." in parts or "" in parts or parts in folders:
+                continue
+            if _crosses_link(root, parts):
+                continue
+            folders.update(parts[:depth] for depth in range(1, len(parts) + 1))
+        removed = 0
+        for folder in sorted(folders, key=len, reverse=True):  # children before parents
+            try:
+                os.rmdir(root.joinpath(*folder))
+            except OSError:  # not empty (or gone already): its parents will not be empty either
+                continue
+            removed += 1
+        return removed
+
     def stat(self, key: str) -> ObjectInfo | None:
         """Size of the regular file at ``key``; None when absent; LinkError for a link."""
         path = self._checked_path(key)
@@ -219,3 +242,17 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _crosses_link(root: Path, parts: tuple[str, ...]) -> bool:
+    """True when any folder on the way from ``root`` to ``root/parts`` is a symbolic link
+    (or not a folder)."""
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            if not stat_mod.S_ISDIR(os.lstat(path).st_mode):
+                return True
+        except OSError:
+            return True
+    return False
