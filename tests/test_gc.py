@@ -143,7 +143,7 @@ def plant_everything(storage: Storage) -> dict[str, list]:
     # began, by LATER's clock within the grace): kept.
     for location in Location:
         gone["rows"].append(seed(storage, "TRIGGER_PAYLOAD", location, old, data=None))
-    kept["rows"].append(seed(storage, "TRIGGER_PAYLOAD", Location.S3, NOW + timedelta(minutes=1), data=None))
+    kept["rows"].append(seed(storage, "TRIGGER_PAYLOAD", Location.S3, NOW + timedelta(days=1), data=None))
     # Permanent rows and FLOW_BUNDLE without bytes: kept and reported.
     reported = [
         seed(storage, "SAMPLE_DATA", Location.DB, old, data=None),
@@ -239,6 +239,42 @@ def test_presign_upload_marks_rows_pending_and_gc_judges_them(full_env, storage_
     assert row_exists(storage, a.id) and not row_exists(storage, b.id)
 
 
+def test_a_listing_in_folder_order_starts_over_and_counts_once(local_env, storage_factory) -> None:
+    """Projects `p` and `p-x`: a directory walk lists `project/p/...` first, byte order puts
+    `project/p-x/...` first; the pass starts over in folder order and nothing is counted
+    twice, deleted wrongly, or missed."""
+    storage = storage_factory(local_env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5), project=p)
+            for p in ("p", "p-x") for _ in range(3)]
+    keys = [orphan(storage, Location.LOCAL, age=2 * DAY, project=p) for p in ("p", "p-x") for _ in range(4)]
+    dry = collect_garbage(storage, dry_run=True)
+    report = collect_garbage(storage)
+    assert dry.orphans.files == report.orphans.files == 8
+    assert dry.missing.files == report.missing.files == 0 and report.reported_count == 0
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
+    assert all(row_exists(storage, r.id) and object_exists(storage, Location.LOCAL, r.key) for r in rows)
+
+
+def test_a_file_a_link_reaches_is_not_an_orphan(local_env, storage_factory) -> None:
+    """Row A's key is a symbolic link to a file no row names: A reads its bytes through it,
+    so gc keeps the file (and never touches the link)."""
+    storage = storage_factory(local_env)
+    target_key = orphan(storage, Location.LOCAL, age=2 * DAY)
+    root = Path(local_env["AP_LOCAL_STORAGE_PATH"])
+    row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.LOCAL, created=NOW - timedelta(days=5),
+                  project_id="proj1", size=7)
+    link = root / row.key
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(root / target_key)
+    storage.catalog.insert(FileRow(**{**row.__dict__, "s3_key": row.key}))
+    plain = orphan(storage, Location.LOCAL, age=2 * DAY)
+    report = collect_garbage(storage)
+    assert (root / target_key).is_file() and link.is_symlink()
+    assert not object_exists(storage, Location.LOCAL, plain)
+    assert report.orphans.files == 1 and report.skipped.get("linked") == 1
+    assert row_exists(storage, row.id)
+
+
 # -- safety beside other commands ------------------------------------------------------------
 
 
@@ -265,12 +301,12 @@ def test_a_row_that_appears_after_the_listing_keeps_its_object(full_env, storage
 
 
 def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, set_env, tmp_path) -> None:
-    """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,500
+    """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,000
     orphans: every new row keeps its bytes."""
     storage = storage_factory(full_env)
     set_env(**full_env)
     seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
-    for _ in range(1500):
+    for _ in range(1000):
         orphan(storage, Location.LOCAL, age=3 * DAY)
     writers = {
         location: storage_factory({**full_env, "AP_FILE_STORAGE_LOCATION": location.value})
@@ -282,7 +318,7 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     made = []
     try:
-        while proc.poll() is None and len(made) < 300:
+        while proc.poll() is None and len(made) < 60:
             for location, writer in writers.items():
                 row = put_file(writer, PutRequest(str(source), "FLOW_RUN_LOG", project_id="live"))
                 made.append((row.id, location, row.key))
@@ -295,7 +331,7 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
     finally:
         out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert made and json.loads(out)["orphans"]["files"] == 1500
+    assert made and json.loads(out)["orphans"]["files"] == 1000
     for file_id, location, key in made:
         assert row_exists(storage, file_id)
         assert object_exists(storage, location, key), (location, key)
@@ -305,9 +341,9 @@ def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, s
 def test_kill_9_during_gc_then_a_rerun_keeps_the_invariant(local_env, storage_factory, set_env) -> None:
     storage = storage_factory(local_env)
     set_env(**local_env)
-    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(50)]
-    gone = [seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, NOW - timedelta(days=5), data=None) for _ in range(30)]
-    keys = [orphan(storage, Location.LOCAL, age=3 * DAY) for _ in range(3000)]
+    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(10)]
+    gone = [seed(storage, "WEBHOOK_PAYLOAD", Location.LOCAL, NOW - timedelta(days=5), data=None) for _ in range(10)]
+    keys = [orphan(storage, Location.LOCAL, age=3 * DAY) for _ in range(2000)]
     root = Path(local_env["AP_LOCAL_STORAGE_PATH"])
     proc = subprocess.Popen([sys.executable, "-m", "apstorage", "gc"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -519,3 +555,47 @@ def test_vacuum_hint_only_when_much_is_reclaimable(make_env, storage_factory, mo
     monkeypatch.setattr(du_service, "VACUUM_HINT_BYTES", 1024 * 1024)
     hint = du_service.vacuum_hint(storage)
     assert hint is not None and "VACUUM" in hint and "MiB" in hint
+
+
+# -- the validator ----------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from apstorage.errors import UsageError  # noqa: E402
+from apstorage.services.gc import MAX_GRACE, MIN_GRACE, parse_grace  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(
+    st.text(max_size=12),
+    st.integers(min_value=-10**9, max_value=10**12),
+    st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**6), st.sampled_from(["", "s", "m", "h", "d", "H", "w"])),
+))
+def test_grace_is_a_duration_of_at_least_an_hour(value) -> None:
+    """Any input: a number of seconds from 1 h to ten years, or UsageError (exit 2)
+    naming --grace."""
+    try:
+        seconds = parse_grace(value)
+    except UsageError as exc:
+        assert "--grace" in exc.message and exc.exit_code == 2
+        return
+    assert isinstance(seconds, int) and MIN_GRACE <= seconds <= MAX_GRACE
+
+
+def test_sweep_and_gc_say_once_when_vacuum_would_return_much(local_env, storage_factory, set_env, runner,
+                                                             monkeypatch) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    for _ in range(20):
+        seed(storage, "FLOW_RUN_LOG", Location.DB, NOW - timedelta(days=60), data=os.urandom(100_000))
+    seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
+    monkeypatch.setattr(du_service, "VACUUM_HINT_BYTES", 1024 * 1024)
+    swept = runner.invoke(app, ["sweep-expired"], catch_exceptions=False)
+    assert swept.exit_code == 0
+    assert swept.stderr.count("VACUUM") == 1 and "could return about" in swept.stderr
+    lost = seed(storage, "FLOW_STEP_FILE", Location.DB, NOW - timedelta(days=3), data=None)
+    cleaned = invoke(runner, "--missing")
+    assert cleaned.exit_code == 0 and not row_exists(storage, lost.id)
+    assert cleaned.stderr.count("VACUUM") == 1
+    nothing = invoke(runner, "--missing")  # deleted nothing: no hint
+    assert "VACUUM" not in nothing.stderr

@@ -165,10 +165,9 @@ class Session:
         ids = {k.rsplit("/", 1)[-1]: k for k in keys}
         found: set[str] = set()
         id_list = list(ids)
-        lock = " FOR KEY SHARE" if self.dialect == "postgres" else ""
         for chunk in _chunks(id_list, self.dialect):
             cur.execute(
-                f'SELECT "id" FROM "file" WHERE {_in(self.dialect, self.ph, _ID, len(chunk))}{lock}',
+                f'SELECT "id" FROM "file" WHERE {_in(self.dialect, self.ph, _ID, len(chunk))}',
                 _params(self.dialect, chunk),
             )
             found.update(ids[r[0]] for r in cur.fetchall())
@@ -176,7 +175,7 @@ class Session:
             rest = [k for k in keys if k not in found]
             for chunk in _chunks(rest, self.dialect):
                 cur.execute(
-                    f'SELECT "s3Key" FROM "file" WHERE {_in(self.dialect, self.ph, _S3KEY, len(chunk))}{lock}',
+                    f'SELECT "s3Key" FROM "file" WHERE {_in(self.dialect, self.ph, _S3KEY, len(chunk))}',
                     _params(self.dialect, chunk),
                 )
                 found.update(r[0] for r in cur.fetchall())

@@ -69,6 +69,7 @@ from apstorage.stores.base import ObjectInfo, Store
 KINDS = ("orphans", "missing", "pending")
 DEFAULT_GRACE = 24 * 3600
 MIN_GRACE = 3600
+MAX_GRACE = 3650 * 86400  # ten years: beyond it, nothing could ever be old enough
 PENDING_MARGIN = 15 * 60  # s after a pre-signed URL expired before its row is judged
 BATCH = 1000  # objects or rows per batch
 DEFAULT_WORKERS = 8
@@ -90,12 +91,14 @@ def parse_kinds(orphans: bool = False, missing: bool = False, pending: bool = Fa
 
 
 def parse_grace(value: str | int | None) -> int:
-    """``--grace``: a duration of at least 1 h (UsageError, exit 2, otherwise)."""
+    """``--grace``: a duration from 1 h to 3650 d (UsageError, exit 2, otherwise)."""
     from apstorage.durations import parse_duration
 
     if value is None:
         return DEFAULT_GRACE
     seconds = parse_duration(value, "--grace")
+    if seconds > MAX_GRACE:
+        raise UsageError(f"--grace {value}: longer than 3650d (ten years); nothing would ever be old enough")
     if seconds < MIN_GRACE:
         raise UsageError(
             f"--grace {value}: {seconds} s is under 1 hour; an upload in flight (a put "
@@ -152,6 +155,7 @@ class GcReport:
     max_delete_reached: bool = False
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _reported_ids: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def deleted(self) -> int:
@@ -181,6 +185,9 @@ class GcReport:
 
     def report_row(self, row: sql.JudgedRow, reason: str) -> None:
         with self._lock:
+            if row.id in self._reported_ids:  # a pass that started over meets it again
+                return
+            self._reported_ids.add(row.id)
             self.reported_count += 1
             if len(self.reported) < KEPT:
                 self.reported.append({
@@ -239,8 +246,8 @@ def collect_garbage(
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise UsageError(f"unknown gc kind(s) {unknown}; accepted: {', '.join(KINDS)}")
-    if grace < MIN_GRACE:
-        raise UsageError(f"--grace: {grace} s is under 1 hour", hint="use --grace 1h or more")
+    if not MIN_GRACE <= grace <= MAX_GRACE:
+        raise UsageError(f"--grace: {grace} s is not between 1 hour and 3650 days")
     if max_delete is not None and max_delete < 1:
         raise UsageError("--max-delete must be at least 1")
     if workers < 1:
@@ -275,6 +282,10 @@ class _Outcome:
     def add(self, kind: str, location: str, size: int | None) -> None:
         self.counts.setdefault(kind, KindTally()).add(location, size)
 
+    def merge(self, other: "_Outcome") -> None:
+        for kind, tally in other.counts.items():
+            self.counts.setdefault(kind, KindTally()).extend(tally)
+
 
 class _Collector:
     def __init__(self, storage: Storage, report: GcReport, *, clock: datetime, workers: int,
@@ -292,6 +303,7 @@ class _Collector:
         self.by_s3_key = False
         self.refused_in_a_row: dict[str, int] = {}
         self.abandoned: dict[str, str] = {}
+        self.link_targets: set | None = None  # files links under the LOCAL root reach
 
     # -- plumbing -------------------------------------------------------------------------
     def session(self) -> sql.Session:
@@ -452,13 +464,17 @@ class _Collector:
                 self.refused_in_a_row[location.value] = 0
 
     def _not_links(self, store: Store, infos: list[ObjectInfo]) -> list[ObjectInfo]:
-        """A symlink under the LOCAL root is never deleted by gc (a delete could reach the
-        file it points at, which a row may reference)."""
-        root = getattr(store, "root", None)
-        if root is None:
+        """A file under the LOCAL root that a symbolic link reaches is never an orphan: a
+        row whose key is the link reads its bytes through it (listings skip the links
+        themselves)."""
+        reached = getattr(store, "reached_by_link", None)
+        if reached is None:
             return infos
-        kept = [info for info in infos if not (root / info.key).is_symlink()]
-        self.report.skip("symlinks", len(infos) - len(kept))
+        with self.sessions_lock:
+            if self.link_targets is None:
+                self.link_targets = store.link_targets()  # type: ignore[attr-defined]
+        kept = [info for info in infos if not reached(info.key, self.link_targets)]
+        self.report.skip("linked", len(infos) - len(kept))
         return kept
 
     # -- rows without bytes -----------------------------------------------------------------
@@ -509,8 +525,8 @@ class _Collector:
     def _classify(self, row: sql.JudgedRow) -> str | None:
         report = self.report
         if row.upload_expires is not None:
-            expires = _parse_time(row.upload_expires)
-            if expires is None or expires + timedelta(seconds=PENDING_MARGIN) > self.clock:
+            url_expiry = _parse_time(row.upload_expires)
+            if url_expiry is None or url_expiry + timedelta(seconds=PENDING_MARGIN) > self.clock:
                 report.skip("inFlight", 1)
                 return None
             return "pending"
@@ -580,7 +596,7 @@ class _GcTally:
         self.bytes = 0
         self.orphan_batch: list[ObjectInfo] = []
         self.inflight: dict[Future, None] = {}
-        self.outcomes: list[_Outcome] = []
+        self.held_counts = _Outcome()  # a dry pass's counts, kept until the pass is kept
         self.held: list[str] = []  # rows without bytes, held until one row has its bytes
         self.matched = False
         self.rows_refused = False
@@ -638,7 +654,7 @@ class _GcTally:
     def _collect(self, future: Future) -> None:
         outcome = future.result()
         if self.c.report.dry_run:
-            self.outcomes.append(outcome)
+            self.held_counts.merge(outcome)
         else:
             self.c._count(outcome)
 
@@ -648,7 +664,7 @@ class _GcTally:
             outcome = _Outcome()
             self.c._rows_batch(self.location, self.store, ids, outcome)
             if self.c.report.dry_run:
-                self.outcomes.append(outcome)
+                self.held_counts.merge(outcome)
             else:
                 self.c._count(outcome)
             if self.c.exhausted:
@@ -687,9 +703,8 @@ class _GcTally:
                 self.inflight.pop(future)
                 self._collect(future)
         if keep:
-            for outcome in self.outcomes:
-                self.c._count(outcome)
-        self.outcomes = []
+            self.c._count(self.held_counts)
+        self.held_counts = _Outcome()
 
 
 __all__ = [
