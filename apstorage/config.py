@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from apstorage.errors import ConfigError
 from apstorage.model import Location, retention_race_warning
-from apstorage.text import has_control
+from apstorage.text import has_control, printable
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
 REDACTED = "********"
@@ -298,9 +298,8 @@ def _split_host(rest: str) -> tuple[str, str, str]:
 
 
 def _printable_key(key: str) -> str:
-    from apstorage.text import printable
-
-    return repr(printable(key[:40]))
+    """A name or path from the environment, quoted and escaped for a message."""
+    return repr(printable(key[:200]))
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -578,6 +577,9 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
     config_path = Path(get("AP_CONFIG_PATH") or "~/.activepieces").expanduser()
     location = choice("AP_FILE_STORAGE_LOCATION", ("DB", "S3", "LOCAL"), "DB") or "DB"
     local_path = Path(get("AP_LOCAL_STORAGE_PATH") or config_path / "cache").expanduser()
+    for name, folder in (("AP_CONFIG_PATH", config_path), ("AP_LOCAL_STORAGE_PATH", local_path)):
+        if name not in bad and _under_a_file(folder):
+            errors.append(f"{name}={_printable_key(str(folder))} is, or is under, a file; accepted: a folder path")
 
     endpoint_var = "AP_S3_ENDPOINT" if get("AP_S3_ENDPOINT") else "AWS_ENDPOINT_URL"
     endpoint = get(endpoint_var)
@@ -643,6 +645,18 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
     if errors:
         raise ConfigError("; ".join(errors))
     return settings
+
+
+def _under_a_file(folder: Path) -> bool:
+    """True when ``folder`` or its nearest existing parent is not a folder (it could never
+    be created). A stat or two, no write."""
+    try:
+        for path in (folder, *folder.parents):
+            if path.exists():
+                return not path.is_dir()
+    except (OSError, ValueError):  # a name too long, an embedded NUL
+        return True
+    return False
 
 
 def _endpoint_problem(endpoint: str) -> str | None:

@@ -34,6 +34,8 @@ class Compression(str, Enum):
 
     @classmethod
     def _missing_(cls, value: object) -> "Compression | None":
+        if value is None:  # a hand-made table without the NOT NULL default: stored as is
+            return cls.NONE
         if not isinstance(value, str):
             return None
         member = str.__new__(cls, value)

@@ -26,13 +26,16 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def printable(text: object) -> str:
+def printable(text: object, keep: str = "") -> str:
     """``text`` as a string with control characters escaped the way ``repr`` shows them.
 
     ``"a\\x1b[31mb\\n"`` becomes ``a\\x1b[31mb\\n`` (backslash escapes, one line). Printable
-    characters, including non-ASCII letters, are kept as they are.
+    characters, including non-ASCII letters, are kept as they are, and so are the characters
+    in ``keep`` (the output layer keeps tabs: they move the cursor but start no sequence).
     """
     value = text if isinstance(text, str) else str(text)
+    if keep:
+        return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escape(m), value)
     return _UNSAFE.sub(_escape, value)
 
 

@@ -1,14 +1,16 @@
 """migrate-to-s3 vs s5cmd and aws-cli, same files, same SeaweedFS server, one run.
 
     python bench/migrate.py [--files 2000] [--size 10240] [--workers 64] [--batch-size 100]
-                            [--rounds 5] [--no-aws]
+                            [--rounds 5] [--no-aws] [--baseline CHECKOUT]
 
 Seeds N rows of SIZE random bytes in a real Postgres (pgserver) catalog and the same N
 files on disk, then times (a) `apstorage migrate-to-s3` of the rows, (b) `s5cmd cp` of the
 files, (c) `aws s3 cp --recursive` of the files, each into its own fresh bucket, and prints
 files/s, the ratios and each tool's peak RSS. Target (issue 4): apstorage's time <= 1.0 x
 s5cmd's. Every round checks that each bucket holds every file and that every row was
-switched to S3 with its bytes gone from the table.
+switched to S3 with its bytes gone from the table. ``--baseline CHECKOUT`` (a folder holding
+another version's ``apstorage`` package, e.g. from ``git archive``) times that version too, in
+the same rounds: a before/after under the same load on a shared machine.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
     parser.add_argument("--no-aws", action="store_true", help="skip aws-cli (slowest; run in round 1 only)")
+    parser.add_argument("--baseline", type=Path, help="another checkout's folder, timed in the same rounds")
     args = parser.parse_args()
 
     from apstorage.model import new_id
@@ -109,8 +112,12 @@ def main() -> int:
     import apstorage
 
     compileall.compile_dir(str(Path(apstorage.__file__).parent), quiet=1)
+    if args.baseline:
+        compileall.compile_dir(str(args.baseline / "apstorage"), quiet=1)
 
     results: dict[str, list[tuple[float, float]]] = {"apstorage migrate-to-s3": [], "s5cmd cp": []}
+    if args.baseline:
+        results["apstorage (baseline)"] = []
     if not args.no_aws:
         results["aws s3 cp --recursive"] = []
     with postgres_server() as pg, seaweedfs_server() as s3:
@@ -120,7 +127,7 @@ def main() -> int:
         for r in range(args.rounds):
             # Fresh buckets and a re-seeded catalog each round; tools alternate within a round
             # so a burst of load on this shared machine hits both sides alike.
-            names = {tool: f"bench-{tag}-{r}" for tool, tag in zip(results, ("ap", "s5", "aws"))}
+            names = {tool: f"bench-{tag}-{r}" for tool, tag in zip(results, ("ap", "s5", "base" if args.baseline else "aws", "aws"))}
             for bucket in names.values():
                 client.create_bucket(Bucket=bucket)
                 for i in range(20):  # warm: a new bucket's first writes allocate volumes
@@ -130,9 +137,17 @@ def main() -> int:
                           **s3.ap_env(names["apstorage migrate-to-s3"]))
             results["apstorage migrate-to-s3"].append(timed(
                 [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--json"], ap_env))
+            assert rows_in_s3(pg.url) == args.files, "not every row was switched to S3"
             results["s5cmd cp"].append(timed(
                 [peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, "cp", f"{tree}/*",
                  f"s3://{names['s5cmd cp']}/"], peer_env))
+            if args.baseline:
+                seed_postgres(pg.url, files)
+                base_env = dict(ap_env, PYTHONPATH=str(args.baseline.resolve()),
+                                **s3.ap_env(names["apstorage (baseline)"]))
+                results["apstorage (baseline)"].append(timed(
+                    [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--json"], base_env))
+                assert rows_in_s3(pg.url) == args.files, "baseline: not every row was switched to S3"
             if not args.no_aws and r == 0:
                 results["aws s3 cp --recursive"].append(timed(
                     [shutil.which("aws"), "--endpoint-url", s3.endpoint, "s3", "cp", "--recursive", "--quiet",

@@ -490,6 +490,10 @@ def _weed_args(tmp: Path, data_dir: Path, config: Path | None, pool: _PortPool):
         f"-ip.bind={HOST}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         "-admin.ui=false",
+        # Each bucket is a collection with volumes of its own; the automatic limit (free
+        # disk / volume size) allowed only ~77 buckets with data here, fewer than one test
+        # session makes. Volumes are not preallocated, so a high limit costs nothing.
+        "-volume.max=2000",
         "-s3.autoCreateBucket=false",  # a missing bucket is a 404, as on AWS
         "-master.telemetry=false",  # 4.48 defaults to reporting home
         "-volume.preStopSeconds=0",  # mini's default of 1 s only slows teardown

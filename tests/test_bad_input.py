@@ -126,6 +126,9 @@ CASES: list[Case] = [
     Case("region with spaces", ["lifecycle", "show"], 3, ["AP_S3_REGION"], {"AP_S3_REGION": "us east 1"}, s3=True),
     Case("missing secret key", PUT + ["--project", "p1"], 3, ["AP_S3_SECRET_ACCESS_KEY"],
          {**S3_LOC, "AP_S3_BUCKET": "bucket", "AP_S3_ACCESS_KEY_ID": "k", "AP_S3_SECRET_ACCESS_KEY": ""}),
+    Case("config path is a file", ["du"], 3, ["AP_CONFIG_PATH", "folder"], {"AP_CONFIG_PATH": "/etc/hostname"}),
+    Case("local path under a file", PUT + ["--project", "p1"], 3, ["AP_LOCAL_STORAGE_PATH", "folder"],
+         {**LOCAL_LOC, "AP_LOCAL_STORAGE_PATH": "/etc/hostname/files"}),
     Case("dotenv unparsable line", ["config"], 3, [".env line 2:", "cannot be parsed"],
          dotenv=b"AP_S3_BUCKET=abc\nthis line is not an assignment\n"),
     Case("dotenv unterminated quote", ["du"], 3, [".env line 3:"],
@@ -184,6 +187,10 @@ CASES: list[Case] = [
     Case("sweep retention zero", ["sweep-expired", "--retention-days", "0"], 2, ["--retention-days"]),
     Case("sweep batch zero", ["sweep-expired", "--batch-size", "0"], 2, ["--batch-size"]),
     Case("sweep max-delete huge", ["sweep-expired", "--max-delete", "9" * 30], 2, ["--max-delete"]),
+    Case("gc grace huge", ["gc", "--dry-run", "--grace", "99999999999d"], 2, ["--grace", "too long"]),
+    Case("gc grace too short", ["gc", "--grace", "1s"], 2, ["--grace", "1 hour"]),
+    Case("gc max-delete huge", ["gc", "--max-delete", "9" * 30], 2, ["--max-delete"]),
+    Case("gc grace with escapes", ["gc", "--grace", "1\x1b[2Jd"], 2, ["--grace"], no_words=["\x1b"]),
     Case("du older-than huge", ["du", "--older-than", "99999999999d"], 2, ["--older-than", "too long"]),
     Case("du older-than words", ["du", "--older-than", "last week"], 2, ["--older-than"]),
     Case("du by unknown", ["du", "--by", "colour"], 2, ["--by"]),
@@ -200,6 +207,8 @@ CASES: list[Case] = [
     Case("no such subcommand", ["lifecycle", "remove"], 2, ["remove"]),
     Case("option without its value", ["presign", DB_ROW_ID, "--method"], 2, ["--method"]),
     # -- not found, not supported, too large, unreachable ---------------------------------
+    Case("id that is not UTF-8", ["get", os.fsdecode(b"\xff\xfe")], 4, ["no file"]),
+    Case("presign id that is not UTF-8", ["presign", os.fsdecode(b"ab\xc3")], 4, ["no file"]),
     Case("unknown id with escapes", ["get", "\x1b[31mred\x9b"], 4, ["red"], no_words=["\x1b", "\x9b"]),
     Case("key with escapes in a row", ["get", ESC_ROW_ID], 4, ["LOCAL", "gone"], no_words=["\x1b", "\x07"]),
     Case("output folder missing", ["get", DB_ROW_ID, "-o", "/no/such/folder/x"], 4, ["/no/such/folder"]),
@@ -243,7 +252,7 @@ PLATFORM_ENV = {
 # Warnings: exit 0, and the one line is the warning.
 WARNINGS = [
     Case("near-miss variable", ["config"], 0, ["AP_FILE_STORAGE_LOCATON", "AP_FILE_STORAGE_LOCATION"],
-         {"AP_FILE_STORAGE_LOCATON": "S3"}),
+         {"AP_FILE_STORAGE_LOCATON": "S3", "AP_EXECUTION_DATA_RETENTION_DAYS": "45"}),  # > the pause timeout: no race warning
     Case("near-miss variable in .env", ["du", "--json"], 0, ["AP_S3_BUCKT", "AP_S3_BUCKET"], dotenv=b"AP_S3_BUCKT=abc\n"),
 ]
 

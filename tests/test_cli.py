@@ -238,3 +238,35 @@ def test_version(runner) -> None:
 
     result = invoke(runner, "--version")
     assert result.exit_code == 0 and __version__ in result.stdout
+
+
+# -- with --json, a failure leaves an error document on stdout -------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["put", "/nonexistent/file", "-t", "FLOW_RUN_LOG", "--project", "p", "--json"], 4, "/nonexistent/file"),
+        (["get", "nosuchid", "-o", "OUT", "--json"], 4, "nosuchid"),
+        (["presign", "nosuchid", "--json"], 4, "nosuchid"),
+        (["presign", "--upload", "-t", "FLOW_RUN_LOG", "--project", "p", "--name", "a", "--size", "1", "--json"],
+         3, "AP_S3_BUCKET"),
+        (["migrate-to-s3", "--from", "ftp", "--json"], 2, "--from"),
+        (["sweep-expired", "--types", "PACKAGE_ARCHIVE", "--json"], 2, "PACKAGE_ARCHIVE"),
+        (["sweep-expired", "--batch-size", "0", "--json"], 2, "--batch-size"),  # refused by the parser
+        (["du", "--by", "colour", "--json"], 2, "--by"),
+        (["lifecycle", "apply", "--json"], 3, "AP_S3_BUCKET"),
+        (["lifecycle", "show", "--bogus", "--json"], 2, "--bogus"),
+        (["check-iam", "--skip", "nope", "--json"], 2, "nope"),
+        (["init", "--json"], 3, "AP_FILE_STORAGE_LOCATION"),
+    ],
+)
+def test_json_failures_write_an_error_document(runner, set_env, tmp_path, args, code, needle) -> None:
+    set_env(AP_FILE_STORAGE_LOCATION="FTP" if args[0] == "init" else "DB")
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = invoke(runner, *args)
+    assert result.exit_code == code, result.output
+    doc = json.loads(result.stdout)  # one document, nothing else on stdout
+    assert set(doc) == {"error"} and set(doc["error"]) == {"message", "hint", "exitCode"}
+    assert doc["error"]["exitCode"] == code and needle in doc["error"]["message"]
+    assert needle in result.stderr  # and the line for people, as always

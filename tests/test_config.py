@@ -290,7 +290,7 @@ def test_a_near_miss_is_warned_about_and_the_platforms_variables_stay_silent() -
     platform = {name: "x" for name in (
         "AP_FRONTEND_URL", "AP_ENCRYPTION_KEY", "AP_JWT_SECRET", "AP_ENGINE_EXECUTABLE_PATH", "AP_REDIS_URL",
         "AP_EXECUTION_MODE", "AP_TELEMETRY_ENABLED", "AP_PIECES_SOURCE", "AP_REDIS_PASSWORD", "AP_REDIS_USE_SSL",
-        "AP_POSTGRES_POOL_SIZE", "AP_PAUSED_FLOW_TIMEOUT_DAYS", "AP_WEBHOOK_TIMEOUT_SECONDS", "AP_QUEUE_MODE")}
+        "AP_POSTGRES_POOL_SIZE", "AP_WEBHOOK_TIMEOUT_SECONDS", "AP_QUEUE_MODE")}
     assert load(platform).warnings == ()
     s = load({**platform, "AP_FILE_STORAGE_LOCATON": "S3", "AP_S3_BUCKT": "abc"})
     assert s.warnings == (

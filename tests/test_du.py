@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from apstorage.catalog import du as du_sql
 from apstorage.cli import app
-from apstorage.model import Compression, FileRow, Location, new_id
+from apstorage.model import NEW_ID_RE, Compression, FileRow, Location, new_id
 from apstorage.services.du import DuRequest, disk_usage, verify
 from apstorage.services.files import PutRequest, put_file
 from tests.conftest import settings_from
@@ -197,25 +197,28 @@ def verify_env(catalog_env, s3_env, tmp_path) -> dict[str, str]:
 
 
 def put_many(storage, tmp_path: Path, location: str, owners) -> list[FileRow]:
+    """Files stored with `put`; an owner id `put` refuses for a new file ('-', '_') is
+    planted as a catalog may already hold it: the bytes, then the row."""
     rows = []
     for i, (project, platform) in enumerate(owners):
         src = tmp_path / f"in-{location}-{i}"
         src.write_bytes(b"x" * (100 + i))
         file_type = "FLOW_RUN_LOG" if i % 2 else "TRIGGER_PAYLOAD"
-        if all(o is None or o.isalnum() for o in (project, platform)):
+        if all(o is None or NEW_ID_RE.fullmatch(o) for o in (project, platform)):
             rows.append(put_file(storage, PutRequest(str(src), file_type, project_id=project,
                                                      platform_id=platform, compress=i % 3 == 0)))
             continue
-        # `put` refuses ids outside the platform's alphabet; rows written by other tools
-        # may still hold such keys: the bytes, then the row, as put would.
-        owner = f"platform/{platform}" if platform else f"project/{project}"
-        file_id = new_id()
-        key = f"{owner}/{file_type}/{file_id}"
         data = src.read_bytes()
-        storage.store(Location(location)).put(key, io.BytesIO(data), len(data))
-        rows.append(storage.catalog.insert(FileRow(
-            id=file_id, type=file_type, location=Location(location), project_id=project,
-            platform_id=platform, size=len(data), s3_key=key)))
+        if i % 3 == 0:
+            import zstandard
+
+            data = zstandard.ZstdCompressor(level=3).compress(data)
+        row = FileRow(id=new_id(), type=file_type, location=Location(location), project_id=project,
+                      platform_id=platform, size=len(data),
+                      compression=Compression.ZSTD if i % 3 == 0 else Compression.NONE)
+        row = FileRow(**{**row.__dict__, "s3_key": row.key})
+        storage.store(row.location).put(row.key, io.BytesIO(data), len(data))
+        rows.append(storage.catalog.insert(row))
     return rows
 
 
@@ -261,10 +264,16 @@ def test_verify_finds_nothing_on_a_clean_store(populated, verify_env, set_env) -
 def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> None:
     s3, s3_rows, local_rows = populated
     s3_store, local_store = s3.store(Location.S3), s3.store(Location.LOCAL)
-    # 1. a deleted object, and a deleted LOCAL file
+    # 1. a deleted object (of a row older than any pre-signed URL lives), and a deleted LOCAL file
     gone_s3, gone_local = s3_rows[3], local_rows[4]
     s3_store.delete(gone_s3.key)
     local_store.delete(gone_local.key)
+    with s3.catalog.transaction() as cur:
+        cur.execute(f'UPDATE "file" SET "created" = {s3.catalog.ph} WHERE "id" = {s3.catalog.ph}',
+                    (s3.catalog._ts_in(datetime.now(timezone.utc) - timedelta(days=8)), gone_s3.id))
+    # 1b. a young S3 row without its object: a pre-signed upload that may still come, not a loss
+    pending = s3_rows[6]
+    s3_store.delete(pending.key)
     # 2. an orphan object (a project deleted by cascade) and an orphan LOCAL file
     orphan_key = f"project/deletedProject/FLOW_RUN_LOG/{new_id()}"
     s3_store.put(orphan_key, io.BytesIO(b"left behind"), 11)
@@ -286,6 +295,7 @@ def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> No
     assert (result.orphans.files, result.orphans.bytes) == (2, 18)
     assert {(i["location"], i["id"], i["size"], i["objectSize"]) for i in result.size_mismatches.items} == {
         ("S3", wrong.id, wrong.size, 5), ("LOCAL", wrong_local.id, wrong_local.size, 3)}
+    assert [i["id"] for i in result.pending_uploads.items] == [pending.id]
 
     set_env(**{k: v for k, v in verify_env.items() if k != "AP_CONFIG_PATH"})
     code, out, _ = run("du", "--verify", "--json")
@@ -300,9 +310,34 @@ def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> No
     code, out, err = run("du", "--verify")
     assert code == 1
     assert orphan_key in out and gone_s3.key in out and "inconsistent" in out
+    assert "pending uploads" in out and pending.key in out and "merge in" not in out
     assert "apstorage gc --orphans" in out and "nothing was changed" in err
     # Verify deleted nothing.
     assert s3_store.stat(orphan_key) is not None and local_store.stat(orphan_file) is not None
+
+
+def test_verify_tells_pending_uploads_from_lost_bytes_by_the_urls_expiry(verify_env, storage_factory) -> None:
+    """A row `presign --upload` made is pending until its URL's expiry (the marker it
+    records), then missing; a row without the marker is pending for 7 days (the longest a
+    pre-signed URL lives)."""
+    from apstorage.model import PENDING_UPLOAD_KEY, iso_utc
+
+    storage = storage_factory(verify_env)
+    now = datetime.now(timezone.utc)
+
+    def row(expires: datetime | None, age: timedelta) -> FileRow:
+        metadata = {PENDING_UPLOAD_KEY: iso_utc(expires)} if expires else None
+        return storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p",
+                                              size=3, created=now - age, metadata=metadata))
+
+    waiting = row(now + timedelta(minutes=30), timedelta(minutes=30))  # URL still valid
+    expired = row(now - timedelta(minutes=5), timedelta(hours=1))  # URL expired, nothing came
+    platform_young = row(None, timedelta(days=1))  # no marker, younger than 7 days
+    platform_old = row(None, timedelta(days=8))
+    result = verify(storage)
+    assert sorted(i["id"] for i in result.pending_uploads.items) == sorted([waiting.id, platform_young.id])
+    assert sorted(i["id"] for i in result.missing.items) == sorted([expired.id, platform_old.id])
+    assert not result.ok  # the lost bytes count; the pending uploads alone would not
 
 
 def test_verify_rows_outside_the_managed_prefixes_and_keys_not_ending_in_the_id(
@@ -313,7 +348,8 @@ def test_verify_rows_outside_the_managed_prefixes_and_keys_not_ending_in_the_id(
     present = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p",
                       s3_key="elsewhere/present", size=4)
     absent = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p",
-                     s3_key="elsewhere/absent", size=4)
+                     s3_key="elsewhere/absent", size=4,
+                     created=datetime.now(timezone.utc) - timedelta(days=8))  # no pending upload
     renamed = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.LOCAL, project_id="p",
                       s3_key="project/p/FLOW_RUN_LOG/not-the-id", size=2)
     ownerless = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.LOCAL, size=1)
@@ -377,7 +413,8 @@ def test_verify_pages_through_many_pages(verify_env, storage_factory, small_page
         list(pool.map(lambda r: s3_store.put(r.key, io.BytesIO(b"z"), 1), rows))
     for row in rows[1:]:  # rows[0] has an object but no row: an orphan
         storage.catalog.insert(row)
-    storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p3", size=9))
+    storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p3", size=9,
+                                   created=datetime.now(timezone.utc) - timedelta(days=8)))
     result = verify(storage)
     assert [i["key"] for i in result.orphans.items] == [rows[0].key]
     assert result.missing.files == 1 and result.missing.bytes == 9

@@ -397,3 +397,25 @@ def test_the_limits_through_the_cli_exit_7_with_one_line(set_env, tmp_path) -> N
     zero = CliRunner().invoke(app, ["put", "/dev/zero", "-t", "SAMPLE_DATA", "--platform", "p"], catch_exceptions=False)
     assert zero.exit_code == 7 and "AP_MAX_FILE_SIZE_MB=1" in zero.stderr
     assert len(zero.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_that_says_it_is_empty_is_read_for_what_it_holds(object_location_env, storage_factory) -> None:
+    """/proc files have size 0 on disk and still have content: streamed like a pipe, so the
+    row records the size of what was stored."""
+    storage = storage_factory(object_location_env)
+    row = put_file(storage, PutRequest("/proc/version", "FLOW_RUN_LOG", project_id="p"))
+    expected = Path("/proc/version").read_bytes()
+    assert row.size == len(expected) > 0
+    assert read_back(storage, row.id) == expected
+
+
+def test_presign_upload_refuses_a_size_the_catalog_cannot_record(catalog_env, s3_env, storage_factory) -> None:
+    from apstorage.services.presign import UploadFile, UploadRequest, presign_uploads
+
+    storage = storage_factory({**catalog_env, **s3_env, "AP_MAX_FILE_SIZE_MB": "8192"})
+    request = UploadRequest(file_type="FLOW_RUN_LOG", project_id="p")
+    with pytest.raises(TooLargeError) as info:
+        presign_uploads(storage, request, [UploadFile("ok", 10), UploadFile("huge", 2**31)])
+    assert info.value.exit_code == 7 and "32-bit" in str(info.value) and "'huge'" in str(info.value)
+    assert storage.catalog._execute('SELECT count(*) FROM "file"')[0][0] == 0
+    assert len(presign_uploads(storage, request, [UploadFile("edge", 2**31 - 1)]).items) == 1

@@ -30,7 +30,6 @@ from apstorage.model import Location, new_id, object_key
 from apstorage.services.context import Storage
 from apstorage.services.migrate import MigrateOptions, migrate_to_s3
 from apstorage.services.sweep import sweep_expired
-from tests.conftest import settings_from
 from tests.s3_faults import Fault
 
 NOW = datetime.now(timezone.utc)
@@ -43,11 +42,11 @@ OLD = NOW - timedelta(days=45)
 def add_row(storage: Storage, location: Location, data: bytes | None, *, file_type: str = "FLOW_RUN_LOG",
             project: str | None = "p1", platform: str | None = None, s3_key: str | None = None,
             created: datetime = NOW, size: int | None | str = "auto", compression: str = "NONE",
-            write: bool = True) -> str:
+            write: bool = True, file_id: str | None = None) -> str:
     """Insert a row with plain SQL (any odd value the platform may leave), its bytes where
     ``location`` says (``write=False``: the bytes are someone else's, already there)."""
     catalog = storage.catalog
-    file_id = new_id()
+    file_id = file_id or new_id()
     if location is not Location.DB and s3_key is None:
         s3_key = object_key(file_id, file_type, project, platform)
     if write and data is not None and location is not Location.DB:
@@ -395,21 +394,25 @@ def test_local_copies_left_by_a_crash_are_removed_by_the_next_run(env, storage_f
         file_id = add_row(storage, Location.LOCAL, body, file_type="FLOW_STEP_FILE")
         expected[file_id] = leftover[file_id] = body
     unproven = add_row(storage, Location.LOCAL, b"object missing", file_type="FLOW_STEP_FILE")
+    differs = add_row(storage, Location.LOCAL, b"same size, other", file_type="FLOW_STEP_FILE")
     still_local = add_row(storage, Location.LOCAL, b"a local row's file", file_type="FLOW_STEP_FILE")
     expected[still_local] = b"a local row's file"
     # What a killed run leaves: objects uploaded and rows flipped, files not yet removed.
     p = storage.catalog.ph
-    for file_id in [*leftover, unproven]:
+    for file_id in [*leftover, unproven, differs]:
         key = Raw(storage, file_id).key
         if file_id in leftover:
             s3.put_bytes(key, leftover[file_id])
+        elif file_id == differs:
+            s3.put_bytes(key, b"SAME SIZE, OTHER")
         storage.catalog._execute(f'UPDATE "file" SET "location" = \'S3\' WHERE "id" = {p}', (file_id,))
     report = migrate_to_s3(storage, MigrateOptions(sources=(Location.LOCAL,), workers=2))
-    assert (report.leftovers_removed, report.leftovers_kept) == (3, 1)
+    assert (report.leftovers_removed, report.leftovers_kept) == (3, 2)
     assert (report.migrated, report.failed) == (1, 0)
     for file_id in leftover:
         assert local.stat(Raw(storage, file_id).key) is None
     assert local.get(Raw(storage, unproven).key) == b"object missing"  # kept: S3 lacks it
+    assert local.get(Raw(storage, differs).key) == b"same size, other"  # kept: not its bytes
     assert_invariant(storage, expected)
 
 
@@ -499,3 +502,45 @@ def test_a_row_deleted_while_being_migrated_counts_as_gone(make_env, faulty_s3, 
     assert not row_exists(storage, doomed)
     assert s3_keys(storage) == {Raw(storage, i).key for i in expected}  # no orphan left
     assert_invariant(storage, expected)
+
+
+def test_a_multipart_upload_answered_2xx_but_never_completed_moves_nothing(faulty_env, faulty_s3, storage_factory) -> None:
+    """CompleteMultipartUpload answered 200 without being forwarded: the HEAD finds no
+    object, so the row stays LOCAL with its file."""
+    storage = storage_factory(faulty_env)
+    body = os.urandom(17 * 1024 * 1024)  # over the multipart threshold
+    big = add_row(storage, Location.LOCAL, body, file_type="FLOW_STEP_FILE")
+    fault = faulty_s3.add(Fault(action="status", method="POST", query="uploadId", status=200,
+                                value="<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"))
+    report = migrate_to_s3(storage, MigrateOptions(workers=2))
+    assert fault.applied == 1
+    assert (report.migrated, report.failed) == (0, 1) and report.failures[0]["id"] == big
+    assert Raw(storage, big).location is Location.LOCAL
+    assert_invariant(storage, {big: body})
+    faulty_s3.clear()
+    assert migrate_to_s3(storage, MigrateOptions(workers=2)).migrated == 1
+    assert_invariant(storage, {big: body})
+
+
+def test_a_local_row_swept_before_its_file_was_read_counts_as_gone(make_env, faulty_s3, bucket, tmp_path, storage_factory) -> None:
+    """A sweep deletes a LOCAL row's file, then the row, while migrate is busy with the
+    batch: the row counts as gone, not as a failure."""
+    env = make_env(**faulty_s3.info.ap_env(bucket), AP_LOCAL_STORAGE_PATH=str(tmp_path / "local"))
+    storage = storage_factory(env)
+    first = add_row(storage, Location.LOCAL, b"moved", project="trig", file_id="0" * 20 + "1")
+    doomed = add_row(storage, Location.LOCAL, b"swept", project="doomed", file_id="z" * 21)
+    doomed_path = storage.store(Location.LOCAL).path_for(Raw(storage, doomed).key)
+    db_path = Path(env["AP_CONFIG_PATH"]) / "apstorage.sqlite"
+
+    def sweep_it(req):
+        doomed_path.unlink()  # a sweep deletes the bytes first, then the row
+        other = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+        other.execute('DELETE FROM "file" WHERE "id" = ?', (doomed,))
+        other.close()
+        return None
+
+    faulty_s3.add(Fault(action="custom", method="PUT", path="/project/trig/", handler=sweep_it))
+    report = migrate_to_s3(storage, MigrateOptions(workers=1, sources=(Location.LOCAL,)))
+    assert (report.migrated, report.failed, report.gone) == (1, 0, 1), report.failures
+    assert_invariant(storage, {first: b"moved"})
+    assert s3_keys(storage) == {Raw(storage, first).key}

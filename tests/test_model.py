@@ -45,3 +45,28 @@ def test_types_accept_any_case_and_legacy_names() -> None:
     assert parse_type("FILE") == "UNKNOWN"
     with pytest.raises(UsageError, match="accepted"):
         parse_type("NOPE")
+
+
+def test_every_compression_value_loads_and_only_known_ones_decode() -> None:
+    from apstorage.model import Compression
+
+    assert Compression("GZIP") is Compression.GZIP and Compression.GZIP.known
+    odd = Compression("BROTLI")
+    assert odd.value == "BROTLI" and not odd.known and odd is not Compression.NONE
+    assert Compression(None) is Compression.NONE
+    assert [c.value for c in Compression] == ["NONE", "ZSTD", "GZIP"]  # what can be written or read
+    with pytest.raises(ValueError):
+        Compression(3)
+
+
+def test_the_type_vocabulary() -> None:
+    from apstorage.model import (
+        ALL_TYPES, EXPIRING_TYPES, FLOW_BUNDLE, LOCATION_TYPES, PERMANENT_TYPES, expires,
+        follows_storage_location,
+    )
+
+    assert FLOW_BUNDLE in LOCATION_TYPES and FLOW_BUNDLE not in EXPIRING_TYPES
+    assert len(EXPIRING_TYPES) == 6 and EXPIRING_TYPES < LOCATION_TYPES
+    assert not LOCATION_TYPES & PERMANENT_TYPES and ALL_TYPES == LOCATION_TYPES | PERMANENT_TYPES
+    assert follows_storage_location("FLOW_BUNDLE") and not expires("FLOW_BUNDLE")
+    assert expires("FLOW_STEP_FILE") and not follows_storage_location("SAMPLE_DATA")

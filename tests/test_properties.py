@@ -77,6 +77,8 @@ def _commands() -> st.SearchStrategy[list[str]]:
              opt("--batch-size", NUMBERS), opt("--limit", NUMBERS)),
         join(st.just(["lifecycle", "apply", "--dry-run"]), opt("--retention-days", NUMBERS), opt("--grace-days", NUMBERS)),
         join(st.just(["check-iam"]), opt("--skip"), opt("--prefix")),
+        join(st.just(["gc", "--dry-run"]), st.sampled_from([[], ["--orphans"], ["--missing"], ["--pending"]]),
+             opt("--grace", DURATION), opt("--max-delete", NUMBERS), opt("--workers", NUMBERS)),
         st.just(["config"]),
         st.just(["config", "--json"]),
         st.lists(VALUE, max_size=4),

@@ -1447,19 +1447,34 @@ def faulty_env(faulty_s3, bucket: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("action, delay", [("stall", 30.0), ("trickle", 0.4)])
-def test_put_get_and_du_fail_with_exit_8_naming_the_host_when_s3_stalls_or_trickles(
+def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or_trickles(
     faulty_s3, faulty_env: dict[str, str], tmp_path: Path, action: str, delay: float,
 ) -> None:
     from tests.s3_faults import Fault
+
+    import io
+    from datetime import datetime, timedelta, timezone
+
+    from apstorage.model import FileRow, Location, new_id
+    from apstorage.services.context import Storage
 
     (tmp_path / "in.txt").write_bytes(b"stored before the fault")
     stored = cli(faulty_env, "put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p", cwd=tmp_path)
     assert stored.returncode == 0, stored.stderr
     file_id = stored.stdout.strip()
+    storage = Storage(settings_from(faulty_env))
+    try:  # an expired S3 row for sweep-expired
+        row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p", size=3,
+                      created=datetime.now(timezone.utc) - timedelta(days=90))
+        row = FileRow(**{**row.__dict__, "s3_key": row.key})
+        storage.store(Location.S3).put(row.s3_key, io.BytesIO(b"old"), 3)
+        storage.catalog.insert(row)
+    finally:
+        storage.close()
     faulty_s3.add(Fault(action, delay=delay))
     host = urlsplit(faulty_s3.endpoint).netloc
     word = "no complete answer" if action == "trickle" else "sent nothing"
-    commands = [["get", file_id, "-o", "-"], ["du", "--verify"]]
+    commands = [["get", file_id, "-o", "-"], ["du", "--verify"], ["sweep-expired"]]
     if action == "stall":  # (the stand-in trickles bodies; a PutObject answer has none)
         commands.append(["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"])
     for args in commands:

@@ -22,14 +22,17 @@ from typing import Callable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 from typer.testing import CliRunner
 
 from apstorage.cli import app
+from apstorage.errors import BackendUnavailableError, NotFoundError
 from apstorage.model import FileRow, Location, new_id
 from apstorage.services.context import Storage
-from apstorage.stores.s3 import MULTIPART_THRESHOLD, S3Store
+from apstorage.stores.s3 import MULTIPART_THRESHOLD, S3Store, _xml_unsafe, parse_list_page
 from tests import servers
 from tests.conftest import settings_from
+from tests.s3_faults import Answer, Fault
 
 MiB = 1024 * 1024
 
@@ -118,6 +121,19 @@ def get_bytes(cli, file_id: str, tmp_path: Path) -> bytes:
     return out.read_bytes()
 
 
+class _closing:
+    """Closes the store (its connections) after the block."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> S3Store:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
 # -- put / get -----------------------------------------------------------------------------
 
 
@@ -179,17 +195,6 @@ def test_keys_xml_cannot_carry_list_and_delete_under_their_own_names(s3_server, 
         assert sorted(o.key for o in store.list("project/")) == sorted(keys)
         assert store.delete_many([*keys, "project/p/never-there"]) == {}
         assert list(store.list("project/")) == []
-
-
-class _closing:
-    def __init__(self, store: S3Store) -> None:
-        self.store = store
-
-    def __enter__(self) -> S3Store:
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
 
 
 # -- presign -------------------------------------------------------------------------------
@@ -373,8 +378,6 @@ def expired_rows(env: dict[str, str], names: list[str]) -> list[FileRow]:
 
 
 def rows_left(env: dict[str, str], rows: list[FileRow]) -> list[str]:
-    from apstorage.errors import NotFoundError
-
     left = []
     with Storage(settings_from(env)) as storage:
         for row in rows:
@@ -387,8 +390,6 @@ def rows_left(env: dict[str, str], rows: list[FileRow]) -> list[str]:
 
 
 def test_a_truncated_listing_without_a_token_is_an_error_naming_the_store(faulty_s3, faulty_env, cli) -> None:
-    from tests.s3_faults import Fault
-
     expired_rows(faulty_env, ["a", "b"])
     faulty_s3.add(Fault("truncate_listing", method="GET", query="list-type", times=1))
     result = cli("du", "--verify", "--json")
@@ -398,8 +399,6 @@ def test_a_truncated_listing_without_a_token_is_an_error_naming_the_store(faulty
 
 
 def test_empty_truncated_pages_are_followed(faulty_s3, faulty_env) -> None:
-    from tests.s3_faults import Fault
-
     rows = expired_rows(faulty_env, ["a", "b", "c"])
     fault = faulty_s3.add(Fault("empty_truncated", method="GET", query="list-type"))
     with _closing(S3Store(settings_from(faulty_env))) as store:
@@ -418,8 +417,6 @@ def test_listing_asks_for_url_encoding(faulty_s3, faulty_env) -> None:
 def test_deletes_carry_content_md5(faulty_s3, faulty_env, cli) -> None:
     """A store that predates botocore's CRC32 checksums refuses DeleteObjects without
     Content-MD5 (MissingContentMD5): every sweep would fail, every night."""
-    from tests.s3_faults import Fault
-
     rows = expired_rows(faulty_env, ["a", "b", "c"])
     fault = faulty_s3.add(Fault("require_md5", method="POST", query="delete"))
     result = cli("sweep-expired", "--json")
@@ -429,8 +426,6 @@ def test_deletes_carry_content_md5(faulty_s3, faulty_env, cli) -> None:
 
 
 def test_a_store_without_multi_object_delete_falls_back_to_one_by_one(faulty_s3, faulty_env, set_env, cli) -> None:
-    from tests.s3_faults import Fault
-
     set_env(**faulty_env, AP_S3_DELETE_BATCH_SIZE="2")
     rows = expired_rows(faulty_env, ["a", "b", "c", "d", "e"])
     fault = faulty_s3.add(Fault("status", method="POST", query="delete", status=501, code="NotImplemented"))
@@ -442,8 +437,6 @@ def test_a_store_without_multi_object_delete_falls_back_to_one_by_one(faulty_s3,
 
 
 def test_malformed_xml_falls_back_to_one_by_one(faulty_s3, faulty_env, cli) -> None:
-    from tests.s3_faults import Fault
-
     rows = expired_rows(faulty_env, ["a", "b"])
     # A store whose XML parser refuses every DeleteObjects it gets from this client.
     faulty_s3.add(Fault("status", method="POST", query="delete", status=400, code="MalformedXML"))
@@ -456,8 +449,6 @@ def test_malformed_xml_falls_back_to_one_by_one(faulty_s3, faulty_env, cli) -> N
 def test_unmatched_delete_errors_are_verified_before_rows_go(faulty_s3, faulty_env, cli, key_form) -> None:
     """Issue 13 item 9: error entries naming keys that were not sent make the whole batch
     "unknown"; each key is deleted again and checked, so the refused object keeps its row."""
-    from tests.s3_faults import Fault
-
     rows = expired_rows(faulty_env, ["keep me", "go-1", "go-2"])
     faulty_s3.add(Fault("delete_refuse", method="POST", query="delete", value="keep me",
                         key_form=key_form, code="AccessDenied"))
@@ -475,8 +466,6 @@ def keys_in_stand_in(faulty_s3, env: dict[str, str]) -> list[str]:
 
 
 def test_check_iam_hint_names_missing_content_md5_not_a_permission(faulty_s3, faulty_env, cli) -> None:
-    from tests.s3_faults import Fault
-
     faulty_s3.add(Fault("status", method="POST", query="delete", status=400, code="MissingContentMD5"))
     result = cli("check-iam", "--json")
     assert result.exit_code == 1, result.output
@@ -489,8 +478,6 @@ def test_check_iam_hint_names_missing_content_md5_not_a_permission(faulty_s3, fa
 @pytest.mark.parametrize(("status", "verdict"), [(404, "inconclusive"), (400, "passed"), (200, "failed")])
 def test_check_iam_reads_anonymous_answers(faulty_s3, faulty_env, cli, status, verdict) -> None:
     """400/401/403: refused; 2xx: public; 404 (or anything else): inconclusive."""
-    from tests.s3_faults import Answer, Fault
-
     def unsigned_get(req):
         signed = "authorization" in req.headers or "X-Amz-Signature" in req.query
         if req.method == "GET" and not signed:
@@ -507,11 +494,6 @@ def test_check_iam_reads_anonymous_answers(faulty_s3, faulty_env, cli, status, v
 
 
 # -- the listing parser and the XML-safety rule (property tests) -----------------------------
-
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-
-from apstorage.errors import BackendUnavailableError  # noqa: E402
-from apstorage.stores.s3 import _xml_unsafe, parse_list_page  # noqa: E402
 
 _KEYS = st.lists(st.text(min_size=1, max_size=40), max_size=5)
 

@@ -134,6 +134,10 @@ class Catalog(ABC):
         return FileRow(**{**row.__dict__, "created": created, "updated": row.updated or created})
 
     def get(self, file_id: str) -> FileRow:
+        if not file_id.isprintable() or len(file_id) > 255:
+            # Control characters or bytes that are not UTF-8 (surrogate escapes from argv):
+            # no row has such an id, and the driver could not even encode it.
+            raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")
         rows = self._execute(f'SELECT {ROW_COLUMNS} FROM "file" WHERE "id" = {self.ph}', (file_id,))
         if not rows:
             raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")

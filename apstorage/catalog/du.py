@@ -69,6 +69,8 @@ class KeyedRow:
     id: str
     key: str | None  # None when the row has neither an s3Key nor an owner
     size: int | None
+    created: datetime | None = None  # UTC; tells a pending pre-signed upload from lost bytes
+    upload_expires: str | None = None  # `presign --upload`'s marker: the URL's expiry, ISO-8601
 
 
 def stored_type_names(file_type: str) -> tuple[str, ...]:
@@ -159,6 +161,18 @@ def rows_by_keys(catalog: Catalog, location: str, keys: Sequence[str]) -> list[K
     return _lookup(catalog, location, '"s3Key"', keys)
 
 
+def _keyed(catalog: Any, t: Sequence[Any]) -> KeyedRow:
+    return KeyedRow(t[0], t[1], t[2], catalog._ts_out(t[3]), t[4])
+
+
+def _upload_expiry(catalog: Any) -> str:
+    """The pending-upload marker ``presign --upload`` leaves in ``metadata`` (gc reads it
+    the same way)."""
+    from apstorage.catalog.gc import _pending_sql
+
+    return _pending_sql(catalog.dialect)
+
+
 def _lookup(catalog: Catalog, location: str, column: str, values: Sequence[str]) -> list[KeyedRow]:
     out: list[KeyedRow] = []
     if not values:
@@ -169,10 +183,10 @@ def _lookup(catalog: Catalog, location: str, column: str, values: Sequence[str])
         chunk = values[start : start + step]
         cond, params = _in_list(catalog, column, chunk)
         rows = catalog._execute(
-            f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE {cond} AND "location" = {catalog.ph}',
+            f'SELECT "id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)} FROM "file" WHERE {cond} AND "location" = {catalog.ph}',
             (*params, location),
         )
-        out.extend(KeyedRow(*t) for t in rows)
+        out.extend(_keyed(catalog, t) for t in rows)
     return out
 
 
@@ -182,12 +196,12 @@ def iter_rows_by_id(catalog: Catalog, location: str, *, page: int = 1000) -> Ite
     last = ""
     while True:
         rows = catalog._execute(
-            f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE "location" = {p} AND "id" > {p} '
+            f'SELECT "id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)} FROM "file" WHERE "location" = {p} AND "id" > {p} '
             f'ORDER BY "id" LIMIT {int(page)}',
             (location, last),
         )
         for t in rows:
-            yield KeyedRow(*t)
+            yield _keyed(catalog, t)
         if len(rows) < page:
             return
         last = rows[-1][0]
@@ -217,7 +231,7 @@ def iter_rows_by_key(catalog: Catalog, location: str, *, order: str = "bytes") -
 
 def _sorted_sql(catalog: Catalog, sort: str) -> str:
     return (
-        f'SELECT "id", {KEY_SQL}, "size" FROM "file" WHERE "location" = {catalog.ph} '
+        f'SELECT "id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)} FROM "file" WHERE "location" = {catalog.ph} '
         f'ORDER BY {sort}, "id"'
     )
 
@@ -237,7 +251,7 @@ def _pg_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow]:
                 while True:
                     batch = cur.fetchmany(STREAM_PAGE)
                     for t in batch:
-                        yield KeyedRow(*t)
+                        yield _keyed(catalog, t)
                     if len(batch) < STREAM_PAGE:
                         break
     except psycopg.Error as exc:
@@ -261,7 +275,7 @@ def _sqlite_sorted(catalog: Any, query: str, location: str) -> Iterator[KeyedRow
                 with lock:
                     batch = cur.fetchmany(STREAM_PAGE)
                 for t in batch:
-                    yield KeyedRow(*t)
+                    yield _keyed(catalog, t)
                 if len(batch) < STREAM_PAGE:
                     break
         finally:

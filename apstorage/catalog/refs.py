@@ -37,12 +37,16 @@ def rows_referencing(
     *,
     locations: Iterable[str] = KEYED_LOCATIONS,
     exclude: Iterable[str] = (),
+    by_id_only: bool = False,
 ) -> dict[str, list[tuple[str, str]]]:
     """{key: [(row id, location), ...]} for the rows at ``locations`` that reference each of
     ``keys``, leaving out the rows in ``exclude``. Keys nobody references are absent.
 
     ``cur`` is a cursor of the caller's transaction (so the answer holds for it), or None
-    for a statement of its own."""
+    for a statement of its own. Matching ``s3Key`` scans the table (no index on it in the
+    platform's schema): ask for the keys in ``shared_keys`` only. ``by_id_only`` looks rows
+    up by the id each key ends with (the primary key: cheap for any number of keys) and
+    finds the rows whose own key it is, not the rows sharing it."""
     wanted = sorted(set(keys))
     skip = set(exclude)
     locations = list(locations)
@@ -51,7 +55,7 @@ def rows_referencing(
         chunk = wanted[start : start + CHUNK]
         ids = sorted({k.rsplit("/", 1)[-1] for k in chunk})
         for file_id, location, s3_key, file_type, project, platform in _select(
-            cur, catalog, chunk, ids, locations
+            cur, catalog, [] if by_id_only else chunk, ids, locations
         ):
             if file_id in skip:
                 continue
@@ -65,16 +69,14 @@ def _select(cur: Any, catalog: Catalog, keys: list[str], ids: list[str], locatio
     p = catalog.ph
     columns = '"id", "location", "s3Key", "type", "projectId", "platformId"'
     if catalog.dialect == "postgres":
-        sql = (
-            f'SELECT {columns} FROM "file" WHERE "location" = ANY({p}) AND '
-            f'("s3Key" = ANY({p}) OR ("s3Key" IS NULL AND "id" = ANY({p})))'
-        )
-        params: tuple = (locations, keys, ids)
+        by_key = f'"s3Key" = ANY({p}) OR ' if keys else ""
+        sql = f'SELECT {columns} FROM "file" WHERE "location" = ANY({p}) AND ({by_key}"id" = ANY({p}))'
+        params: tuple = (locations, keys, ids) if keys else (locations, ids)
     else:
+        by_key = f'"s3Key" IN ({", ".join([p] * len(keys))}) OR ' if keys else ""
         sql = (
             f'SELECT {columns} FROM "file" WHERE "location" IN ({", ".join([p] * len(locations))}) '
-            f'AND ("s3Key" IN ({", ".join([p] * len(keys))}) '
-            f'OR ("s3Key" IS NULL AND "id" IN ({", ".join([p] * len(ids))})))'
+            f'AND ({by_key}"id" IN ({", ".join([p] * len(ids))}))'
         )
         params = (*locations, *keys, *ids)
     if cur is None:

@@ -25,6 +25,7 @@ from apstorage.catalog.base import INDEXES, Catalog, InitReport
 from apstorage.errors import (
     ApStorageError,
     BackendUnavailableError,
+    ConfigError,
     PermissionDeniedError,
 )
 
@@ -70,8 +71,11 @@ class SqliteCatalog(Catalog):
             raise PermissionDeniedError(f"cannot create the catalog at {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             raise self.translate(exc) from None
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot open the catalog at {self.path}: {exc}") from None
+        except OSError as exc:  # AP_CONFIG_PATH under a file, or a folder that cannot be made
+            raise ConfigError(
+                f"cannot create the catalog at {self.path}: {exc.strerror}; "
+                "AP_CONFIG_PATH must be a folder apstorage can create and write"
+            ) from None
 
     def translate(self, exc: sqlite3.Error) -> ApStorageError:
         """A driver error as one line naming the database file."""

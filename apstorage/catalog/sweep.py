@@ -121,6 +121,25 @@ def select_expired(
     return [ExpiredRow(*t) for t in catalog._execute(sql, params)]
 
 
+def count_expired(
+    catalog: Catalog,
+    stored_type: str,
+    cutoff: datetime,
+    *,
+    project_id: str | None = None,
+    not_before: datetime | None = None,
+) -> tuple[int, int]:
+    """(rows, bytes by ``size``) that ``select_expired`` would page through: the same
+    conditions, counted by the same index (a progress bar's total)."""
+    if stored_type not in {n for names in _STORED_NAMES.values() for n in names}:
+        raise ValueError(f"{stored_type!r} is not an execution-data type")
+    page = expired_page_sql(catalog, by_project=project_id is not None, after=False, limit=1)
+    where = page[page.index(" WHERE ") : page.index(" ORDER BY ")]
+    params = expired_page_params(catalog, stored_type, cutoff, project_id=project_id, not_before=not_before)
+    rows = catalog._execute(f'SELECT count(*), coalesce(sum("size"), 0) FROM "file"{where}', params)
+    return int(rows[0][0]), int(rows[0][1])
+
+
 # -- per-project retention ---------------------------------------------------------------------
 
 
@@ -224,6 +243,7 @@ def try_sweep_lock(catalog: Catalog) -> RunLock | None:
 
 __all__ = [
     "ExpiredRow",
+    "count_expired",
     "SweepLock",
     "delete_rows",
     "delete_rows_sharing_bytes",

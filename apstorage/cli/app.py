@@ -7,13 +7,73 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from apstorage import __version__
 from apstorage.errors import ApStorageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class _Command(TyperCommand):
+    """A command whose usage line names a required argument as ``PATH``, the way click
+    and every man page write it, not Typer 0.28's ``{PATH}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+def _plain_usage(group: TyperGroup) -> None:
+    for command in group.commands.values():
+        if isinstance(command, TyperGroup):
+            _plain_usage(command)
+        elif type(command) is TyperCommand:
+            command.__class__ = _Command
+
+
+class _Root(TyperGroup):
+    """The root command group. Flags click refuses before a command runs (an unknown
+    flag, a value out of range) are usage errors (exit 2) that never reach
+    ``handle_errors``; with ``--json`` they too leave the error document on stdout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_usage(self)
+
+    def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        wants_json = "--json" in args
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["apstorage.json"] = wants_json
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # typer's own click: its UsageError carries exit_code 2
+            if ctx.meta.get("apstorage.json") and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+                _json_error(*_usage_message(exc), 2)
+            raise
+
+
+def _usage_message(exc: Any) -> tuple[str, str]:
+    """A click usage error as apstorage words it: (message, hint)."""
+    message = exc.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "apstorage"
+    return message, f"see `{where} --help`"
+
+
+def _json_error(message: str, hint: str | None, exit_code: int) -> None:
+    import json
+
+    doc = {"error": {"message": message, "hint": hint, "exitCode": exit_code}}
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
 app = typer.Typer(
+    cls=_Root,
     name="apstorage",
     help="Administer where a workflow-automation platform's files live: "
     "the Postgres database, local disk, or S3-compatible object storage.",
@@ -45,31 +105,55 @@ def root(
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and their documented exit code.
+    """The one error boundary of a command: a library error becomes one line on stderr
+    and its documented exit code, and with ``--json`` (the command's ``json_out``) also
+    one ``{"error": {"message", "hint", "exitCode"}}`` document on stdout.
 
     The settings are loaded (validated) first, so a configuration error is reported before
-    anything runs, and a likely-misspelt AP_* variable is warned about once."""
+    anything runs, and a likely-misspelt AP_* variable is warned about once. A command
+    with ``--metrics-file`` that fails there still leaves its metrics file (exit code,
+    last success carried over), so monitoring sees the failure."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from apstorage.cli.output import Output
 
+        json_mode = bool(kwargs.get("json_out"))
         try:
-            from apstorage.config import load_settings
+            try:
+                from apstorage.config import load_settings
 
-            for warning in load_settings().warnings:
-                Output().warn(warning)
+                for warning in load_settings().warnings:
+                    Output().warn(warning)
+            except ApStorageError as exc:
+                _metrics_before_start(fn, kwargs.get("metrics_file"), exc.exit_code)
+                raise
             return fn(*args, **kwargs)
         except ApStorageError as exc:
-            Output().error(exc.message, exc.hint)
+            Output(json_mode).fail(exc.message, exc.hint, exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
+            Output(json_mode).fail("interrupted", None, 130)
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _metrics_before_start(fn: Callable[..., Any], path: str | None, exit_code: int) -> None:
+    """The metrics file of a run that failed before its command started (``sweep_expired``
+    for ``sweep_expired_cmd``). Best effort: the error itself is what gets reported."""
+    if not path:
+        return
+    from apstorage.metrics import RunMetrics
+
+    metrics = RunMetrics(path, fn.__name__.removesuffix("_cmd"))
+    try:
+        metrics.check_writable()
+        metrics.write(exit_code=exit_code)
+    except ApStorageError:
+        pass
 
 
 def run(args: list[str] | None = None) -> int:
@@ -89,10 +173,7 @@ def run(args: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `apstorage`: the help, as click shows it
             sys.stderr.write(exc.format_message() + "\n")
             return exc.exit_code
-        message = exc.format_message().rstrip(".")
-        message = message[:1].lower() + message[1:]
-        where = exc.ctx.command_path if exc.ctx is not None else "apstorage"
-        Output().error(message, f"see `{where} --help`")
+        Output().error(*_usage_message(exc))
         return exc.exit_code
     except click.ClickException as exc:
         Output().error(exc.format_message())
@@ -126,3 +207,11 @@ def _click_exceptions() -> Any:
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Show what would be done; change nothing.")
+QUIET_OPTION = typer.Option(
+    False, "--quiet", "-q", help="Print nothing but failures (for cron: the log stays empty unless something failed)."
+)
+METRICS_OPTION = typer.Option(
+    None, "--metrics-file", metavar="PATH",
+    help="Also write this run's figures to PATH in the Prometheus text format, replaced "
+    "atomically (for node_exporter's textfile collector).",
+)

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from apstorage.cli.app import JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output
+from apstorage.cli.app import JSON_OPTION, METRICS_OPTION, app, handle_errors
+from apstorage.cli.output import Output, new_table, record_metrics
 from apstorage.text import printable
 
 _MARKS = {
@@ -32,6 +32,7 @@ def check_iam(
         help="Checks to leave out: list, put, get, presign-get, presign-put, anonymous-denied, "
         "delete, clock.",
     ),
+    metrics_file: Optional[str] = METRICS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Smoke-test the bucket credentials (a CI gate).
@@ -46,23 +47,37 @@ def check_iam(
     """
     from apstorage.config import load_settings
     from apstorage.services.check_iam import (
-        MISSING_BUCKET_HINT, parse_skip, prepare_junit_path, run_checks, write_junit,
+        parse_skip, prepare_junit_path, run_checks, write_junit,
     )
 
     out = Output(json_out)
     names = parse_skip(skip)
     if junit_xml:
         prepare_junit_path(junit_xml)
-    settings = load_settings()
-    report = run_checks(settings, prefix=prefix, skip=sorted(names))
-    if junit_xml:
-        write_junit(report, junit_xml)
+    with record_metrics(metrics_file, "check_iam") as metrics:
+        settings = load_settings()
+        with out.status("checking the bucket credentials…"):
+            report = run_checks(settings, prefix=prefix, skip=sorted(names))
+        if junit_xml:
+            write_junit(report, junit_xml)
+        if metrics is not None:
+            for check in report.checks:
+                if check.status in ("passed", "failed"):
+                    metrics.set("check_passed", 1 if check.status == "passed" else 0,
+                                "1 when the check passed, 0 when it failed (skipped and inconclusive checks are absent).",
+                                check=check.name, permission=check.permission)
+            metrics.set("failed_checks", len(report.failed), "Checks that failed in the last run.")
+            metrics.set("reachable", 0 if report.unreachable else 1, "0 when the endpoint could not be reached.")
+        _show(out, report, json_out)
+
+
+def _show(out: Output, report, json_out: bool) -> None:
+    from apstorage.services.check_iam import MISSING_BUCKET_HINT
 
     def render(console) -> None:
-        from rich.table import Table
         from rich.text import Text
 
-        table = Table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
+        table = new_table("", "check", "permission", "result", title=f"s3://{report.bucket}/{report.prefix}  ({report.endpoint})")
         for check in report.checks:
             mark, style = _MARKS[check.status]
             result = Text(printable(check.detail))

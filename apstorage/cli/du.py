@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from apstorage.cli.app import JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output, human_size
+from apstorage.cli.app import JSON_OPTION, METRICS_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size, new_table, plural, record_metrics
 from apstorage.errors import UsageError
 
 SHOWN_ITEMS = 20  # problem keys printed per kind without --json
@@ -34,6 +34,7 @@ def du(
         "size mismatches. Exit 1 when anything is inconsistent. Never deletes.",
     ),
     csv_out: bool = typer.Option(False, "--csv", help="Print the groups as CSV with a header."),
+    metrics_file: Optional[str] = METRICS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Show usage by location, type, project or platform.
@@ -57,24 +58,39 @@ def du(
             "--type, --project, --platform or --older-than"
         )
     out = Output(json_out)
-    with Storage() as storage:
-        report = disk_usage(storage, request)
-        if check:
-            with out.progress(None, "listing the stores") as progress:
-                report.verify = verify(
-                    storage, limit=None if json_out else SHOWN_ITEMS, on_listed=progress.advance
-                )
+    with record_metrics(metrics_file, "du") as metrics:
+        with Storage() as storage:
+            with out.status("adding up the catalog…"):
+                report = disk_usage(storage, request)
+            if check:
+                with out.status("listing the stores and comparing them with the catalog…"):
+                    report.verify = verify(storage, limit=None if json_out else SHOWN_ITEMS)
+        if metrics is not None:
+            _fill_metrics(metrics, report)
+        if csv_out:
+            _write_csv(report)
+        else:
+            out.result(report.to_json(), lambda console: _render(console, report))
+        if report.unsized and not json_out:
+            out.warn(f"{plural(report.unsized, 'row')} without a recorded size: counted as files, not bytes")
+        if report.verify is not None and not report.verify.ok:
+            if not json_out:
+                out.info("the catalog and the stores disagree (see above); nothing was changed")
+            raise typer.Exit(1)
 
-    if csv_out:
-        _write_csv(report)
-    else:
-        out.result(report.to_json(), lambda console: _render(console, report))
-    if report.unsized and not json_out:
-        out.warn(f"{report.unsized} rows have no size recorded: counted as files, not bytes")
-    if report.verify is not None and not report.verify.ok:
-        if not json_out:
-            out.info("the catalog and the stores disagree (see above); nothing was changed")
-        raise typer.Exit(1)
+
+def _fill_metrics(metrics, report) -> None:
+    labels = list(report.by)
+    for g in report.groups:
+        keys = dict(zip(labels, g.keys))
+        metrics.set("files", g.files, "Files in the catalog, by the du --by keys.", **keys)
+        metrics.set("bytes", g.bytes, "Bytes in the catalog (stored size), by the du --by keys.", **keys)
+    metrics.set("total_files", report.files, "Files in the catalog (after du's filters).")
+    metrics.set("total_bytes", report.bytes, "Bytes in the catalog (after du's filters).")
+    if report.verify is not None:
+        for kind in report.verify.kinds():
+            metrics.set("problem_files", kind.files, "du --verify: files per kind of problem.", kind=kind.kind)
+            metrics.set("problem_bytes", kind.bytes, "du --verify: bytes per kind of problem.", kind=kind.kind)
 
 
 def _cell(value: object) -> str:
@@ -93,12 +109,12 @@ def _write_csv(report) -> None:
 
 
 def _render(console, report) -> None:
-    from rich.table import Table
-
-    table = Table(*report.by, "files", "bytes")
-    for column in table.columns[len(report.by):]:
-        column.justify = "right"
+    table = new_table(*report.by, "files", "bytes", right=("files", "bytes"))
+    previous: tuple = ()
     for g in report.groups:
+        if previous and g.keys[:1] != previous[:1] and len(report.by) > 1:
+            table.add_section()  # a line between locations (or whatever the first key is)
+        previous = g.keys
         table.add_row(*(_cell(k) for k in g.keys), f"{g.files:,}", human_size(g.bytes))
     table.add_section()
     label = ["total", *[""] * (len(report.by) - 1)] if report.by else []
@@ -130,27 +146,30 @@ def _render_footprint(console, fp) -> None:
 
 
 def _render_verify(console, result) -> None:
-    from rich.table import Table
-
     from apstorage.services.du import CLEAN_SHORT
 
     console.print()
     for loc in result.locations:
         if loc.checked:
             console.print(
-                f"{loc.location} {loc.target}: {loc.objects:,} objects, {human_size(loc.bytes)} "
-                f"under platform/ and project/; {loc.rows:,} rows in the catalog ({loc.method})",
+                f"{loc.location} {loc.target}: {plural(loc.objects, 'object')} "
+                f"({human_size(loc.bytes)}) under platform/ and project/; "
+                f"{plural(loc.rows, 'row')} in the catalog",
                 markup=False,
             )
-            if loc.note:
-                console.print(f"  {loc.note}", markup=False, style="dim")
         else:
             console.print(f"{loc.location}: not checked ({loc.note})", markup=False)
-    table = Table("problem", "files", "bytes", "what cleans it")
-    table.columns[1].justify = table.columns[2].justify = "right"
-    names = {"missing": "missing objects", "orphans": "orphan objects", "sizeMismatches": "size mismatches",
-             "refused": "refused by the store"}
+    table = new_table("problem", "files", "bytes", "what cleans it", right=("files", "bytes"))
+    names = {
+        "missing": "missing objects",
+        "orphans": "orphan objects",
+        "sizeMismatches": "size mismatches",
+        "refused": "refused by the store",
+        "pendingUploads": "pending uploads",
+    }
     for kind in result.kinds():
+        if kind.kind == "pendingUploads" and not kind.files:
+            continue
         table.add_row(names[kind.kind], f"{kind.files:,}", human_size(kind.bytes),
                       CLEAN_SHORT[kind.kind] if kind.files else "")
     console.print(table)
@@ -164,6 +183,8 @@ def _render_verify(console, result) -> None:
                 line += f"  id={item['id']}"
             if "objectSize" in item:
                 line += f"  row size={item['size']} object size={item['objectSize']}"
+            elif item.get("expiresAt"):
+                line += f"  created={item['created']}, upload possible until {item['expiresAt']}"
             elif item.get("size") is not None:
                 line += f"  size={item['size']}"
             if item.get("error"):

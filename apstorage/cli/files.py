@@ -20,7 +20,7 @@ def _complete_type(incomplete: str) -> list[str]:
 @app.command()
 @handle_errors
 def put(
-    path: str = typer.Argument(..., help="File to store, or - to read standard input."),
+    path: str = typer.Argument(..., metavar="PATH", help="File to store, or - to read standard input."),
     file_type: str = typer.Option(
         ..., "--type", "-t", help="File type, e.g. FLOW_RUN_LOG or SAMPLE_DATA.",
         autocompletion=_complete_type,

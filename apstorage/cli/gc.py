@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output, human_size
+from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size, new_table, record_metrics, summary_line
 
 SHOWN = 20  # failures and reported rows printed without --json
 
@@ -36,12 +36,14 @@ def gc_cmd(
         help="Leave anything younger than this alone (default 24h; 1h to 3650d): 90m, 12h, 2d.",
     ),
     max_delete: Optional[int] = typer.Option(
-        None, "--max-delete", min=1, metavar="N", help="Stop after N deletions in this run.",
+        None, "--max-delete", min=1, max=1_000_000_000, metavar="N", help="Stop after N deletions in this run.",
     ),
     workers: int = typer.Option(
         8, "--workers", min=1, max=64, metavar="N",
         help="Batches of objects deleted concurrently.",
     ),
+    quiet: bool = QUIET_OPTION,
+    metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -58,19 +60,31 @@ def gc_cmd(
 
     kinds = parse_kinds(orphans, missing, pending)
     grace_seconds = parse_grace(grace)
-    out = Output(json_out)
-    with Storage(workers=workers) as storage:
-        with out.progress(None, "gc: listing") as bar:
-            def progress(event: str, n: int) -> None:
-                if event == "listed":
-                    bar.advance(n)
+    out = Output(json_out, quiet=quiet)
+    with record_metrics(metrics_file, "gc") as metrics:
+        with Storage(workers=workers) as storage:
+            # The stores are listed as gc goes: no total to count first, so the bar
+            # counts what was listed (with its rate) instead of sitting at 0/?.
+            with out.progress(None, "gc: listing", unit="objects") as bar:
+                def progress(event: str, n: int) -> None:
+                    if event == "listed":
+                        bar.advance(n)
 
-            report = collect_garbage(
-                storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
-                dry_run=dry_run, workers=workers, on_progress=progress,
-            )
-        hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
+                report = collect_garbage(
+                    storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
+                    dry_run=dry_run, workers=workers, on_progress=progress,
+                )
+            hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
+        if metrics is not None:
+            _fill_metrics(metrics, report)
+        _show(out, report, max_delete, hint)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+def _show(out: Output, report, max_delete: int | None, hint: str | None) -> None:
     data = report.to_json()
+    json_out = out.json_mode
 
     if report.lock_held:
         out.info("another gc or sweep-expired run holds the run lock; this run did nothing")
@@ -78,24 +92,32 @@ def gc_cmd(
             out.result(data)
         return
 
+    worked = report.deleted or report.failed or report.reported_count
     if json_out:
         out.result(data)
-    elif dry_run or sys.stdout.isatty():
+    elif worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
         out.result(data, lambda console: _render(console, report))
     if not json_out:
         _messages(out, report, max_delete)
-    if hint:
+    if hint and not json_out:
         out.info(hint)
-    if not report.ok:
-        raise typer.Exit(1)
+
+
+def _fill_metrics(metrics, report) -> None:
+    metrics.dry_run = report.dry_run
+    for name in report.kinds:
+        tally = report.kind(name)
+        metrics.set("deleted_files", tally.files, "Files (objects or rows) the last run deleted, by kind.", kind=name)
+        metrics.set("deleted_bytes", tally.bytes, "Bytes the last run deleted, by kind.", kind=name)
+    metrics.set("failed_files", report.failed, "Deletes the last run could not make (kept).")
+    metrics.set("reported_rows", report.reported_count, "Rows with missing bytes reported, never deleted (permanent data).")
+    metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the run lock.")
 
 
 def _render(console, report) -> None:
-    from rich.table import Table
-
     verb = "would delete" if report.dry_run else "deleted"
-    table = Table("kind", "location", "files", "bytes", title=f"gc: {verb} (older than {_grace(report.grace)})")
-    table.columns[2].justify = table.columns[3].justify = "right"
+    table = new_table("kind", "location", "files", "bytes", right=("files", "bytes"),
+                      title=f"gc: {verb} (older than {_grace(report.grace)})")
     for name in report.kinds:
         tally = report.kind(name)
         if not tally.by_location:
@@ -114,15 +136,8 @@ def _grace(seconds: int) -> str:
 
 
 def _messages(out: Output, report, max_delete: int | None) -> None:
-    verb = "would delete" if report.dry_run else "deleted"
-    parts = [f"{name} {report.kind(name).files:,}" for name in report.kinds]
-    if report.deleted or report.failed or report.reported_count:
-        out.info(
-            f"gc: {verb} {report.deleted:,} ({', '.join(parts)}; {human_size(report.bytes)}) "
-            f"in {report.seconds:.1f} s; {report.failed} failed, {report.reported_count} reported"
-        )
     if report.max_delete_reached:
-        out.info(f"stopped at --max-delete {max_delete}; more may remain")
+        out.info(f"stopped at --max-delete {max_delete:,}; more may remain")
     for note in report.notes:
         out.warn(note)
     for row in report.reported[:SHOWN]:
@@ -133,7 +148,20 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
         where = _safe(failure["key"] or failure["id"] or "")
         out.error(f"kept {failure['location']} {where}: {failure['reason']}")
     if report.failed > SHOWN:
-        out.error(f"... and {report.failed - SHOWN} more kept")
+        out.error(f"... and {report.failed - SHOWN:,} more kept")
+    verb = "would delete" if report.dry_run else "deleted"
+    if report.deleted or report.failed or report.reported_count:
+        out.summary(
+            summary_line(
+                "gc", verb, report.deleted, report.bytes, report.seconds,
+                [*((report.kind(name).files, name) for name in report.kinds),
+                 (report.failed, "failed"), (report.reported_count, "reported")],
+                dry_run=report.dry_run,
+            ),
+            failed=bool(report.failed or report.reported_count),
+        )
+    else:
+        out.note(f"nothing to collect (nothing older than {_grace(report.grace)})")
 
 
 def _safe(text: str) -> str:

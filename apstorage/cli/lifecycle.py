@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output
+from apstorage.cli.output import Output, new_table
+from apstorage.text import printable  # rule ids and filters come from the bucket
 
 lifecycle_app = typer.Typer(
     help=(
@@ -69,25 +70,20 @@ def apply_cmd(
         )
 
     def render(console) -> None:
-        from rich.table import Table
         from rich.text import Text
 
         from apstorage.services.lifecycle import describe_actions, describe_filter
 
-        table = Table(title=f"s3://{plan.bucket}")
-        table.add_column("change")
-        table.add_column("rule", no_wrap=True)  # ids stay whole, greppable
-        table.add_column("ours")
-        table.add_column("filter")
-        table.add_column("action")
+        table = new_table("change", "rule", "ours", "filter", "action", title=f"s3://{plan.bucket}")
         for c in plan.changes:
             rule = c.after or c.before or {}
+            old = c.before if c.change == "updated" and c.before else rule
             table.add_row(
                 Text(c.change, style=_CHANGE_STYLE[c.change]),
-                Text(c.id),
+                Text(printable(c.id)),
                 "yes" if c.ours else "",
-                Text(describe_filter(rule)),
-                Text(describe_actions(rule)),
+                Text(printable(old_to_new(describe_filter(old), describe_filter(rule)))),
+                Text(printable(old_to_new(describe_actions(old), describe_actions(rule)))),
             )
         console.print(table)
 
@@ -128,26 +124,19 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
     data = view.to_json()
 
     def render(console) -> None:
-        from rich.table import Table
         from rich.text import Text
 
         if not view.rules:
             console.print(f"bucket {view.bucket} has no lifecycle rules", markup=False)
             return
-        table = Table(title=f"s3://{view.bucket}")
-        table.add_column("rule", no_wrap=True)
-        table.add_column("ours")
-        table.add_column("status")
-        table.add_column("filter")
-        table.add_column("action")
-        table.add_column("check")
+        table = new_table("rule", "ours", "status", "filter", "action", "check", title=f"s3://{view.bucket}")
         for rule in data["rules"]:
             table.add_row(
-                Text(rule["id"]),
+                Text(printable(rule["id"])),
                 "yes" if rule["ours"] else "",
                 "enabled" if rule["enabled"] else "disabled",
-                Text(rule["filter"]),
-                Text(rule["actions"]),
+                Text(printable(rule["filter"])),
+                Text(printable(rule["actions"])),
                 Text("too short", style="bold red") if rule["tooShort"] else "",
             )
         console.print(table)
@@ -159,3 +148,21 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
         out.info(
             f"missing apstorage rules: {', '.join(view.missing)}; run `apstorage lifecycle apply`"
         )
+
+
+def old_to_new(old: str, new: str) -> str:
+    """``expire after 31 days`` and ``expire after 15 days`` → ``expire after 31 → 15 days``:
+    the words both share stay once, the part that changed shows old → new."""
+    if old == new:
+        return new
+    a, b = old.split(" "), new.split(" ")
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    was, now = " ".join(a[head:len(a) - tail]), " ".join(b[head:len(b) - tail])
+    if not was or not now:  # words added or removed: show both whole
+        return f"{old} → {new}"
+    return " ".join(part for part in (" ".join(a[:head]), f"{was} → {now}", " ".join(a[len(a) - tail:])) if part)

@@ -10,25 +10,142 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from apstorage.text import printable
 
 
 def human_size(n: int | None) -> str:
+    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``19.5 MiB``; ``-`` for unknown."""
     if n is None:
         return "-"
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return f"{int(size):,} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 day``, ``2 days``, ``1,234 files``: the count with thousands separators and
+    the noun in the right number (``words`` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def human_duration(seconds: float) -> str:
+    """``0.4 s``, ``12.3 s``, ``3 min 04 s``, ``2 h 05 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def summary_line(
+    command: str,
+    verb: str,
+    files: int,
+    size: int | None,
+    seconds: float,
+    counts: Sequence[tuple[int, str]] = (),
+    *,
+    interrupted: bool = False,
+    dry_run: bool = False,
+) -> str:
+    """The one line a run leaves in a log, the same shape for every command that moves
+    or deletes files::
+
+        sweep-expired: deleted 2,000 files (19.5 MiB) in 3.2 s; 0 failed
+        migrate-to-s3: migrated 812 files (7.9 MiB) in 1.4 s; 3 skipped, 0 failed; interrupted: run it again to finish
+
+    ``counts`` are (n, label) pairs after the duration (failed, skipped, ...).
+    """
+    line = f"{command}: {verb} {plural(files, 'file')}"
+    if size is not None:
+        line += f" ({human_size(size)})"
+    line += f" in {human_duration(seconds)}"
+    if counts:
+        line += "; " + ", ".join(f"{n:,} {label}" for n, label in counts)
+    if dry_run:
+        line += "; dry run: nothing changed"
+    if interrupted:
+        line += "; interrupted: run it again to finish"
+    return line
+
+
+def new_table(*headers: str, right: Iterable[str] = (), title: str | None = None):
+    """A Rich table that never cuts a value: text columns fold long values onto more
+    lines instead of ending them with "…", and on a console that is not a terminal
+    (see ``Output``) nothing needs to fold at all. Columns named in ``right`` (counts,
+    sizes) are right-aligned."""
+    from rich.table import Table
+
+    numeric = set(right)
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(
+            header,
+            justify="right" if header in numeric else "left",
+            overflow="fold",
+            no_wrap=header in numeric,
+        )
+    return table
+
+
+def record_metrics(path: str | None, job: str):
+    """``with record_metrics(--metrics-file, "sweep_expired") as metrics:`` — a
+    ``apstorage.metrics.RunMetrics`` that is written however the block ends (None, and
+    prometheus_client never imported, without the flag)."""
+    if path is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from apstorage.metrics import recording
+
+    return recording(path, job)
+
+
+def failure_lines(failures: Iterable[tuple[str, str]], total: int, verb: str, *, shown: int = 5) -> list[str]:
+    """Failures grouped by reason, for people and cron logs: one line per distinct reason
+    with its count, then up to ``shown`` of the files it hit. ``failures`` are (what,
+    reason) pairs — a listed subset; ``total`` counts them all::
+
+        kept 30 files: S3 at http://... refused access to bucket 'demo' (SignatureDoesNotMatch: ...)
+          FLOW_RUN_LOG 0OZpPAtwnLyyiDF6b2mQO (S3 project/p/FLOW_RUN_LOG/0OZpP...)
+          ... and 25 more
+    """
+    by_reason: dict[str, list[str]] = {}
+    for what, reason in failures:
+        by_reason.setdefault(reason, []).append(what)
+    listed = sum(len(v) for v in by_reason.values())
+    lines: list[str] = []
+    for reason, items in by_reason.items():
+        count = len(items) + (total - listed if len(by_reason) == 1 else 0)
+        lines.append(f"{verb} {plural(count, 'file')}: {reason}")
+        lines += [f"  {what}" for what in items[:shown]]
+        if count > shown:
+            lines.append(f"  ... and {count - shown:,} more")
+    if len(by_reason) > 1 and total > listed:
+        lines.append(f"... and {total - listed:,} more {verb} (--json lists the first {listed:,})")
+    return lines
+
+
+# Width of a console that is not a terminal: wide enough that no table cell is ever
+# folded or cut, so a pipe or a log file carries every key, filter and ARN whole.
+# Rich sizes tables to their content, so rows are no wider than they need to be.
+PIPE_WIDTH = 100_000
+
+
 class Output:
-    def __init__(self, json_mode: bool = False) -> None:
+    """Where a command's output goes. ``json_mode``: one JSON document on stdout.
+    ``quiet``: messages are dropped except failures (errors, and a summary line that
+    reports failures)."""
+
+    def __init__(self, json_mode: bool = False, *, quiet: bool = False) -> None:
         self.json_mode = json_mode
+        self.quiet = quiet
         self._out: Any = None
         self._err: Any = None
 
@@ -44,6 +161,11 @@ class Output:
             self._err = _safe_console(sys.stderr)
         return self._err
 
+    @property
+    def interactive(self) -> bool:
+        """A person is watching stderr (a terminal), not cron or a pipe."""
+        return sys.stderr.isatty()
+
     def result(self, data: Any, render: Callable[[Any], None] | None = None) -> None:
         """The command's result: JSON with --json, else ``render(stdout console)``."""
         if self.json_mode or render is None:
@@ -53,7 +175,14 @@ class Output:
             render(self.out)
 
     def info(self, message: str) -> None:
-        self.err.print(message, markup=False)
+        if not self.quiet:
+            self.err.print(message, markup=False)
+
+    def note(self, message: str) -> None:
+        """A message only a person at a terminal needs ("nothing to migrate"); cron logs
+        and pipes stay empty."""
+        if self.interactive and not self.json_mode:
+            self.info(message)
 
     def warn(self, message: str) -> None:
         self.err.print(f"warning: {message}", style="yellow", markup=False)
@@ -66,63 +195,100 @@ class Output:
         line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
         self.err.print(line, style="bold red", markup=False, soft_wrap=True)
 
+    def fail(self, message: str, hint: str | None, exit_code: int) -> None:
+        """A failure at the error boundary: the stderr line and, with --json, the
+        ``{"error": {"message", "hint", "exitCode"}}`` document on stdout, so a script
+        never parses an empty stdout."""
+        self.error(message, hint)
+        if self.json_mode:
+            doc = {"error": {"message": message, "hint": hint, "exitCode": exit_code}}
+            sys.stdout.write(json.dumps(doc) + "\n")
+            sys.stdout.flush()
+
+    def failures(self, failures: Iterable[tuple[str, str]], total: int, verb: str) -> None:
+        """Failed files on stderr, grouped by reason (see ``failure_lines``); shown even
+        with --quiet."""
+        for line in failure_lines(failures, total, verb):
+            if line.startswith(" "):
+                self.err.print(line, markup=False, soft_wrap=True)
+            else:
+                self.error(line)
+
+    def summary(self, line: str, *, failed: bool = False) -> None:
+        """The run's one summary line on stderr (see ``summary_line``); with --quiet,
+        only when something failed."""
+        if failed or not self.quiet:
+            self.err.print(line, markup=False, style="bold red" if failed and self.interactive else None)
+
     @property
     def progress_enabled(self) -> bool:
         return sys.stderr.isatty()
 
     @contextmanager
-    def progress(self, total: int | None, description: str, *, bytes_total: int | None = None) -> Iterator["Progress"]:
-        """A progress bar on stderr when it is a TTY (files done of ``total``, bytes
-        moved of ``bytes_total`` when given, rate, elapsed, ETA); otherwise nothing."""
-        if not sys.stderr.isatty():
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner with ``message`` ("counting expired files…") on a TTY stderr while
+        something without a known length runs; nothing otherwise."""
+        if not self.progress_enabled:
+            yield
+            return
+        with self.err.status(message, spinner="dots"):
+            yield
+
+    @contextmanager
+    def progress(
+        self, total: int | None, description: str, *, bytes_total: int | None = None, unit: str = "files"
+    ) -> Iterator["Progress"]:
+        """A progress bar on stderr when it is a TTY: files done of ``total``, bytes done
+        of ``bytes_total`` when given, rate and time left; otherwise nothing. Give the
+        totals (a count query under ``status``) so the bar never shows ``0/?``."""
+        if not self.progress_enabled or total == 0:
             yield Progress(None, None)
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress as RichProgress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn
 
+        # Fits 80 columns: migrating ━━━━━━━ 200/2,300 files  2.0/20.7 MiB  47 files/s  eta 45 s
         columns = [
             TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            BarColumn(bar_width=16),
+            TextColumn("{task.fields[files]}"),
             TextColumn("{task.fields[moved]}"),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}"),
         ]
         with RichProgress(*columns, console=self.err, transient=True) as bar:
-            task = bar.add_task(description, total=total, rate="", moved="")
-            yield Progress(bar, task, bytes_total)
+            task = bar.add_task(description, total=total, files="", moved="", rate="", eta="")
+            tracker = Progress(bar, task, bytes_total, unit=unit)
+            tracker.advance(0)
+            yield tracker
 
 
 def _safe_console(file: Any) -> Any:
     """A Rich console that escapes control characters (``apstorage.text.printable``) and
     blanks known secrets (``config.scrub``) in every string it renders: messages and table
     cells alike, since keys, names and ids come from a catalog or a server. No markup and
-    no emoji codes: ``[red]`` or ``:x:`` in a key prints as written."""
+    no emoji codes: ``[red]`` or ``:x:`` in a key prints as written. Off a terminal the
+    console is ``PIPE_WIDTH`` wide, so a pipe or a log carries every value whole."""
     from rich.console import Console
 
     from apstorage.config import scrub
 
     class SafeConsole(Console):
         def render_str(self, text: str, **kwargs: Any) -> Any:
-            return super().render_str(printable(scrub(text)), **kwargs)
+            return super().render_str(printable(scrub(text), keep="\t"), **kwargs)
 
-    return SafeConsole(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    # Off a terminal, wide enough that no table cell is folded or cut (PIPE_WIDTH).
+    width = None if file.isatty() else PIPE_WIDTH
+    return SafeConsole(file=file, highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
 
 
 class Progress:
-    """Advance a Rich task, or nothing when progress is off."""
+    """Advance a Rich task, or nothing when progress is off. Thread-safe (Rich locks)."""
 
-    def __init__(self, bar: Any, task: Any, bytes_total: int | None = None) -> None:
+    def __init__(self, bar: Any, task: Any, bytes_total: int | None = None, *, unit: str = "files") -> None:
         self.bar = bar
         self.task = task
         self.bytes_total = bytes_total
+        self.unit = unit
         self.bytes = 0
 
     def advance(self, n: int = 1, size: int = 0) -> None:
@@ -130,13 +296,18 @@ class Progress:
         if self.bar is None:
             return
         self.bar.advance(self.task, n)
-        fields: dict[str, str] = {}
-        if size or self.bytes_total:
-            self.bytes += size
+        self.bytes += size or 0
+        task = self.bar.tasks[self.task]
+        done, total = int(task.completed), task.total
+        fields = {"files": f"{done:,}/{int(total):,} {self.unit}" if total else f"{done:,} {self.unit}"}
+        if self.bytes or self.bytes_total:
             of = f" of {human_size(self.bytes_total)}" if self.bytes_total else ""
             fields["moved"] = f"{human_size(self.bytes)}{of}"
-        speed = self.bar.tasks[self.task].speed if hasattr(self.bar, "tasks") else None
-        if speed:
-            fields["rate"] = f"{speed:,.0f} files/s"
-        if fields:
-            self.bar.update(self.task, **fields)
+        elapsed = task.elapsed or 0.0
+        if elapsed > 1.0 and done:
+            fields["rate"] = f"{done / elapsed:,.0f} {self.unit}/s"
+            left = (total - done) * elapsed / done if total and total > done else 0
+            fields["eta"] = f"eta {human_duration(left)}" if left else ""
+        if total is not None and done > total:  # more than counted (rows added meanwhile)
+            self.bar.update(self.task, total=done)
+        self.bar.update(self.task, **fields)

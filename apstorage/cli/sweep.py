@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import nullcontext
 from typing import Optional
 
 import typer
 
-from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output, human_size
+from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
+from apstorage.cli.output import Output, human_size, new_table, plural, record_metrics, summary_line
+from apstorage.model import EXPIRING_TYPES
 
-FAILURES_PRINTED = 20
+# The types --types accepts (DESIGN §1: execution data that expires; FLOW_BUNDLE is not one).
+SWEEPABLE_HELP = ", ".join(sorted(EXPIRING_TYPES))
 
 
 @app.command("sweep-expired")
@@ -22,7 +26,7 @@ def sweep_expired_cmd(
     ),
     types: Optional[str] = typer.Option(
         None, "--types", metavar="T,..",
-        help="Comma-separated execution-data types to sweep (default: all six). "
+        help=f"Comma-separated types to sweep, among {SWEEPABLE_HELP} (default: all six). "
         "Permanent types and FLOW_BUNDLE are refused.",
     ),
     batch_size: int = typer.Option(
@@ -36,6 +40,8 @@ def sweep_expired_cmd(
         8, "--workers", min=1, max=64, metavar="N",
         help="Batches whose bytes are deleted concurrently.",
     ),
+    quiet: bool = QUIET_OPTION,
+    metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -46,72 +52,116 @@ def sweep_expired_cmd(
     Only execution data that expires is swept; FLOW_BUNDLE and permanent files are never
     touched. A project's own executionDataRetentionDays counts, clamped to
     [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]. A file its
-    store refuses to delete keeps its row and makes the run exit 1. Safe in cron: a run
-    that finds another one holding the sweep lock exits 0 and says so; output only when
-    there is something to say.
+    store refuses to delete keeps its row and makes the run exit 1. Safe in cron: one
+    summary line when it deleted or failed something, nothing when nothing had expired;
+    a run that finds another one holding the sweep lock exits 0 and says so. Ctrl-C (or
+    SIGTERM) finishes the batches in flight, prints what was done and exits 130.
     """
+    from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
-    from apstorage.services.sweep import resolve_types, sweep_expired
+    from apstorage.services.sweep import count_expired, resolve_types, sweep_expired
 
     type_list = resolve_types(types.split(",") if types else None)
-    out = Output(json_out)
-    with Storage(workers=workers) as storage, out.progress(None, "sweeping") as bar:
-        report = sweep_expired(
-            storage,
-            retention_days=retention_days,
-            types=type_list,
-            batch_size=batch_size,
-            max_delete=max_delete,
-            dry_run=dry_run,
-            workers=workers,
-            on_batch=lambda deleted, failed: bar.advance(deleted + failed),
-        )
-        vacuum = None
-        if report.deleted and not dry_run:
-            from apstorage.services.du import vacuum_hint
+    out = Output(json_out, quiet=quiet)
+    with record_metrics(metrics_file, "sweep_expired") as metrics, stop_on_signals() as interrupt:
+        started = time.monotonic()
+        with Storage(workers=workers) as storage:
+            total = total_bytes = None
+            if out.progress_enabled and not dry_run:
+                with out.status("counting expired files…"):
+                    total, total_bytes = count_expired(
+                        storage, retention_days=retention_days, types=type_list, max_delete=max_delete
+                    )
+            waiting = out.status("counting expired files…") if dry_run else nullcontext()
+            with waiting, out.progress(total, "sweeping", bytes_total=total_bytes) as bar:
+                report = sweep_expired(
+                    storage,
+                    retention_days=retention_days,
+                    types=type_list,
+                    batch_size=batch_size,
+                    max_delete=max_delete,
+                    dry_run=dry_run,
+                    workers=workers,
+                    on_batch=lambda deleted, failed, size: bar.advance(deleted + failed, size),
+                    stop=interrupt.event,
+                )
+            vacuum = None
+            if report.deleted and not dry_run:
+                from apstorage.services.du import vacuum_hint
 
-            vacuum = vacuum_hint(storage)
-    data = report.to_json()
-    for warning in report.warnings:
-        out.warn(warning)
+                vacuum = vacuum_hint(storage)
+        seconds = time.monotonic() - started
+        if metrics is not None:
+            _fill_metrics(metrics, report)
+        if not quiet:  # a warning about the settings, not a failure
+            for warning in report.warnings:
+                out.warn(warning)
+        _show(out, report, seconds, max_delete)
+        if vacuum and not out.json_mode:
+            out.info(vacuum)
+        if report.interrupted:
+            raise typer.Exit(interrupt.exit_code)
+        if report.failed:
+            raise typer.Exit(1)
 
+
+def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
+    data = {**report.to_json(), "seconds": round(seconds, 3)}
     if report.lock_held:
         out.info("another sweep-expired run holds the sweep lock; this run did nothing")
-        if json_out:
+        if out.json_mode:
             out.result(data)
         return
-
-    def render(console) -> None:
-        from rich.table import Table
-
-        verb = "would delete" if dry_run else "deleted"
-        table = Table("type", "files", "bytes", title=f"{verb} (older than {report.retention_days} days)")
-        for file_type in report.types:
-            table.add_row(file_type, str(report.by_type[file_type]), human_size(report.bytes_by_type[file_type]))
-        table.add_row("total", str(report.deleted), human_size(report.bytes), style="bold")
-        console.print(table)
-
-    if json_out:
+    if out.json_mode:
         out.result(data)
-    elif dry_run or sys.stdout.isatty():
-        out.result(data, render)
+        return
+    worked = report.deleted or report.failed
+    if worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
+        out.result(data, lambda console: _render(console, report))
+    failures = [(f"{f.type} {f.id} ({f.location} {f.key or 'no key'})", f.reason) for f in report.failures]
+    out.failures(failures, report.failed, "kept")
+    for location, reason in report.abandoned_locations.items():
+        out.warn(f"{location} left alone for the rest of this run: {reason}")
+    if report.max_delete_reached:
+        out.info(f"stopped at --max-delete {max_delete:,}; more expired files remain")
+    if worked or report.interrupted:
+        out.summary(
+            summary_line(
+                "sweep-expired", "would delete" if report.dry_run else "deleted",
+                report.deleted, report.bytes, seconds, [(report.failed, "failed")],
+                interrupted=report.interrupted, dry_run=report.dry_run,
+            ),
+            failed=bool(report.failed),
+        )
+    else:
+        out.note(f"nothing expired (nothing older than {plural(report.retention_days, 'day')})")
 
-    if not json_out:
-        if report.max_delete_reached:
-            out.info(f"stopped at --max-delete {max_delete}; more expired files remain")
-        for failure in report.failures[:FAILURES_PRINTED]:
-            where = failure.key or failure.id
-            out.error(f"kept {failure.type} {failure.id} ({failure.location} {where}): {failure.reason}")
-        if report.failed > FAILURES_PRINTED:
-            out.error(f"... and {report.failed - FAILURES_PRINTED} more files kept")
-        for location, reason in report.abandoned_locations.items():
-            out.warn(f"{location} left alone for the rest of this run: {reason}")
-        if report.failed and not sys.stdout.isatty():
-            out.info(
-                f"deleted {report.deleted} files ({human_size(report.bytes)}); "
-                f"{report.failed} could not be deleted and were kept"
-            )
-    if vacuum:
-        out.info(vacuum)
-    if report.failed:
-        raise typer.Exit(1)
+
+def _render(console, report) -> None:
+    verb = "would delete" if report.dry_run else "deleted"
+    table = new_table("", "files", "bytes", right=("files", "bytes"),
+                      title=f"{verb}: files older than {plural(report.retention_days, 'day')}")
+    for file_type in report.types:
+        if report.by_type.get(file_type):
+            table.add_row(file_type, f"{report.by_type[file_type]:,}", human_size(report.bytes_by_type[file_type]))
+    table.add_section()
+    for location in sorted(report.by_location):
+        table.add_row(f"in {location}", f"{report.by_location[location]:,}", human_size(report.bytes_by_location[location]))
+    table.add_section()
+    table.add_row("total", f"{report.deleted:,}", human_size(report.bytes), style="bold")
+    console.print(table)
+
+
+def _fill_metrics(metrics, report) -> None:
+    metrics.dry_run = report.dry_run
+    metrics.set_many("deleted_files", {t: report.by_type.get(t, 0) for t in report.types},
+                     "Files deleted by the last run, by type.", "type")
+    metrics.set_many("deleted_bytes", {t: report.bytes_by_type.get(t, 0) for t in report.types},
+                     "Bytes deleted by the last run, by type.", "type")
+    metrics.set_many("deleted_files_by_location", report.by_location,
+                     "Files deleted by the last run, by where their bytes were.", "location")
+    metrics.set_many("deleted_bytes_by_location", report.bytes_by_location,
+                     "Bytes deleted by the last run, by where they were.", "location")
+    metrics.set("failed_files", report.failed, "Files the last run could not delete (their rows were kept).")
+    metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
+    metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the sweep lock.")

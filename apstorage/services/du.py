@@ -57,6 +57,7 @@ from apstorage.stores.base import ObjectInfo, Store
 GROUP_NAMES = tuple(sql.GROUP_COLUMNS)
 DEFAULT_BY = ("location", "type")
 MANAGED_PREFIXES = ("platform/", "project/")
+PRESIGN_MAX_SECONDS = 604800  # 7 days, the SigV4 limit (services/presign.py MAX_EXPIRES)
 LOOKUP_BATCH = 1000  # listed files per primary-key lookup
 LIST_PAGE = 1000  # objects per page handed from a listing thread
 LIST_QUEUE_PAGES = 8  # pages a listing thread may run ahead
@@ -68,6 +69,7 @@ CLEAN_SHORT = {
     "orphans": "`apstorage gc --orphans` (objects older than its --grace, 24h)",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
     "refused": "check the key with your S3 tool; the rest was checked",
+    "pendingUploads": "nothing yet: the upload may still come; `apstorage gc --pending` once its URL expired",
 }
 CLEAN = {
     "missing": (
@@ -81,6 +83,13 @@ CLEAN = {
         "objects no row points at: `apstorage gc --orphans` deletes those older than its "
         "--grace (24h by default), re-checking the catalog just before each batch; "
         "`apstorage gc --orphans --dry-run` lists what it would take."
+    ),
+    "pendingUploads": (
+        "S3 rows created for a pre-signed upload whose object has not arrived yet while "
+        "its URL may still be used (the row is younger than its URL's expiry, or than 7 "
+        "days, the longest a pre-signed URL lives, when the row does not record it): not "
+        "lost bytes. Once the URL has expired with no upload, `apstorage gc --pending` "
+        "removes them."
     ),
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
@@ -193,8 +202,8 @@ class DuReport:
 
 
 def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = None) -> DuReport:
-    """Files and bytes per group, from the catalog in one aggregate query; the largest
-    groups first."""
+    """Files and bytes per group, from the catalog in one aggregate query; ordered by the
+    ``by`` keys, the last key's groups largest first."""
     created_before = None
     if request.older_than is not None:
         created_before = (now or datetime.now(timezone.utc)) - timedelta(seconds=request.older_than)
@@ -205,7 +214,13 @@ def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = N
         created_before=created_before,
     )
     groups = sql.usage(storage.catalog, request.by, where)
-    groups.sort(key=lambda g: (-g.bytes, -g.files, tuple("" if k is None else str(k) for k in g.keys)))
+    # By the --by keys, the last one largest first: `--by location,type` keeps each
+    # location's types together, biggest first; `--by project` lists the largest first.
+    def order(g: UsageRow) -> tuple:
+        keys = tuple("" if k is None else str(k) for k in g.keys)
+        return (*keys[:-1], -g.bytes, -g.files, *keys[-1:])
+
+    groups.sort(key=order)
     return DuReport(
         by=request.by, groups=groups, created_before=created_before,
         catalog=sql.footprint(storage.catalog),
@@ -315,13 +330,17 @@ class VerifyReport:
     orphans: Problems = field(default_factory=lambda: Problems("orphans"))
     size_mismatches: Problems = field(default_factory=lambda: Problems("sizeMismatches"))
     refused: Problems = field(default_factory=lambda: Problems("refused"))
+    # S3 rows with no object yet, young enough that their pre-signed upload may still come:
+    # reported apart from lost bytes, and not an inconsistency.
+    pending_uploads: Problems = field(default_factory=lambda: Problems("pendingUploads"))
 
     @property
     def ok(self) -> bool:
-        return not any(kind.files for kind in self.kinds())
+        """No problem found; pending uploads are not one (their bytes may still come)."""
+        return not any(kind.files for kind in self.kinds() if kind is not self.pending_uploads)
 
     def kinds(self) -> list[Problems]:
-        return [self.missing, self.orphans, self.size_mismatches, self.refused]
+        return [self.missing, self.orphans, self.size_mismatches, self.refused, self.pending_uploads]
 
     def to_json(self) -> dict:
         return {
@@ -331,6 +350,7 @@ class VerifyReport:
             "orphans": self.orphans.to_json(),
             "sizeMismatches": self.size_mismatches.to_json(),
             "refused": self.refused.to_json(),
+            "pendingUploads": self.pending_uploads.to_json(),
         }
 
 
@@ -344,6 +364,8 @@ class _Tally:
         self.orphans = Problems("orphans", limit)
         self.mismatches = Problems("sizeMismatches", limit)
         self.refused = Problems("refused", limit)
+        self.pending = Problems("pendingUploads", limit)
+        self.now = datetime.now(timezone.utc)
         self.objects = 0
         self.bytes = 0
 
@@ -352,6 +374,11 @@ class _Tally:
         self.bytes += info.size
 
     def missing_row(self, row: KeyedRow) -> None:
+        expires = _upload_expires(row)
+        if self.where == "S3" and expires is not None and expires > self.now:
+            self.pending.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size,
+                             created=iso_utc(row.created), expiresAt=iso_utc(expires))
+            return
         self.missing.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
 
     def refused_row(self, row: KeyedRow, reason: str) -> None:
@@ -373,6 +400,23 @@ class _Tally:
         report.orphans.extend(self.orphans)
         report.size_mismatches.extend(self.mismatches)
         report.refused.extend(self.refused)
+        report.pending_uploads.extend(self.pending)
+
+
+def _upload_expires(row: KeyedRow) -> datetime | None:
+    """Until when a row's pre-signed upload may still come: the expiry `presign --upload`
+    records; for a row without it (the platform's own pre-signed uploads), its creation
+    plus the longest a pre-signed URL lives (7 days). None when unknown."""
+    if row.upload_expires:
+        try:
+            expires = datetime.fromisoformat(str(row.upload_expires).replace("Z", "+00:00"))
+        except ValueError:
+            expires = None
+        if expires is not None:
+            return expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+    if row.created is None:
+        return None
+    return row.created + timedelta(seconds=PRESIGN_MAX_SECONDS)
 
 
 class _OutOfOrder(Exception):
@@ -395,6 +439,7 @@ def verify(
         orphans=Problems("orphans", limit),
         size_mismatches=Problems("sizeMismatches", limit),
         refused=Problems("refused", limit),
+        pending_uploads=Problems("pendingUploads", limit),
     )
     tick = on_listed or (lambda n: None)
     catalog = storage.catalog

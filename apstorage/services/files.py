@@ -245,8 +245,8 @@ def _open_source(
     """The input, readable from its start, with its size known and within ``limits``.
 
     A regular file is checked by its size on disk before a byte is read. Anything else
-    (standard input, a pipe, a FIFO, ``<(...)``, a character device such as /dev/zero)
-    has no size to trust: it is streamed into an anonymous temporary file (memory up to
+    (standard input, a pipe, a FIFO, ``<(...)``, a character device such as /dev/zero, a
+    /proc file that says it is empty) has no size to trust: it is streamed into an anonymous temporary file (memory up to
     8 MiB), and reading stops at the tightest limit + 1 byte.
     """
     if source == "-":
@@ -257,14 +257,17 @@ def _open_source(
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
             raise UsageError(f"{source} is a directory; give a file or - for standard input")
-        if stat.S_ISREG(info.st_mode):
+        # A regular file's size is trusted, except 0: /proc and similar files say 0 and
+        # still have content, so they are streamed like a pipe.
+        sized = stat.S_ISREG(info.st_mode) and info.st_size > 0
+        if sized:
             check_size(f"input file {source}", info.st_size, limits)
         fh = stack.enter_context(open(path, "rb"))
     except FileNotFoundError:
         raise NotFoundError(f"input file {source} does not exist") from None
     except PermissionError:
         raise PermissionDeniedError(f"cannot read input file {source}: permission denied") from None
-    if stat.S_ISREG(info.st_mode):
+    if sized:
         return fh, info.st_size
     return _spool(fh, f"input {source}", limits, stack)
 

@@ -525,8 +525,8 @@ class _Collector:
     def _classify(self, row: sql.JudgedRow) -> str | None:
         report = self.report
         if row.upload_expires is not None:
-            deadline = _parse_time(row.upload_expires)
-            if deadline is None or deadline + timedelta(seconds=PENDING_MARGIN) > self.clock:
+            url_expiry = _parse_time(row.upload_expires)
+            if url_expiry is None or url_expiry + timedelta(seconds=PENDING_MARGIN) > self.clock:
                 report.skip("inFlight", 1)
                 return None
             return "pending"

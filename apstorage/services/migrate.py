@@ -59,6 +59,11 @@ class MigrateOptions:
 Outcome = int | None | Exception  # of one file: bytes moved; None: nothing to move; or why it failed
 
 
+class SourceMissing(ApStorageError):
+    """The bytes to move are not there (a LOCAL file, a DB row's data): a failure — unless
+    the row itself is gone too, deleted meanwhile (a concurrent sweep)."""
+
+
 @dataclass
 class MigrateReport:
     migrated: int = 0
@@ -71,6 +76,7 @@ class MigrateReport:
     gone: int = 0  # rows deleted by someone else (a sweep) while being moved; also skipped
     leftovers_removed: int = 0  # LOCAL copies of rows already in S3, left by a crash
     leftovers_kept: int = 0  # such copies kept: their S3 object could not be proven
+    interrupted: bool = False  # stopped early by ``stop``; a re-run moves the rest
 
     def fail(self, file_id: str, reason: str) -> None:
         self.failed += 1
@@ -104,6 +110,7 @@ class MigrateReport:
             "gone": self.gone,
             "leftoversRemoved": self.leftovers_removed,
             "leftoversKept": self.leftovers_kept,
+            "interrupted": self.interrupted,
             "dryRun": self.dry_run,
         }
 
@@ -150,12 +157,22 @@ def plan(storage: Storage, opts: MigrateOptions) -> tuple[int, int]:
     return files, size
 
 
-def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | None = None) -> MigrateReport:
+def migrate_to_s3(
+    storage: Storage,
+    opts: MigrateOptions,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> MigrateReport:
     """Move the chosen rows' bytes to S3 (module docstring for the order of work).
 
     With ``dry_run`` nothing is written: every candidate row is vetted as a real run would
     vet it (key, shared bytes, the LOCAL file there and ours), and the counts are what a
-    real run would move. Raises UsageError for bad options before anything happens."""
+    real run would move. Raises UsageError for bad options before anything happens.
+
+    ``progress(files, bytes)`` is called as uploads are proven. When ``stop`` is set (the
+    CLI sets it on SIGINT/SIGTERM) no new batch is claimed and no new upload starts; the
+    uploads in flight finish, the batch in hand commits the rows whose upload was proven,
+    and the report says ``interrupted``."""
     for source in opts.sources:
         types_for(source, opts)  # refuse bad --types before anything happens
     report = MigrateReport(dry_run=opts.dry_run)
@@ -177,11 +194,14 @@ def migrate_to_s3(storage: Storage, opts: MigrateOptions, progress: Progress | N
             "run at a time — wait for it to finish"
         )
     with lock, ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="migrate") as pool:
-        run = _Run(storage, opts, report, progress)
-        if Location.LOCAL in opts.sources:
+        run = _Run(storage, opts, report, progress, stop)
+        if Location.LOCAL in opts.sources and not run.stopped():
             _remove_leftovers(run)
         for source in opts.sources:
+            if run.stopped():
+                break
             _migrate_source(run, source, types_for(source, opts), pool)
+    report.interrupted = stop is not None and stop.is_set()
     return report
 
 
@@ -195,11 +215,12 @@ class _Run:
     holds (asked once: ``refs.shared_keys``) and the files links under the LOCAL root reach."""
 
     def __init__(self, storage: Storage, opts: MigrateOptions, report: MigrateReport,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, stop: threading.Event | None = None) -> None:
         self.storage = storage
         self.opts = opts
         self.report = report
         self.progress = progress
+        self.stop = stop
         self.s3 = storage.store(Location.S3)
         self.lock = threading.Lock()  # guards report and progress
         self.shared = refs.shared_keys(storage.catalog)
@@ -208,6 +229,10 @@ class _Run:
     @property
     def local(self):
         return self.storage.store(Location.LOCAL)
+
+    def stopped(self) -> bool:
+        """Asked to stop (SIGINT/SIGTERM): claim no new batch, start no new upload."""
+        return self.stop is not None and self.stop.is_set()
 
     @property
     def link_targets(self) -> set:
@@ -317,7 +342,7 @@ def _claim(run: _Run, cur, catalog, source, types, cursor: _Cursor, *, lock: boo
         room = opts.batch_size
         if opts.limit is not None:
             room = min(room, opts.limit - cursor.claimed)
-        if cursor.done or room <= 0:
+        if cursor.done or room <= 0 or run.stopped():
             return None
         batch = sql.claim_batch(cur, catalog, [source], types, cursor.after, room, lock=lock)
         if not batch:
@@ -334,19 +359,24 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
     postgres = catalog.dialect == "postgres"
     while True:
         uploaded: dict[str, tuple[_Job, int]] = {}  # id -> (job, bytes sent)
+        vanished: list[tuple[_Job, Outcome]] = []  # bytes not found: the row may be gone
         with sql.batch_scope(catalog) as cur:
             batch = _claim(run, cur, catalog, source, types, cursor)
             if batch is None:
                 return
             jobs = _vet(run, cur, catalog, batch, lock_keys=postgres)
             for group in _by_read_budget(jobs):
+                if run.stopped():
+                    break  # the rest of the batch stays where it is, untouched
                 payloads = dict(sql.read_data(cur, catalog, [j.row.id for j in group])) if local is None else {}
-                for job, outcome in _upload_group(s3, local, group, payloads, pool, concurrency):
+                for job, outcome in _upload_group(s3, local, group, payloads, pool, concurrency, run.stopped):
                     if isinstance(outcome, int):
                         uploaded[job.row.id] = (job, outcome)
                         if run.progress:
                             with run.lock:
                                 run.progress(1, outcome)
+                    elif isinstance(outcome, SourceMissing) or (outcome is None and job.candidate.has_data):
+                        vanished.append((job, outcome))  # settled once the batch is done
                     else:
                         with run.lock:
                             run.report.record(job.row.id, outcome, from_db=local is None)
@@ -365,6 +395,7 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
             for file_id in flipped:
                 run.report.record(file_id, uploaded[file_id][1], from_db=local is None)
         _settle_unflipped(run, catalog, [job for i, (job, _) in uploaded.items() if i not in flipped])
+        _settle_vanished(run, catalog, vanished, from_db=local is None)
         if local is not None:
             _remove_local_copies(run, catalog, [uploaded[i][0].key for i in flipped])
 
@@ -387,6 +418,19 @@ def _settle_unflipped(run: _Run, catalog, jobs: list[_Job]) -> None:
                 run.s3.delete(job.key)
 
 
+def _settle_vanished(run: _Run, catalog, vanished: list[tuple[_Job, Outcome]], *, from_db: bool) -> None:
+    """Rows whose bytes were not found: gone (and skipped) when the row was deleted
+    meanwhile, else the outcome as it was (a failure naming the row)."""
+    for job, outcome in vanished:
+        if refs.row_exists(None, catalog, job.row.id) is None:
+            with run.lock:
+                run.report.skipped += 1
+                run.report.gone += 1
+        else:
+            with run.lock:
+                run.report.record(job.row.id, outcome, from_db=from_db)
+
+
 def _remove_local_copies(run: _Run, catalog, keys: list[str]) -> None:
     """Remove the LOCAL files of rows now in S3 — unless a remaining LOCAL row references
     the path, or a link under the root reaches the file."""
@@ -400,6 +444,7 @@ def _remove_local_copies(run: _Run, catalog, keys: list[str]) -> None:
             continue
         with contextlib.suppress(ApStorageError):
             local.delete(key)
+    local.prune_empty_dirs(keys)  # folders the moves emptied
 
 
 LEFTOVER_PAGE = 400
@@ -415,7 +460,13 @@ def _remove_leftovers(run: _Run) -> None:
     page: list[str] = []
 
     def settle(keys: list[str]) -> None:
-        owners = refs.rows_referencing(None, catalog, keys)
+        # The rows whose own key each file is (by id: cheap), and, for the keys several
+        # rows hold, every row naming them.
+        owners = refs.rows_referencing(None, catalog, keys, by_id_only=True)
+        shared = [k for k in keys if k in run.shared]
+        if shared:
+            for key, holders in refs.rows_referencing(None, catalog, shared).items():
+                owners[key] = holders
         for key in keys:
             holders = owners.get(key)
             if not holders or any(location != Location.S3.value for _, location in holders):
@@ -486,7 +537,9 @@ def _dry_run(storage: Storage, opts: MigrateOptions, report: MigrateReport) -> N
                 report.bytes += size
 
 
-def _upload_group(s3, local, group: list[_Job], payloads, pool, concurrency) -> Iterator[tuple[_Job, Outcome]]:
+def _upload_group(
+    s3, local, group: list[_Job], payloads, pool, concurrency, stopped: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[_Job, Outcome]]:
     """Upload one group's files; yields (job, outcome) as each finishes.
 
     Small files (<= SMALL_OBJECT: nearly all execution data) go through ``put_many``:
@@ -500,6 +553,8 @@ def _upload_group(s3, local, group: list[_Job], payloads, pool, concurrency) -> 
 
     def small() -> Iterator[tuple[_Job, str, bytes, dict[str, str] | None]]:
         for job in small_ones:
+            if stopped():
+                return  # no new upload; those in flight finish
             row = job.row
             if local is None:
                 body = payloads.get(row.id)
@@ -534,7 +589,7 @@ def _read_small(local, key: str) -> bytes | None:
     try:
         fh, _ = local.open_file(key)
     except NotFoundError:
-        raise ApStorageError(f"LOCAL file for {key} is missing") from None
+        raise SourceMissing(f"LOCAL file for {key} is missing") from None
     try:
         with fh:
             body = fh.read(SMALL_OBJECT + 1)
@@ -572,7 +627,7 @@ def _upload_one(s3, local, job: _Job, payload: bytes | None) -> int | None:
     try:
         fh, size = local.open_file(job.key)
     except NotFoundError:
-        raise ApStorageError(f"LOCAL file for {job.key} is missing") from None
+        raise SourceMissing(f"LOCAL file for {job.key} is missing") from None
     with fh:
         s3.put(job.key, fh, size, tags=tags)
     return size

@@ -11,9 +11,13 @@ Order of work, one batch at a time:
 
 1. select up to ``batch_size`` expired rows of one execution type by keyset pages on
    (``created``, ``id``) — the (``type``, ``created``) index serves it;
-2. delete their bytes: S3 objects by DeleteObjects (``AP_S3_DELETE_BATCH_SIZE`` keys per
+2. keep the bytes another row still references: for keys more than one row holds, one
+   transaction finds those referenced outside the batch and deletes the batch's rows at
+   them without touching the bytes (likewise a LOCAL file a symbolic link under the root
+   reaches); ``_keep_shared_bytes``;
+3. delete the other bytes: S3 objects by DeleteObjects (``AP_S3_DELETE_BATCH_SIZE`` keys per
    request), LOCAL files one by one; DB rows carry their bytes and need nothing;
-3. delete, in one short transaction, the rows whose bytes are gone. A key the store
+4. delete, in one short transaction, the rows whose bytes are gone. A key the store
    refused keeps its row and is reported. A missing object counts as deleted.
 
 A batch that failed as a whole is split in halves and retried, so one bad key cannot
@@ -31,6 +35,7 @@ returns at once with ``lock_held``.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,7 +43,7 @@ from typing import Callable, Iterable, Iterator
 
 from apstorage.catalog import sweep as sql
 from apstorage.catalog.sweep import ExpiredRow
-from apstorage.errors import ApStorageError, UsageError
+from apstorage.errors import ApStorageError, BackendUnavailableError, UsageError
 from apstorage.model import (
     EXPIRING_TYPES,
     FLOW_BUNDLE,
@@ -97,6 +102,9 @@ class SweepReport:
     pause_timeout_days: int = 0
     abandoned_locations: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    by_location: dict[str, int] = field(default_factory=dict)
+    bytes_by_location: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
 
     def __post_init__(self) -> None:
         for t in self.types:
@@ -107,11 +115,14 @@ class SweepReport:
     def ok(self) -> bool:
         return self.failed == 0
 
-    def count(self, file_type: str, size: int | None) -> None:
+    def count(self, file_type: str, size: int | None, location: str | None = None) -> None:
         self.deleted += 1
         self.bytes += size or 0
         self.by_type[file_type] = self.by_type.get(file_type, 0) + 1
         self.bytes_by_type[file_type] = self.bytes_by_type.get(file_type, 0) + (size or 0)
+        if location is not None:
+            self.by_location[location] = self.by_location.get(location, 0) + 1
+            self.bytes_by_location[location] = self.bytes_by_location.get(location, 0) + (size or 0)
 
     def fail(self, row: ExpiredRow, file_type: str, key: str | None, reason: str) -> None:
         self.failed += 1
@@ -125,6 +136,9 @@ class SweepReport:
             "failed": self.failed,
             "byType": dict(self.by_type),
             "bytesByType": dict(self.bytes_by_type),
+            "byLocation": dict(self.by_location),
+            "bytesByLocation": dict(self.bytes_by_location),
+            "interrupted": self.interrupted,
             "dryRun": self.dry_run,
             "lockHeld": self.lock_held,
             "maxDeleteReached": self.max_delete_reached,
@@ -174,17 +188,61 @@ def sweep_expired(
     dry_run: bool = False,
     workers: int = DEFAULT_WORKERS,
     now: datetime | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SweepReport:
     """Delete (or, with ``dry_run``, count) expired execution data. ``on_batch(deleted,
-    failed)`` is called after each batch (for a progress bar)."""
-    sweep_types = resolve_types(types)
+    failed, bytes)`` is called after each batch (for a progress bar). When ``stop`` is
+    set (the CLI sets it on SIGINT/SIGTERM) no new page is selected: the batches in
+    flight finish — bytes deleted, then their rows — and the report says ``interrupted``."""
+    report, now = _new_report(storage, retention_days, types, dry_run, now)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if max_delete is not None and max_delete < 1:
         raise UsageError("--max-delete must be at least 1")
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    catalog = storage.catalog
+    lock = None if dry_run else sql.try_sweep_lock(catalog)
+    if not dry_run and lock is None:
+        report.lock_held = True
+        return report
+    try:
+        pages = _pages(storage, report, now, batch_size)
+        _Sweeper(storage, report, workers=workers, on_batch=on_batch, stop=stop).run(pages, max_delete)
+    finally:
+        if lock is not None:
+            lock.release()
+    return report
+
+
+def count_expired(
+    storage: Storage,
+    *,
+    retention_days: int | None = None,
+    types: Iterable[str] | None = None,
+    max_delete: int | None = None,
+    now: datetime | None = None,
+) -> tuple[int, int]:
+    """(files, bytes) a run with these options would delete — a progress bar's total.
+    One count per scope the sweep pages through (each type, and each project with a
+    shorter retention of its own), by the same indexes."""
+    report, now = _new_report(storage, retention_days, types, True, now)
+    files = size = 0
+    for _, stored, cutoff, scope in _scopes(storage, report, now):
+        f, b = sql.count_expired(storage.catalog, stored, cutoff, **scope)
+        files, size = files + f, size + b
+    if max_delete is not None:
+        files = min(files, max_delete)
+    return files, size
+
+
+def _new_report(
+    storage: Storage, retention_days, types, dry_run: bool, now: datetime | None
+) -> tuple[SweepReport, datetime]:
+    """(the run's report, its "now"): types and retention checked, the cutoff worked out,
+    the retention race warned about."""
+    sweep_types = resolve_types(types)
     days = storage.settings.execution_data_retention_days if retention_days is None else retention_days
     if days < 1:
         raise UsageError("--retention-days must be at least 1")
@@ -198,18 +256,7 @@ def sweep_expired(
     warning = retention_race_warning(days, pause, name)
     if warning:
         report.warnings.append(warning)
-    catalog = storage.catalog
-    lock = None if dry_run else sql.try_sweep_lock(catalog)
-    if not dry_run and lock is None:
-        report.lock_held = True
-        return report
-    try:
-        pages = _pages(storage, report, now, batch_size)
-        _Sweeper(storage, report, workers=workers, on_batch=on_batch).run(pages, max_delete)
-    finally:
-        if lock is not None:
-            lock.release()
-    return report
+    return report, now
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -218,14 +265,21 @@ def sweep_expired(
 def _pages(
     storage: Storage, report: SweepReport, now: datetime, batch_size: int
 ) -> Iterator[tuple[str, list[ExpiredRow]]]:
-    """(type, rows) pages: first every row older than the retention, type by type; then,
-    for each project whose effective retention (``model.effective_retention_days``: its own
-    value clamped to [pause timeout, retention]) is shorter, the younger rows that project
-    no longer keeps (by the (projectId, type, created) index)."""
+    """(type, rows) pages, scope by scope (``_scopes``)."""
+    for file_type, stored, cutoff, scope in _scopes(storage, report, now):
+        yield from _keyset(storage.catalog, file_type, stored, cutoff, batch_size, **scope)
+
+
+def _scopes(storage: Storage, report: SweepReport, now: datetime) -> Iterator[tuple[str, str, datetime, dict]]:
+    """(type, stored type name, cutoff, project scope): first every row older than the
+    retention, type by type; then, for each project whose effective retention
+    (``model.effective_retention_days``: its own value clamped to [pause timeout,
+    retention]) is shorter, the younger rows that project no longer keeps (by the
+    (projectId, type, created) index)."""
     catalog = storage.catalog
     for file_type in report.types:
         for stored in sql.stored_type_names(file_type):
-            yield from _keyset(catalog, file_type, stored, report.cutoff, batch_size)
+            yield file_type, stored, report.cutoff, {}
     if not sql.has_project_retention(catalog):
         return
     report.project_retention = True
@@ -242,10 +296,7 @@ def _pages(
             cutoff = now - timedelta(days=days)
             for file_type in report.types:
                 for stored in sql.stored_type_names(file_type):
-                    yield from _keyset(
-                        catalog, file_type, stored, cutoff, batch_size,
-                        project_id=project_id, not_before=report.cutoff,
-                    )
+                    yield file_type, stored, cutoff, {"project_id": project_id, "not_before": report.cutoff}
         if len(projects) < PROJECT_PAGE:
             return
         after = projects[-1][0]
@@ -281,12 +332,14 @@ class _Sweeper:
         report: SweepReport,
         *,
         workers: int,
-        on_batch: Callable[[int, int], None] | None,
+        on_batch: Callable[[int, int, int], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.storage = storage
         self.report = report
         self.workers = workers
         self.on_batch = on_batch
+        self.stop = stop
         self.refused_in_a_row: dict[Location, int] = {}
         self.shared: set[str] | None = None  # keys more than one row holds
         self.link_targets: set | None = None  # files links under the LOCAL root reach
@@ -296,10 +349,10 @@ class _Sweeper:
         if self.report.dry_run:
             for file_type, rows in pages:
                 rows, remaining = self._cap(rows, remaining)
-                if not rows:
+                if not rows or self._stopped():
                     break
                 for row in rows:
-                    self.report.count(file_type, row.size)
+                    self.report.count(file_type, row.size, row.location)
             return
         # Batches whose bytes are being deleted; each is finished (rows deleted) as soon
         # as its own bytes are done, in whatever order that happens.
@@ -309,7 +362,7 @@ class _Sweeper:
         try:
             for file_type, rows in pages:
                 rows, remaining = self._cap(rows, remaining)
-                if not rows:
+                if not rows or self._stopped():
                     break
                 batch = self._plan(file_type, rows)
                 inflight[pool.submit(_delete_objects, batch)] = batch
@@ -321,6 +374,11 @@ class _Sweeper:
                 self._finish(inflight.pop(future), future)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stopped(self) -> bool:
+        if self.stop is not None and self.stop.is_set():
+            self.report.interrupted = True
+        return self.report.interrupted
 
     def _warm_s3(self, pool: ThreadPoolExecutor) -> None:
         """Build the S3 client (~0.2 s of botocore set-up) in a worker while the main
@@ -405,7 +463,7 @@ class _Sweeper:
             for key in [k for k in by_key if k in kept]:
                 for row in by_key.pop(key):
                     if row.id in deleted:
-                        self.report.count(batch.file_type, row.size)
+                        self.report.count(batch.file_type, row.size, location.value)
             if not by_key:
                 del batch.objects[location]
 
@@ -454,19 +512,22 @@ class _Sweeper:
                     )
             else:
                 self.refused_in_a_row[location] = 0
-        deleted_before = report.deleted
+        deleted_before, bytes_before = report.deleted, report.bytes
         if any(gone.values()):
             deleted = sql.delete_rows(self.storage.catalog, gone)
             for row in batch.db_rows:
                 if row.id in deleted:
-                    report.count(batch.file_type, row.size)
+                    report.count(batch.file_type, row.size, Location.DB.value)
             for location in results:
                 for rows in batch.objects[location].values():
                     for row in rows:
                         if row.id in deleted:
-                            report.count(batch.file_type, row.size)
+                            report.count(batch.file_type, row.size, location.value)
+        local = batch.stores.get(Location.LOCAL)
+        if local is not None and Location.LOCAL in batch.objects:
+            local.prune_empty_dirs(batch.objects[Location.LOCAL])  # folders the deletes emptied
         if self.on_batch is not None:
-            self.on_batch(report.deleted - deleted_before, report.failed - failed_before)
+            self.on_batch(report.deleted - deleted_before, report.failed - failed_before, report.bytes - bytes_before)
 
 
 def _by_location(rows_by_key: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
@@ -488,6 +549,8 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
         store = batch.stores[location]
         try:
             results[location] = delete_keys(store, keys, split=location is Location.S3)
+        except BackendUnavailableError:
+            raise  # the store cannot be reached (or stalls): exit 8, as on every command
         except ApStorageError as exc:
             results[location] = ({k: str(exc) for k in keys}, True)
     return results
@@ -535,6 +598,7 @@ __all__ = [
     "DEFAULT_WORKERS",
     "Failure",
     "SweepReport",
+    "count_expired",
     "delete_keys",
     "resolve_types",
     "sweep_expired",

@@ -5,7 +5,8 @@ leave one at a row's path, pointing at another row's file; following it would ma
 delete remove the *other* row's bytes. So, consistently:
 
 * reading (``open``, ``open_file``, ``stat``) through a link under the root — the file
-  itself or any folder on its way — raises ``LinkError`` (exit 1) naming the path: ``get``
+  itself or any folder on its way — raises ``LinkError`` (exit 1) naming the path (a link
+  that leaves the root: UsageError, an unsafe key, as any other way out is): ``get``
   refuses it, ``migrate-to-s3`` reports the row as a failure, ``du --verify`` counts it as
   missing; ``list`` does not yield links;
 * ``delete`` never follows a link: a link at the key is removed itself (its target stays),
@@ -26,9 +27,9 @@ import stat as stat_mod
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
-from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError
+from apstorage.errors import ApStorageError, NotFoundError, PermissionDeniedError, UsageError
 from apstorage.model import Location, safe_relative_key
 from apstorage.stores.base import CHUNK, ObjectInfo, Store
 
@@ -67,11 +68,12 @@ class LocalStore(Store):
             except NotADirectoryError:
                 return path
             if stat_mod.S_ISLNK(mode):
+                root = path.parents[len(parts) - 1]
+                target = here.resolve()
+                if target != root and root not in target.parents:
+                    raise UsageError(f"unsafe object key {key!r}: it leaves {root} through a link")
                 what = "is a symbolic link" if last else f"lies under {here}, a symbolic link"
-                raise LinkError(
-                    f"LOCAL file {path} {what}; apstorage does not follow links under "
-                    f"{path.parents[len(parts) - 1]}"
-                )
+                raise LinkError(f"LOCAL file {path} {what}; apstorage does not follow links under {root}")
         return path
 
     def put(self, key: str, source: BinaryIO, size: int, *, tags: dict[str, str] | None = None) -> None:
@@ -84,6 +86,11 @@ class LocalStore(Store):
             fd, tmp = tempfile.mkstemp(prefix=".apstorage-", dir=path.parent)
         except PermissionError as exc:
             raise PermissionDeniedError(f"cannot write under {path.parent}: {exc.strerror}") from None
+        except OSError as exc:  # a file where a folder should be, a read-only disk, ...
+            raise ApStorageError(
+                f"cannot write under {path.parent}: {exc.strerror}",
+                hint="check AP_LOCAL_STORAGE_PATH",
+            ) from None
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := source.read(CHUNK):
@@ -135,6 +142,29 @@ class LocalStore(Store):
             raise PermissionDeniedError(f"cannot delete {path}: {exc.strerror}") from None
         except OSError as exc:
             raise ApStorageError(f"cannot delete {path}: {exc.strerror}") from None
+
+    def prune_empty_dirs(self, keys: Iterable[str]) -> int:
+        """Remove the folders that deleting ``keys`` left empty, children before parents,
+        up to the root — never the root itself, never through a symbolic link (a folder
+        whose path crosses one is left alone). ``rmdir`` only removes an empty folder, so
+        a file written meanwhile keeps its folder. Returns how many folders were removed."""
+        root = self.root.resolve()
+        folders: set[tuple[str, ...]] = set()
+        for key in keys:
+            parts = tuple(key.split("/")[:-1])
+            if not parts or ".." in parts or "" in parts or parts in folders:
+                continue
+            if _crosses_link(root, parts):
+                continue
+            folders.update(parts[:depth] for depth in range(1, len(parts) + 1))
+        removed = 0
+        for folder in sorted(folders, key=len, reverse=True):  # children before parents
+            try:
+                os.rmdir(root.joinpath(*folder))
+            except OSError:  # not empty (or gone already): its parents will not be empty either
+                continue
+            removed += 1
+        return removed
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size of the regular file at ``key``; None when absent; LinkError for a link."""
@@ -212,3 +242,17 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _crosses_link(root: Path, parts: tuple[str, ...]) -> bool:
+    """True when any folder on the way from ``root`` to ``root/parts`` is a symbolic link
+    (or not a folder)."""
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            if not stat_mod.S_ISDIR(os.lstat(path).st_mode):
+                return True
+        except OSError:
+            return True
+    return False

@@ -327,14 +327,16 @@ class S3Store(Store):
         if error:
             raise error
 
-    def prove(self, key: str, size: int, md5_hex: str | None = None, *, data: bytes | None = None) -> ApStorageError | None:
-        """None when the object at ``key`` is proven to hold ``size`` bytes (with MD5
-        ``md5_hex`` when its ETag is an MD5, and ``data``'s checksums when the store
-        returns some); else why not. Reads only: never deletes."""
-        return self._head_proof(key, size, md5_hex, data, discard=False)
+    def prove(self, key: str, size: int, md5_hex: str, *, data: bytes | None = None) -> ApStorageError | None:
+        """None when the object at ``key`` is proven to hold ``size`` bytes whose MD5 is
+        ``md5_hex`` (and ``data``'s checksums, when the store returns some); else why not.
+        Stricter than an upload's proof, for deciding to delete another copy: an ETag that
+        looks like an MD5 must be this MD5 unless the store says the object is encrypted
+        with KMS or a customer key (whose ETags are not MD5s). Reads only: never deletes."""
+        return self._head_proof(key, size, md5_hex, data, discard=False, strict=True)
 
     def _head_proof(self, key: str, size: int, md5_hex: str | None, data: bytes | None, *,
-                    discard: bool) -> ApStorageError | None:
+                    discard: bool, strict: bool = False) -> ApStorageError | None:
         where = f"s3://{self.bucket}/{key}"
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
@@ -353,6 +355,8 @@ class S3Store(Store):
             wrong = f"{where} holds {stored} bytes after uploading {size}"
         elif md5_hex and str(head.get("ETag", "")).strip('"').lower() == md5_hex:
             return None
+        elif strict and _md5_like(head.get("ETag")) and not _encrypted_etag(head):
+            wrong = f"{where} has the ETag {head.get('ETag')}, not the MD5 {md5_hex} of the bytes"
         elif data is not None:
             for field_name, compute in _CHECKSUMS.items():
                 value = head.get(field_name)
@@ -481,6 +485,9 @@ class S3Store(Store):
             reason = _reason(self.translate(exc), code)
             return {k: reason for k in batch}
         except BotoCoreError as exc:
+            transport = self.transport_error(exc)
+            if transport is not None:  # S3 cannot be reached, or stalls: exit 8, as everywhere
+                raise transport from None
             reason = str(self.translate(exc))
             return {k: reason for k in batch}
         sent = set(batch)
@@ -535,7 +542,8 @@ class S3Store(Store):
         code: missing bucket 4, refused 5, unreachable 8."""
         fast = self.fast
         fast.request(
-            "GET", fast.prefix.rstrip("/") or "/", query={"list-type": "2", "max-keys": "1"},
+            "GET", fast.prefix.rstrip("/") or "/",
+            query={"list-type": "2", "max-keys": "1", "encoding-type": "url"},
             operation="ListObjectsV2",
         )
 
@@ -714,6 +722,17 @@ class S3Store(Store):
             except BotoCoreError:
                 out[name] = "unsupported"
         return out
+
+
+def _md5_like(etag: Any) -> bool:
+    text = str(etag or "").strip('"').lower()
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def _encrypted_etag(head: dict) -> bool:
+    """Objects whose ETag is no MD5 of their bytes even when single-part (AWS docs,
+    "Checking object integrity"): SSE-KMS, DSSE-KMS and SSE-C."""
+    return bool(head.get("SSECustomerAlgorithm")) or str(head.get("ServerSideEncryption", "")).startswith("aws:kms")
 
 
 def _b64(raw: bytes) -> str:

@@ -4,7 +4,7 @@ Who does what:
 
 - **urllib3, through botocore's ``URLLib3Session``** (subclassed as ``Session``) sends every
   one-at-a-time request: the botocore client's (GET, HEAD, multipart, DeleteObjects,
-  lifecycle...: routed here by a ``before-send`` hook) and the signed path's (single PUT,
+  lifecycle...: this session replaces the client's own) and the signed path's (single PUT,
   listing pages, bucket check). So every request has the same proxy rule (botocore's:
   ``get_environ_proxies`` then ``ProxyConfiguration.proxy_url_for`` — HTTP_PROXY,
   HTTPS_PROXY, NO_PROXY; ``ALL_PROXY`` is not read by botocore, so not here either), the same
@@ -65,6 +65,7 @@ MAX_ERROR_BODY = 64 * 1024  # an error body (XML) beyond this is cut
 MAX_LIST_PAGE = 16 * 1024 * 1024  # a ListObjectsV2 page of 1,000 keys is well under 1 MiB
 RECV = 256 * 1024
 SWEEP = 0.25  # seconds between checks of the multiplexer's deadlines
+REUSE_CHECK_AFTER = 0.05  # seconds idle after which a connection is checked before reuse
 PARALLEL_CONNECTS = 16  # connections opened at once (TLS handshakes to a far region add up)
 
 
@@ -257,12 +258,13 @@ class Session(URLLib3Session):
         return self._proxy_config.proxy_url_for(url)
 
     def attach(self, client: Any) -> None:
-        """Send ``client``'s requests through this session (botocore's ``before-send``
-        event: a handler returning a response replaces botocore's own send)."""
-        client.meta.events.register("before-send.s3", self._before_send)
-
-    def _before_send(self, request: AWSPreparedRequest, **_: Any) -> Any:
-        return self.send(request)
+        """Send ``client``'s requests through this session: it becomes the client's
+        endpoint's HTTP session, where botocore's own ``URLLib3Session`` was (botocore has no
+        public setter; a ``before-send`` handler would also run when another handler, such
+        as moto's, has already answered). The client's own session is closed unused."""
+        endpoint = client._endpoint
+        endpoint.http_session.close()
+        endpoint.http_session = self
 
     def send(self, request: AWSPreparedRequest) -> Any:
         with self.deadline(request.url):
@@ -447,20 +449,16 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 def encode_request(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """A request head. Writing one is not parsing: the only rule to keep is that no name or
     value may carry a line break or NUL (which would let a key or header smuggle a second
-    request); ValueError if one does."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    for name, value in headers:
-        value = str(value)
-        if _FORBIDDEN.intersection(name) or _FORBIDDEN.intersection(value) or not name or " " in name:
-            raise ValueError(f"header {name!r} holds a line break, NUL or space")
-        lines.append(f"{name}: {value}\r\n")
-    if _FORBIDDEN.intersection(target) or " " in target:
-        raise ValueError("the request target holds a line break, NUL or space")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
-_FORBIDDEN = frozenset("\r\n\0")
+    request), and no name or target a space; ValueError if one does."""
+    items = [(name, str(value)) for name, value in headers]
+    text = "".join([target, *(name + value for name, value in items)])
+    if "\r" in text or "\n" in text or "\0" in text or " " in target or any(
+        not name or " " in name for name, _ in items
+    ):
+        raise ValueError("a header or the request target holds a line break, NUL or space")
+    return "".join(
+        [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in items), "\r\n"]
+    ).encode("latin-1")
 
 
 class _Slot:
@@ -485,6 +483,7 @@ class _Slot:
         self.extra = False  # bytes after the final answer
         self.idle_at = 0.0  # read timeout: no byte since
         self.due = 0.0  # request deadline
+        self.free_since = 0.0  # when its last answer completed
 
     def start(self, token: Any, limit: int) -> None:
         import httptools
@@ -647,7 +646,10 @@ class Multiplexer:
         slot = self._idle.pop()
         connecting = False
         try:
-            if slot.sock is not None and not self._still_open(slot):
+            # An idle socket is watched by the selector while ``poll`` runs; one left idle
+            # since (between batches) is checked here before it carries a request.
+            stale = slot.sock is not None and time.monotonic() - slot.free_since > REUSE_CHECK_AFTER
+            if stale and not self._still_open(slot):
                 self._drop(slot)
             if slot.sock is None:
                 connecting = True
@@ -795,6 +797,7 @@ class Multiplexer:
 
     def _finish(self, slot: _Slot, result: Response | Exception) -> None:
         self._busy.discard(slot)
+        slot.free_since = time.monotonic()
         if isinstance(result, Exception):
             self._drop(slot)
         self._idle.append(slot)
