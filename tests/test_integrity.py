@@ -522,6 +522,26 @@ def test_a_multipart_upload_answered_2xx_but_never_completed_moves_nothing(fault
     assert_invariant(storage, {big: body})
 
 
+def test_a_multipart_part_answered_without_an_etag_fails_alone_and_is_aborted(faulty_env, faulty_s3, storage_factory) -> None:
+    """UploadPart answered 200 without an ETag: the upload cannot be completed or proven, so
+    the row stays LOCAL with its file, the failure is one line, and no multipart upload is
+    left open in the bucket."""
+    storage = storage_factory(faulty_env)
+    body = os.urandom(17 * 1024 * 1024)  # over the multipart threshold
+    big = add_row(storage, Location.LOCAL, body, file_type="FLOW_STEP_FILE")
+    fault = faulty_s3.add(Fault(action="drop_etag", method="PUT", query="uploadId"))
+    report = migrate_to_s3(storage, MigrateOptions(workers=2))
+    assert fault.applied >= 1
+    assert (report.migrated, report.failed) == (0, 1) and "ETag" in report.failures[0]["reason"]
+    assert Raw(storage, big).location is Location.LOCAL
+    s3 = storage.store(Location.S3)
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert_invariant(storage, {big: body})
+    faulty_s3.clear()
+    assert migrate_to_s3(storage, MigrateOptions(workers=2)).migrated == 1
+    assert_invariant(storage, {big: body})
+
+
 def test_a_local_row_swept_before_its_file_was_read_counts_as_gone(make_env, faulty_s3, bucket, tmp_path, storage_factory) -> None:
     """A sweep deletes a LOCAL row's file, then the row, while migrate is busy with the
     batch: the row counts as gone, not as a failure."""

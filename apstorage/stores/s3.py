@@ -250,14 +250,35 @@ class S3Store(Store):
                 Config=self.transfer_config(),
             )
         except (ClientError, BotoCoreError) as exc:
+            self._abort_multipart(key)
             raise self.translate(exc, key) from None
+        except ApStorageError:
+            self._abort_multipart(key)
+            raise
         except Exception as exc:  # s3transfer wraps client errors in its own types
+            self._abort_multipart(key)
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, (ClientError, BotoCoreError)):
                 raise self.translate(cause, key) from None
-            raise
+            if isinstance(exc, KeyError):  # an UploadPart answer without its ETag
+                detail = f"an answer lacked its {exc.args[0] if exc.args else 'ETag'}"
+            else:
+                detail = f"{type(exc).__name__}: {exc}"
+            raise BackendUnavailableError(
+                f"S3 at {self.where} did not complete the multipart upload of {key!r} ({detail}); "
+                "the upload was aborted and nothing was recorded"
+            ) from None
         # A multipart ETag ("hex-N") is no MD5 of the bytes: a HEAD proves the object.
         self._proven_or_raise(key, size, None)
+
+    def _abort_multipart(self, key: str) -> None:
+        """Abort the multipart uploads of ``key`` a failed upload left open (best effort:
+        s3transfer aborts its own on most failures, not when an answer lacks a field)."""
+        with contextlib.suppress(Exception):
+            page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in page.get("Uploads", []):
+                if upload.get("Key") == key:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
 
     def put_bytes(self, key: str, data: bytes, *, tags: dict[str, str] | None = None) -> None:
         """One PutObject carrying Content-MD5, so the server refuses damaged bytes. The
