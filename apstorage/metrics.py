@@ -25,6 +25,7 @@ without the flag never load it.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,17 @@ class RunMetrics:
             raise UsageError(f"--metrics-file {self.path} is a directory; give a file path such as {self.path}/apstorage.prom")
         if not folder.is_dir():
             raise NotFoundError(f"--metrics-file: the folder {folder} does not exist")
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            # The file is replaced by a rename: a device (/dev/null), a FIFO or a symbolic
+            # link there would be replaced by a regular file.
+            raise UsageError(
+                f"--metrics-file {self.path} exists and is not a regular file (a device, a FIFO or "
+                "a symbolic link); it would be replaced: give the path of a regular file"
+            )
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionDeniedError(f"--metrics-file: cannot write in {folder}")
 

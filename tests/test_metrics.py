@@ -4,6 +4,7 @@ figures, replaced atomically, and a last-success time that survives failed runs.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -102,6 +103,21 @@ def test_a_metrics_folder_that_does_not_exist_is_refused_before_anything_is_dele
                            catch_exceptions=False)
     assert result.exit_code == 4 and "--metrics-file" in result.stderr
     assert storage.catalog.get(row.id).id == row.id
+
+
+def test_a_metrics_path_that_is_not_a_regular_file_is_refused_and_left_alone(runner, env, set_env, tmp_path) -> None:
+    """The file is replaced by a rename: a FIFO, a device or a symbolic link at the path
+    would become a regular file (``--metrics-file /dev/null`` would replace /dev/null)."""
+    set_env(**env)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.prom"
+    link.symlink_to(tmp_path / "elsewhere.prom")
+    for path in (fifo, link):
+        result = runner.invoke(app, ["du", "--metrics-file", str(path)], catch_exceptions=False)
+        assert result.exit_code == 2 and "not a regular file" in result.stderr, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.islink(link)
+    assert not (tmp_path / "elsewhere.prom").exists()
 
 
 def test_migrate_du_check_iam_and_gc_write_parseable_files(runner, env, set_env, storage_factory, tmp_path) -> None:
