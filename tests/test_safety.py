@@ -124,6 +124,14 @@ def test_get_to_a_missing_folder_with_a_slash_is_not_found(stored, tmp_path: Pat
     assert result.exit_code == 4 and "does not exist" in result.stderr
 
 
+def test_get_to_a_full_device_is_one_line_naming_it(stored) -> None:
+    """/dev/full refuses every write with ENOSPC, as a full disk does."""
+    result = runner.invoke(app, ["get", stored("a.txt"), "-o", "/dev/full"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["error: cannot write to /dev/full: No space left on device"]
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
 # -- check-iam --junit-xml ----------------------------------------------------------------
 
 

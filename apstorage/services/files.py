@@ -367,7 +367,7 @@ def write_file_to(storage: Storage, file_id: str, output: str) -> tuple[FileRow,
     if existing is not None and stat_mod.S_ISDIR(existing.st_mode):
         raise UsageError(f"-o: {target} is a folder")
     if existing is not None and not stat_mod.S_ISREG(existing.st_mode):
-        with open(target, "wb") as out:  # a device or a pipe: nothing to rename
+        with _writing(target), open(target, "wb") as out:  # a device or a pipe: nothing to rename
             _copy(chunks, out)
         return row, str(target)
     mode = stat_mod.S_IMODE(existing.st_mode) if existing is not None else 0o666 & ~_umask()
@@ -382,7 +382,7 @@ def write_file_to(storage: Storage, file_id: str, output: str) -> tuple[FileRow,
         raise UsageError(f"-o: cannot write {target}: {exc.strerror}") from None
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
+        with _writing(target), os.fdopen(fd, "wb") as out:
             _copy(chunks, out)
         os.replace(tmp, target)
     except BaseException:
@@ -412,6 +412,18 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """A write (or the flush when the file closes) the system refuses — a full disk or
+    device, a quota — is an ApStorageError naming ``target``, exit 1, not a traceback."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise ApStorageError(f"cannot write to {target}: {exc.strerror or exc}") from None
 
 
 def _copy(chunks: Iterator[bytes], out: IO[bytes]) -> None:
