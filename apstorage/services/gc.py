@@ -74,12 +74,11 @@ PENDING_MARGIN = 15 * 60  # s after a pre-signed URL expired before its row is j
 BATCH = 1000  # objects or rows per batch
 DEFAULT_WORKERS = 8
 KEPT = 100  # failures and reported rows listed; the counts cover them all
-# A location where rows lack their bytes but none has them: the configuration, not the
-# data, is wrong (another bucket, another root). Rows are held back until one row is seen
-# with its bytes; past this many, or with at least MISCONFIGURED_MIN and none seen, the
-# location's rows are left alone.
+# A location where rows lack their bytes and none has them: the configuration, not the
+# data, is likely wrong (another bucket, another root). Rows without bytes are deleted
+# only once one of the location's rows was found with its bytes; otherwise they are held, and past HOLD_MAX held, or at the end
+# of the pass, the location's rows are left alone and a note says why.
 HOLD_MAX = 10_000
-MISCONFIGURED_MIN = 10
 
 
 # -- request and report -------------------------------------------------------------------
@@ -604,8 +603,9 @@ class _GcTally:
         self.orphan_batch: list[ObjectInfo] = []
         self.inflight: dict[Future, None] = {}
         self.held_counts = _Outcome()  # a dry pass's counts, kept until the pass is kept
-        self.held: list[str] = []  # rows without bytes, held until one row has its bytes
-        self.matched = False
+        self.held: list[str] = []  # rows without bytes, held while the location is not trusted
+        self.matched = 0  # rows found with their bytes
+        self.missing = 0  # rows found without
         self.rows_refused = False
 
     # the interface du's merge and lookups call ------------------------------------------------
@@ -613,9 +613,15 @@ class _GcTally:
         self.objects += 1
         self.bytes += info.size
 
+    def _trusted(self) -> bool:
+        """At least one row found with its bytes: the configured bucket or root is one the
+        catalog writes to. A location where no row has its bytes is, whatever the count,
+        more likely a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH than lost data."""
+        return self.matched > 0
+
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
-        if not self.matched:
-            self.matched = True
+        self.matched += 1
+        if self.held and not self.rows_refused and self._trusted():
             self._flush_rows()
 
     def refused_row(self, row: KeyedRow, reason: str) -> None:
@@ -641,7 +647,8 @@ class _GcTally:
         if not (c.wants("missing") or c.wants("pending")) or self.rows_refused:
             return
         self.held.append(row.id)
-        if self.matched:
+        self.missing += 1
+        if self._trusted():
             if len(self.held) >= BATCH:
                 self._flush_rows()
         elif len(self.held) > HOLD_MAX:
@@ -686,9 +693,9 @@ class _GcTally:
         n = len(self.held)
         self.held = []
         self.c.report.notes.append(
-            f"{self.where}: rows lack their bytes ({n} or more) and no row was found with its "
-            f"bytes; the configuration looks wrong (AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH), so "
-            f"no {self.where} row was deleted"
+            f"{self.where}: {self.missing:,} rows lack their bytes and only {self.matched:,} were found "
+            f"with theirs ({n:,} held); the configuration looks wrong (AP_S3_BUCKET / "
+            f"AP_LOCAL_STORAGE_PATH), so no {self.where} row was deleted"
         )
 
     def close(self, *, finish: bool = True, keep: bool = True) -> None:
@@ -702,7 +709,7 @@ class _GcTally:
                     except _BudgetSpent:
                         pass
                 if self.held and not self.rows_refused:
-                    if not self.matched and len(self.held) >= MISCONFIGURED_MIN:
+                    if not self._trusted():
                         self._refuse_rows()
                     else:
                         try:
