@@ -1381,6 +1381,12 @@ def test_a_dead_proxy_is_named_and_exits_8_on_every_path(tmp_path: Path, monkeyp
         assert isinstance(failure, BackendUnavailableError), failure
         assert "proxy" in str(failure) and dead in str(failure), failure
         assert "sekrit" not in str(failure)
+    # check-iam's unsigned probes go through the same session and read the same.
+    from apstorage.services.check_iam import run_checks
+
+    report = run_checks(settings_from(fake_s3_env(tmp_path, "http://s3.invalid:9000")))
+    assert report.unreachable is not None and "proxy" in report.unreachable and dead in report.unreachable
+    assert "sekrit" not in report.unreachable
 
 
 # ======================================================================================

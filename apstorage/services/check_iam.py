@@ -7,8 +7,9 @@ and a DeleteObjects batch of one, then a 404), and the server's clock.
 
 Probe objects are always removed, also when a check fails or the run is interrupted
 (Ctrl-C or SIGTERM); a probe the credentials cannot delete is reported, never hidden.
-Raw HTTP (pre-signed and unsigned requests, the Date header) goes through urllib: those
-requests must carry no credentials at all.
+Raw HTTP (pre-signed and unsigned requests, the Date header) goes through the store's own
+HTTP session unsigned: those requests carry no credentials at all, and follow the same
+proxy rule, timeouts and error messages as every other request.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ import secrets
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import urlsplit
 
 from apstorage.errors import (
     ApStorageError,
@@ -154,6 +152,9 @@ def parse_skip(value: str | None) -> set[str]:
 # -- raw HTTP (no credentials) ----------------------------------------------------------
 
 
+PROBE_BODY_LIMIT = 1024 * 1024  # bytes of a probe's answer read (probes are a few bytes)
+
+
 @dataclass(frozen=True)
 class HttpResult:
     status: int
@@ -181,20 +182,23 @@ class Unreachable(Exception):
     pass
 
 
-def http(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> HttpResult:
-    """One request with no credentials; any HTTP answer is returned, a network failure raises."""
-    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None and not request.has_header("Content-type"):
-        request.add_header("Content-Type", "application/octet-stream")
+def http(store: Any, method: str, url: str, data: bytes | None = None,
+         headers: dict[str, str] | None = None) -> HttpResult:
+    """One request with no credentials (a pre-signed or anonymous URL) through the store's
+    own HTTP session, so the proxy rule, CA bundle, timeouts and error messages are the
+    ones every other request has. Any HTTP answer is returned; a network failure raises
+    ``Unreachable`` with the store's one-line message (naming the proxy when it failed)."""
+    sent = dict(headers or {})
+    if data is not None and not any(k.lower() == "content-type" for k in sent):
+        sent["Content-Type"] = "application/octet-stream"
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-            return HttpResult(response.status, response.headers, response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return HttpResult(exc.code, exc.headers, exc.read())
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Unreachable(str(reason)) from None
+        answer = store.session.request(method, url, sent, data or b"", limit=PROBE_BODY_LIMIT)
+    except Exception as exc:  # noqa: BLE001 - translated at the store's one boundary
+        translated = store.transport_error(exc)
+        if translated is None:
+            raise
+        raise Unreachable(translated.message) from None
+    return HttpResult(answer.status, answer.headers, answer.body)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -286,7 +290,7 @@ class _Run:
             return self.no_probe("presign-get")
         try:
             url = self.store.presign_get(self.probe, PRESIGN_EXPIRES)
-            answer = http("GET", url)
+            answer = http(self.store, "GET", url)
         except (ApStorageError, Unreachable) as exc:
             return CheckResult("presign-get", FAILED, f"could not fetch the pre-signed URL: {exc}")
         if answer.status != 200:
@@ -301,7 +305,7 @@ class _Run:
             url, headers = self.store.presign_put(
                 self.probe2, PRESIGN_EXPIRES, content_length=len(self.payload2), tags=RETENTION_TAG
             )
-            answer = http("PUT", url, self.payload2, {k: v for k, v in headers.items() if k != "Content-Length"})
+            answer = http(self.store, "PUT", url, self.payload2, {k: v for k, v in headers.items() if k != "Content-Length"})
         except (ApStorageError, Unreachable) as exc:
             return CheckResult("presign-put", FAILED, f"could not upload to the pre-signed URL: {exc}")
         if answer.status not in (200, 201, 204):
@@ -324,7 +328,7 @@ class _Run:
         target = next((k for k in (self.probe, self.probe2) if k in self.readable), None)
         key = target or f"{self.prefix}apstorage-check-iam-absent-{secrets.token_hex(6)}"
         try:
-            answer = http("GET", self.store.unsigned_url(key))
+            answer = http(self.store, "GET", self.store.unsigned_url(key))
         except Unreachable as exc:
             return CheckResult("anonymous-denied", FAILED, f"the unsigned GET did not get an answer: {exc}")
         public = self.store.public_access_status()
@@ -393,7 +397,7 @@ class _Run:
         url = self.store.unsigned_url(f"{self.prefix}apstorage-check-iam-clock")
         before = time.time()
         try:
-            answer = http("HEAD", url)
+            answer = http(self.store, "HEAD", url)
         except Unreachable as exc:
             return CheckResult("clock", FAILED, f"no answer to read the Date header from: {exc}")
         local = (before + time.time()) / 2
@@ -594,10 +598,9 @@ def run_checks(
     try:
         with _sigterm_as_interrupt():
             try:
-                http("HEAD", store.unsigned_url(run.probe))
+                http(store, "HEAD", store.unsigned_url(run.probe))
             except Unreachable as exc:
-                host = urlsplit(store.unsigned_url(run.probe)).netloc
-                report.unreachable = f"cannot reach S3 at {host}: {exc}"
+                report.unreachable = str(exc)
             for name in CHECKS:
                 started = time.perf_counter()
                 if report.missing_bucket is not None:
