@@ -139,7 +139,7 @@ def _render_footprint(console, fp) -> None:
         parts = f"database file {human_size(fp.on_disk)}, of which {human_size(fp.free)} free pages"
     console.print(
         f"catalog: {parts}; live rows hold {human_size(fp.live_bytes)} "
-        f"({human_size(fp.data_bytes)} of file data in {fp.rows:,} rows); "
+        f"({human_size(fp.data_bytes)} of file data in {plural(fp.rows, 'row')}); "
         f"{fp.vacuum} would return about {human_size(fp.reclaimable)}",
         markup=False, soft_wrap=True,
     )

@@ -36,7 +36,7 @@ class Interrupt:
         return 128 + (self.signum or signal.SIGINT)
 
 
-STOPPING = "stopping: finishing the files in flight; press Ctrl-C again to stop at once"
+STOPPING = "stopping: finishing the files in flight; {again} again to stop at once"
 
 
 @contextmanager
@@ -58,7 +58,8 @@ def stop_on_signals() -> Iterator[Interrupt]:
         interrupt.signum = signum
         interrupt.event.set()
         try:
-            sys.stderr.write(f"\n{STOPPING}\n")
+            again = "press Ctrl-C" if signum == signal.SIGINT else f"send {signal.Signals(signum).name}"
+            sys.stderr.write("\n" + STOPPING.format(again=again) + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
