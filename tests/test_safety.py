@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -201,8 +202,10 @@ def test_verify_lists_a_key_the_store_refuses_and_checks_the_rest(set_env, s3_en
                                      "other/gone"]):
                 if key != "other/gone":
                     client.put_object(Bucket=bucket, Key=key, Body=b"abc")
+                # "other/gone" is older than any pre-signed URL lives: lost, not a pending upload.
+                created = datetime.now(timezone.utc) - timedelta(days=8 if key == "other/gone" else 0)
                 storage.catalog.insert(FileRow(id=f"r{i:020d}", type="FLOW_RUN_LOG", location=Location.S3,
-                                               project_id="p1", size=3, s3_key=key))
+                                               project_id="p1", size=3, s3_key=key, created=created))
         result = runner.invoke(app, ["du", "--verify", "--json"])
         assert result.exit_code == 1, result.stderr
         data = json.loads(result.stdout)["verify"]
