@@ -267,6 +267,7 @@ def test_a_file_a_link_reaches_is_not_an_orphan(local_env, storage_factory) -> N
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(root / target_key)
     storage.catalog.insert(FileRow(**{**row.__dict__, "s3_key": row.key}))
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW)  # a LOCAL row with its file: the root is ours
     plain = orphan(storage, Location.LOCAL, age=2 * DAY)
     report = collect_garbage(storage)
     assert (root / target_key).is_file() and link.is_symlink()
@@ -450,6 +451,7 @@ def test_max_delete_stops_and_says_so(local_env, storage_factory, set_env, runne
     storage = storage_factory(local_env)
     set_env(**local_env)
     seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW)  # a LOCAL row with its file: the root is ours
     keys = [orphan(storage, Location.LOCAL, age=2 * DAY) for _ in range(25)]
     result = invoke(runner, "--max-delete", "10")
     assert result.exit_code == 0
@@ -487,6 +489,23 @@ def test_a_few_rows_under_a_wrong_root_are_not_deleted(local_env, storage_factor
     report = collect_garbage(wrong, kinds=["missing"])
     assert report.deleted == 0 and all(row_exists(storage, r.id) for r in rows)
     assert any("configuration looks wrong" in note for note in report.notes)
+
+
+def test_a_wrong_root_holding_another_deployments_files_loses_none(local_env, storage_factory, tmp_path) -> None:
+    """AP_LOCAL_STORAGE_PATH pointing at another deployment's root: its old files are not
+    ours to judge — with no row of ours found there, no orphan is deleted (nor any row)."""
+    storage = storage_factory(local_env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(3)]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    wrong = storage_factory({**local_env, "AP_LOCAL_STORAGE_PATH": str(theirs)})
+    keys = [orphan(wrong, Location.LOCAL, age=5 * DAY, project="theirs") for _ in range(5)]
+    for dry_run in (True, False):
+        report = collect_garbage(wrong, dry_run=dry_run)
+        assert report.deleted == 0 and report.orphans.files == 0, report
+        assert all(object_exists(wrong, Location.LOCAL, key) for key in keys)
+        assert all(row_exists(storage, r.id) for r in rows)
+        assert any("no LOCAL orphan was deleted" in note for note in report.notes)
 
 
 def test_a_few_rows_without_bytes_among_many_are_deleted(local_env, storage_factory) -> None:

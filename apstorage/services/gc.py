@@ -607,6 +607,7 @@ class _GcTally:
         self.matched = 0  # rows found with their bytes
         self.missing = 0  # rows found without
         self.rows_refused = False
+        self.orphans_refused = False
 
     # the interface du's merge and lookups call ------------------------------------------------
     def listed(self, info: ObjectInfo) -> None:
@@ -623,6 +624,8 @@ class _GcTally:
         self.matched += 1
         if self.held and not self.rows_refused and self._trusted():
             self._flush_rows()
+        if len(self.orphan_batch) >= BATCH and not self.orphans_refused:
+            self._submit_orphans()
 
     def refused_row(self, row: KeyedRow, reason: str) -> None:
         """The store would not say whether this row's bytes exist: never judged."""
@@ -638,9 +641,14 @@ class _GcTally:
         if info.modified >= c.report.cutoff:
             c.report.skip("young", 1)
             return
+        if self.orphans_refused:
+            return
         self.orphan_batch.append(info)
-        if len(self.orphan_batch) >= BATCH:
-            self._submit_orphans()
+        if self._trusted():
+            if len(self.orphan_batch) >= BATCH:
+                self._submit_orphans()
+        elif len(self.orphan_batch) > HOLD_MAX:
+            self._refuse_orphans()
 
     def missing_row(self, row: KeyedRow) -> None:
         c = self.c
@@ -656,7 +664,28 @@ class _GcTally:
 
     # batches ----------------------------------------------------------------------------------
     def _submit_orphans(self) -> None:
+        """Send the queued orphans (held while the location was not trusted: they may be
+        several batches) to the pool, BATCH at a time."""
+        while len(self.orphan_batch) > BATCH:
+            head, self.orphan_batch = self.orphan_batch[:BATCH], self.orphan_batch[BATCH:]
+            self._submit_one(head)
         batch, self.orphan_batch = self.orphan_batch, []
+        self._submit_one(batch)
+
+    def _refuse_orphans(self) -> None:
+        """No row at this location has its bytes: the bucket or root is likely not the
+        catalog's (a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH pointing at another
+        deployment's): nothing in it is an orphan of ours to delete."""
+        self.orphans_refused = True
+        n = len(self.orphan_batch)
+        self.orphan_batch = []
+        self.c.report.notes.append(
+            f"{self.where}: {n:,} or more objects no row references and no row found with its "
+            f"bytes; the configuration looks wrong (AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH), so "
+            f"no {self.where} orphan was deleted"
+        )
+
+    def _submit_one(self, batch: list[ObjectInfo]) -> None:
         allowed = self.c.take(len(batch))
         if allowed:
             future = self.c.pool.submit(self.c._orphan_batch, self.location, self.store, batch[:allowed])
@@ -703,11 +732,14 @@ class _GcTally:
         in flight, and count their outcomes (``keep``)."""
         try:
             if finish:
-                if self.orphan_batch and not self.c.exhausted:
-                    try:
-                        self._submit_orphans()
-                    except _BudgetSpent:
-                        pass
+                if self.orphan_batch and not self.c.exhausted and not self.orphans_refused:
+                    if not self._trusted():
+                        self._refuse_orphans()
+                    else:
+                        try:
+                            self._submit_orphans()
+                        except _BudgetSpent:
+                            pass
                 if self.held and not self.rows_refused:
                     if not self._trusted():
                         self._refuse_rows()
