@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -86,3 +87,33 @@ def test_sigterm_stops_sweep_and_reports_what_was_deleted(make_env, s3_env, tmp_
         # bytes first, then rows: every remaining row still has its object
         s3 = storage.store(Location.S3)
         assert len(list(s3.list(""))) == left
+
+
+def test_sigint_stops_gc_after_the_batches_in_flight(make_env, tmp_path) -> None:
+    """Ctrl-C during gc: batches in flight finish, no new one starts, the summary says what
+    was deleted, exit 130; the LOCAL row of ours keeps its file."""
+    from tests.test_gc import seed as seed_gc
+
+    root = tmp_path / "local"
+    env = make_env(AP_LOCAL_STORAGE_PATH=str(root))
+    with Storage(settings_from(env)) as storage:
+        storage.catalog.init_schema()
+        ours = seed_gc(storage, "FLOW_RUN_LOG", Location.LOCAL, datetime.now(timezone.utc))
+    folder = root / "project" / "gone" / "FLOW_STEP_FILE"
+    folder.mkdir(parents=True)
+    aged = time.time() - 3 * 86400
+    orphans = 30_000
+    for i in range(orphans):
+        path = folder / f"o{i:06d}"
+        path.write_bytes(b"x")
+        os.utime(path, (aged, aged))
+    proc = _start(env, "gc", "--orphans", "--workers", "1")
+    _wait_until(proc, lambda: sum(1 for _ in os.scandir(folder)) < orphans)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    left = sum(1 for _ in os.scandir(folder))
+    assert 0 < left < orphans, text
+    assert f"gc: deleted {orphans - left:,} files" in text and "interrupted" in text, text
+    assert (root / ours.key).read_bytes() == b"some bytes"

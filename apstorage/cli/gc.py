@@ -54,6 +54,7 @@ def gc_cmd(
     every batch is re-checked against the catalog just before its delete, and only one
     gc or sweep-expired runs at a time (a second one exits 0 and says so).
     """
+    from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
     from apstorage.services.du import vacuum_hint
     from apstorage.services.gc import collect_garbage, parse_grace, parse_kinds
@@ -61,7 +62,7 @@ def gc_cmd(
     kinds = parse_kinds(orphans, missing, pending)
     grace_seconds = parse_grace(grace)
     out = Output(json_out, quiet=quiet)
-    with record_metrics(metrics_file, "gc") as metrics:
+    with record_metrics(metrics_file, "gc") as metrics, stop_on_signals() as interrupt:
         with Storage(workers=workers) as storage:
             # The stores are listed as gc goes: no total to count first, so the bar
             # counts what was listed (with its rate) instead of sitting at 0/?.
@@ -72,12 +73,14 @@ def gc_cmd(
 
                 report = collect_garbage(
                     storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
-                    dry_run=dry_run, workers=workers, on_progress=progress,
+                    dry_run=dry_run, workers=workers, on_progress=progress, stop=interrupt.event,
                 )
             hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
         if metrics is not None:
             _fill_metrics(metrics, report)
         _show(out, report, max_delete, hint)
+        if report.interrupted:
+            raise typer.Exit(interrupt.exit_code)
         if not report.ok:
             raise typer.Exit(1)
 
@@ -92,7 +95,7 @@ def _show(out: Output, report, max_delete: int | None, hint: str | None) -> None
             out.result(data)
         return
 
-    worked = report.deleted or report.failed or report.reported_count
+    worked = report.deleted or report.failed or report.reported_count or report.interrupted
     if json_out:
         out.result(data)
     elif worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
@@ -112,6 +115,7 @@ def _fill_metrics(metrics, report) -> None:
     metrics.set("failed_files", report.failed, "Deletes the last run could not make (kept).")
     metrics.set("reported_rows", report.reported_count, "Rows with missing bytes reported, never deleted (permanent data).")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the run lock.")
+    metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
 
 
 def _render(console, report) -> None:
@@ -150,13 +154,13 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
     if report.failed > SHOWN:
         out.error(f"... and {report.failed - SHOWN:,} more kept")
     verb = "would delete" if report.dry_run else "deleted"
-    if report.deleted or report.failed or report.reported_count:
+    if report.deleted or report.failed or report.reported_count or report.interrupted:
         out.summary(
             summary_line(
                 "gc", verb, report.deleted, report.bytes, report.seconds,
                 [*((report.kind(name).files, name) for name in report.kinds),
                  (report.failed, "failed"), (report.reported_count, "reported")],
-                dry_run=report.dry_run,
+                dry_run=report.dry_run, interrupted=report.interrupted,
             ),
             failed=bool(report.failed or report.reported_count),
         )

@@ -79,6 +79,7 @@ KEPT = 100  # failures and reported rows listed; the counts cover them all
 # only once one of the location's rows was found with its bytes; otherwise they are held, and past HOLD_MAX held, or at the end
 # of the pass, the location's rows are left alone and a note says why.
 HOLD_MAX = 10_000
+PROBE_ROWS = 50  # rows looked up once per location to see whether its store is the catalog's
 
 
 # -- request and report -------------------------------------------------------------------
@@ -152,6 +153,7 @@ class GcReport:
     notes: list[str] = field(default_factory=list)
     lock_held: bool = False
     max_delete_reached: bool = False
+    interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _reported_ids: set = field(default_factory=set, repr=False, compare=False)
@@ -211,6 +213,7 @@ class GcReport:
             "dryRun": self.dry_run,
             "lockHeld": self.lock_held,
             "maxDeleteReached": self.max_delete_reached,
+            "interrupted": self.interrupted,
             "graceSeconds": self.grace,
             "cutoff": iso_utc(self.cutoff),
             "startedAt": iso_utc(self.started),
@@ -231,6 +234,7 @@ def collect_garbage(
     workers: int = DEFAULT_WORKERS,
     now: datetime | None = None,
     on_progress: Callable[[str, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> GcReport:
     """Delete (or, with ``dry_run``, count exactly what would be deleted) orphans, rows
     without bytes and expired pending uploads. ``grace`` in seconds (at least 3600).
@@ -240,6 +244,8 @@ def collect_garbage(
     real S3 server an hour old — and is not a command-line flag: rows created after the
     run really began are never judged, whatever ``now`` says.
     ``on_progress(event, n)``: ``("listed", n)`` objects listed, ``("deleted", n)``.
+    ``stop`` (set by a signal handler): no new batch is started, the batches in flight
+    finish and are counted, and the report says ``interrupted``.
     """
     kinds = tuple(dict.fromkeys(kinds))
     unknown = [k for k in kinds if k not in KINDS]
@@ -263,7 +269,7 @@ def collect_garbage(
         report.lock_held = True
         return report
     try:
-        _Collector(storage, report, clock=clock, workers=workers, max_delete=max_delete,
+        _Collector(storage, report, clock=clock, workers=workers, max_delete=max_delete, stop=stop,
                    on_progress=on_progress).run()
     finally:
         if lock is not None:
@@ -288,8 +294,10 @@ class _Outcome:
 
 class _Collector:
     def __init__(self, storage: Storage, report: GcReport, *, clock: datetime, workers: int,
-                 max_delete: int | None, on_progress: Callable[[str, int], None] | None) -> None:
+                 max_delete: int | None, on_progress: Callable[[str, int], None] | None,
+                 stop: threading.Event | None = None) -> None:
         self.storage = storage
+        self.stop = stop
         self.catalog = storage.catalog
         self.report = report
         self.clock = clock
@@ -315,7 +323,10 @@ class _Collector:
         return s
 
     def take(self, n: int) -> int:
-        """How many of ``n`` deletions the --max-delete budget still allows."""
+        """How many of ``n`` deletions the --max-delete budget still allows (none once
+        the run was asked to stop)."""
+        if self.stopping:
+            return 0
         if self.budget is None:
             return n
         allowed = min(n, self.budget)
@@ -325,8 +336,31 @@ class _Collector:
         return allowed
 
     @property
+    def stopping(self) -> bool:
+        if self.stop is not None and self.stop.is_set():
+            self.report.interrupted = True
+            return True
+        return False
+
+    @property
     def exhausted(self) -> bool:
-        return self.budget is not None and self.budget <= 0
+        """No more deletions in this run: --max-delete spent, or asked to stop."""
+        return self.stopping or (self.budget is not None and self.budget <= 0)
+
+    def sample_found(self, location: Location, store: Store) -> bool:
+        """Whether any of up to PROBE_ROWS rows at ``location`` (in id order: a random
+        sample, ids being random) has its bytes in ``store``."""
+        for n, row in enumerate(du_sql.iter_rows_by_id(self.catalog, location.value, page=PROBE_ROWS)):
+            if n >= PROBE_ROWS:
+                break
+            if row.key is None:
+                continue
+            try:
+                if store.stat(row.key) is not None:
+                    return True
+            except (ApStorageError, OSError):
+                continue
+        return False
 
     def wants(self, kind: str) -> bool:
         return kind in self.report.kinds
@@ -608,6 +642,7 @@ class _GcTally:
         self.missing = 0  # rows found without
         self.rows_refused = False
         self.orphans_refused = False
+        self.probed: bool | None = None  # the catalog's sample found in this store
 
     # the interface du's merge and lookups call ------------------------------------------------
     def listed(self, info: ObjectInfo) -> None:
@@ -615,10 +650,16 @@ class _GcTally:
         self.bytes += info.size
 
     def _trusted(self) -> bool:
-        """At least one row found with its bytes: the configured bucket or root is one the
-        catalog writes to. A location where no row has its bytes is, whatever the count,
-        more likely a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH than lost data."""
-        return self.matched > 0
+        """At least one row found with its bytes — in the merge so far, or by looking up a
+        sample of the location's rows once (the listing may reach many orphans before the
+        first row of ours): the configured bucket or root is one the catalog writes to. A
+        location where no row has its bytes is, whatever the count, more likely a wrong
+        AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH than lost data."""
+        if self.matched > 0:
+            return True
+        if self.probed is None:
+            self.probed = self.c.sample_found(self.location, self.store)
+        return self.probed
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
         self.matched += 1
@@ -633,6 +674,8 @@ class _GcTally:
 
     def orphan(self, info: ObjectInfo) -> None:
         c = self.c
+        if c.stopping:
+            raise _BudgetSpent()
         if not c.judge_orphans:
             return
         if info.modified is None:
@@ -652,6 +695,8 @@ class _GcTally:
 
     def missing_row(self, row: KeyedRow) -> None:
         c = self.c
+        if c.stopping:
+            raise _BudgetSpent()
         if not (c.wants("missing") or c.wants("pending")) or self.rows_refused:
             return
         self.held.append(row.id)
