@@ -35,6 +35,7 @@ from apstorage.errors import (
     UsageError,
 )
 from apstorage.model import safe_relative_key
+from apstorage.services.files import RETENTION_TAG  # the tag `put` gives execution data
 
 CHECKS = (
     "list",
@@ -58,8 +59,6 @@ PERMISSIONS = {
 }
 MAX_SKEW = 300  # seconds: SigV4 requests further off than 5 minutes are refused
 PRESIGN_EXPIRES = 300
-HTTP_TIMEOUT = 15
-RETENTION_TAG = {"ap-retention": "execution"}  # the tag `put` gives execution data
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 INCONCLUSIVE = "inconclusive"  # the answer proves neither outcome (not a failure)
