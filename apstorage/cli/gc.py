@@ -10,6 +10,7 @@ import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
 from apstorage.cli.output import Output, human_size, new_table, record_metrics, summary_line
+from apstorage.text import printable  # keys and ids come from a catalog or a server
 
 SHOWN = 20  # failures and reported rows printed without --json
 
@@ -145,11 +146,11 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
     for note in report.notes:
         out.warn(note)
     for row in report.reported[:SHOWN]:
-        out.error(f"{row['type']} {_safe(row['id'])} ({row['location']} {_safe(row['key'] or '-')}): {row['reason']}")
+        out.error(f"{row['type']} {printable(row['id'])} ({row['location']} {printable(row['key'] or '-')}): {row['reason']}")
     if report.reported_count > SHOWN:
         out.error(f"... and {report.reported_count - SHOWN} more rows with missing bytes (see --json)")
     for failure in report.failures[:SHOWN]:
-        where = _safe(failure["key"] or failure["id"] or "")
+        where = printable(failure["key"] or failure["id"] or "")
         out.error(f"kept {failure['location']} {where}: {failure['reason']}")
     if report.failed > SHOWN:
         out.error(f"... and {report.failed - SHOWN:,} more kept")
@@ -167,7 +168,3 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
     else:
         out.note(f"nothing to collect (nothing older than {_grace(report.grace)})")
 
-
-def _safe(text: str) -> str:
-    """Keys and ids come from a catalog or a server: escape control characters."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
