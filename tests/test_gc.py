@@ -189,6 +189,13 @@ def test_gc_cleans_every_kind_and_nothing_else(full_env, storage_factory) -> Non
     assert dry.to_json()["orphans"] == report.to_json()["orphans"]
     assert dry.to_json()["missing"] == report.to_json()["missing"]
     assert dry.to_json()["pending"] == report.to_json()["pending"]
+    # ... item by item: the same objects and rows, each named.
+    def named(r):
+        return sorted((i["kind"], i["location"], i["key"] or "", i["id"] or "") for i in r.items)
+    assert named(dry) == named(report) and len(report.items) == report.deleted == 10
+    assert {(loc.value, key) for loc, key in planted["gone"]["objects"]} == {
+        (i["location"], i["key"]) for i in report.items if i["kind"] == "orphans"}
+    assert {r.id for r in planted["gone"]["rows"]} == {i["id"] for i in report.items if i["id"]}
     assert report.orphans.files == 6 and report.orphans.by_location == {"S3": [3, 21], "LOCAL": [3, 21]}
     assert report.missing.files == 3 and set(report.missing.by_location) == {"S3", "LOCAL", "DB"}
     assert report.pending.files == 1
@@ -305,6 +312,28 @@ def test_a_row_that_appears_after_the_listing_keeps_its_object(full_env, storage
     assert report.orphans.files == 4 and report.skipped.get("referenced") == 1
 
 
+def test_a_key_the_store_lists_under_another_name_keeps_its_object(full_env, storage_factory) -> None:
+    """A row written by another tool with a key holding an empty segment (``a//b``):
+    SeaweedFS files it as ``a/b`` and lists that name. The listed name is not an orphan,
+    however the store lists it, and the row keeps its bytes."""
+    storage = storage_factory(full_env)
+    seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=5))
+    key = f"project/proj1//FLOW_STEP_FILE/{new_id()}.bin"  # does not end in the row's id
+    storage.store(Location.S3).put(key, io.BytesIO(b"kept bytes"), 10)
+    row = storage.catalog.insert(FileRow(id=new_id(), type="FILE", location=Location.S3,
+                                         project_id="proj1", size=10, s3_key=key,
+                                         created=NOW - timedelta(days=5)))
+    listed = {i.key for i in storage.store(Location.S3).list("project/")}
+    gone = orphan(storage, Location.S3)
+
+    report = collect_garbage(storage, kinds=["orphans"], now=LATER)
+    assert not object_exists(storage, Location.S3, gone) and report.orphans.files == 1
+    assert storage.store(Location.S3).get(row.s3_key) == b"kept bytes"
+    assert every_row_has_its_bytes(storage) == []
+    if key not in listed:  # the store listed it under its collapsed name
+        assert report.skipped.get("aliased") == 1
+
+
 def test_put_and_presigned_upload_during_gc_survive(full_env, storage_factory, set_env, tmp_path) -> None:
     """`put` (to LOCAL and to S3) and `presign --upload` + PUT while `gc` deletes 1,000
     orphans: every new row keeps its bytes."""
@@ -395,6 +424,10 @@ def test_cli_on_local_with_the_real_clock(local_env, storage_factory, set_env, r
     dry = invoke(runner, "--dry-run", "--json")
     assert dry.exit_code == 0, dry.stderr
     assert json.loads(dry.stdout)["orphans"]["files"] == 3 and json.loads(dry.stdout)["dryRun"] is True
+    assert sorted(i["key"] for i in json.loads(dry.stdout)["items"]) == sorted(old)
+    assert snapshot(storage) == before
+    listed = invoke(runner, "--dry-run")  # the human report names each one too
+    assert listed.exit_code == 0 and all(f"would delete orphans LOCAL {k}" in listed.stdout for k in old)
     assert snapshot(storage) == before
 
     done = invoke(runner, "--orphans", "--json")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from apstorage.cli import app
 from apstorage.model import FileRow, Location, new_id, object_key
 from apstorage.services.context import Storage
-from apstorage.services.migrate import MigrateOptions, migrate_to_s3
+from apstorage.services.migrate import MigrateOptions, migrate_to_s3, plan
 from tests.conftest import settings_from
 
 
@@ -157,8 +157,12 @@ def test_dry_run_changes_nothing(env, storage_factory) -> None:
 def test_types_and_limit_and_sources(env, storage_factory) -> None:
     storage = storage_factory(env)
     expected = seed(storage, db_rows=10, local_files=4)
+    # --limit bounds the whole run, across sources (DB first, then LOCAL).
+    both = MigrateOptions(sources=(Location.DB, Location.LOCAL), limit=12)
+    assert plan(storage, both)[0] == 12
+    assert migrate_to_s3(storage, MigrateOptions(sources=(Location.DB, Location.LOCAL), limit=12, dry_run=True)).migrated == 12
     assert migrate_to_s3(storage, MigrateOptions(sources=(Location.LOCAL,))).migrated == 4
-    assert migrate_to_s3(storage, MigrateOptions(limit=3)).migrated == 3
+    assert migrate_to_s3(storage, MigrateOptions(sources=(Location.DB, Location.LOCAL), limit=3)).migrated == 3
     assert migrate_to_s3(storage, MigrateOptions(types=("FLOW_STEP_FILE",))).migrated == 0
     assert assert_consistent(storage, expected) == {"DB": 7, "LOCAL": 0, "S3": 7}
 

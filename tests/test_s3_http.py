@@ -753,6 +753,24 @@ def test_multiplexer_reports_a_refused_connection_through_poll() -> None:
         mux.close()
 
 
+def test_multiplexer_lets_a_fault_of_the_program_surface_as_itself(serve, monkeypatch) -> None:
+    """A missing module or a bug inside the request path is not the store's doing: it is
+    raised as itself, never reported as a connection the server closed (a fresh install
+    without httptools once failed every upload as "closed the connection")."""
+    server = serve(in_pieces)
+    mux = mux_for(server, 1)
+
+    def broken(*args, **kwargs):
+        raise ImportError("No module named 'httptools'")
+
+    monkeypatch.setattr(mux, "_open", broken)
+    try:
+        with pytest.raises(ImportError, match="httptools"):
+            mux.send("t", "GET", "/", {})
+    finally:
+        mux.close()
+
+
 @pytest.mark.parametrize("idle_reply", [b"", http_response(408, b"idle too long", {"Connection": "close"})],
                          ids=["close", "408"])
 def test_multiplexer_never_takes_what_an_idle_connection_got_as_the_next_answer(serve, idle_reply: bytes) -> None:

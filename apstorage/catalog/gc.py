@@ -89,6 +89,20 @@ def odd_keys(catalog: Catalog) -> bool:
     return bool(rows)
 
 
+def noncanonical_keys(catalog: Catalog) -> list[str]:
+    """Keys of rows at S3 or LOCAL that a store may file under another name: with an
+    empty segment (``a//b``, a leading or trailing ``/``) or a ``.`` segment. SeaweedFS
+    and a file system both collapse them (``a//b`` is listed as ``a/b``), so the listed
+    name must count as referenced too. One scan of the table."""
+    patterns = ("%//%", "/%", "%/", "./%", "%/./%", "%/.")
+    odd = " OR ".join(f"{KEY_SQL} LIKE {catalog.ph}" for _ in patterns)
+    rows = catalog._execute(
+        f'SELECT DISTINCT {KEY_SQL} FROM "file" WHERE "location" IN (\'S3\', \'LOCAL\') AND ({odd})',
+        patterns,
+    )
+    return [r[0] for r in rows if r[0]]
+
+
 def iter_db_rows_without_data(catalog: Catalog, created_before: datetime, *, page: int = DB_PAGE) -> Iterator[list[str]]:
     """Pages of ids of DB rows with no data, created before ``created_before``, by keyset
     pages on the primary key (one scan of the table in all)."""

@@ -132,6 +132,13 @@ def _render(console, report) -> None:
     table.add_section()
     table.add_row("total", "", f"{report.deleted:,}", human_size(report.bytes), style="bold")
     console.print(table)
+    for item in report.items[:SHOWN]:
+        what = printable(item["key"] or "-") if item["id"] is None else f"row {printable(item['id'])} ({printable(item['key'] or '-')})"
+        size = "-" if item["size"] is None else human_size(item["size"])
+        console.print(f"  {verb} {item['kind']} {item['location']} {what} {size}", markup=False, highlight=False)
+    if report.deleted > SHOWN:
+        console.print(f"  ... and {report.deleted - SHOWN:,} more (--json lists the first "
+                      f"{min(report.deleted, len(report.items)):,})", markup=False, highlight=False)
 
 
 def _grace(seconds: int) -> str:

@@ -74,6 +74,7 @@ PENDING_MARGIN = 15 * 60  # s after a pre-signed URL expired before its row is j
 BATCH = 1000  # objects or rows per batch
 DEFAULT_WORKERS = 8
 KEPT = 100  # failures and reported rows listed; the counts cover them all
+ITEMS_KEPT = 10_000  # deleted (or, dry, would-be-deleted) items listed; the counts cover them all
 # A location where rows lack their bytes and none has them: the configuration, not the
 # data, is likely wrong (another bucket, another root). Rows without bytes are deleted
 # only once one of the location's rows was found with its bytes; otherwise they are held, and past HOLD_MAX held, or at the end
@@ -147,6 +148,7 @@ class GcReport:
     pending: KindTally = field(default_factory=KindTally)
     reported: list[dict] = field(default_factory=list)
     reported_count: int = 0
+    items: list[dict] = field(default_factory=list)  # the first ITEMS_KEPT deleted, in order
     failures: list[dict] = field(default_factory=list)
     failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -208,6 +210,8 @@ class GcReport:
             "failures": list(self.failures),
             "reported": list(self.reported),
             "reportedCount": self.reported_count,
+            "items": list(self.items),
+            "itemsTruncated": self.deleted > len(self.items),
             "skipped": dict(sorted(self.skipped.items())),
             "notes": list(self.notes),
             "dryRun": self.dry_run,
@@ -283,13 +287,18 @@ class _Outcome:
     """What one batch did, counted into the report when its pass is kept."""
 
     counts: dict[str, KindTally] = field(default_factory=dict)
+    items: list[dict] = field(default_factory=list)  # at most ITEMS_KEPT
 
-    def add(self, kind: str, location: str, size: int | None) -> None:
+    def add(self, kind: str, location: str, size: int | None, *, key: str | None,
+            row_id: str | None = None) -> None:
         self.counts.setdefault(kind, KindTally()).add(location, size)
+        if len(self.items) < ITEMS_KEPT:
+            self.items.append({"kind": kind, "location": location, "key": key, "id": row_id, "size": size})
 
     def merge(self, other: "_Outcome") -> None:
         for kind, tally in other.counts.items():
             self.counts.setdefault(kind, KindTally()).extend(tally)
+        self.items.extend(other.items[: ITEMS_KEPT - len(self.items)])
 
 
 class _Collector:
@@ -311,6 +320,7 @@ class _Collector:
         self.refused_in_a_row: dict[str, int] = {}
         self.abandoned: dict[str, str] = {}
         self.link_targets: set | None = None  # files links under the LOCAL root reach
+        self.aliases: set[str] = set()  # collapsed forms of rows' non-canonical keys
 
     # -- plumbing -------------------------------------------------------------------------
     def session(self) -> sql.Session:
@@ -376,6 +386,9 @@ class _Collector:
                 "AP_POSTGRES_* / AP_DB_TYPE point at the platform's database)"
             )
         self.by_s3_key = sql.odd_keys(self.catalog)
+        # Keys a store may list under another name (a//b as a/b): that name is referenced
+        # too. Only rows whose key does not end in their id can have one the id lookup misses.
+        self.aliases = {collapsed(k) for k in sql.noncanonical_keys(self.catalog)} if self.by_s3_key else set()
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-gc")
         try:
             for location in (Location.S3, Location.LOCAL):
@@ -397,6 +410,8 @@ class _Collector:
                 self.sessions.clear()
 
     def _count(self, outcome: _Outcome) -> None:
+        items = self.report.items
+        items.extend(outcome.items[: ITEMS_KEPT - len(items)])
         for kind, tally in outcome.counts.items():
             self.report.kind(kind).extend(tally)
             self.progress("deleted", tally.files)
@@ -458,13 +473,17 @@ class _Collector:
             referenced = session.referenced(cur, keys, by_s3_key=self.by_s3_key)
             todo = [info for info in infos if info.key not in referenced]
             report.skip("referenced", len(infos) - len(todo))
+            if self.aliases:
+                kept = len(todo)
+                todo = [info for info in todo if info.key not in self.aliases]
+                report.skip("aliased", kept - len(todo))
             if location is Location.LOCAL:
                 todo = self._not_links(store, todo)
             if not todo:
                 return outcome
             if report.dry_run:
                 for info in todo:
-                    outcome.add("orphans", location.value, info.size)
+                    outcome.add("orphans", location.value, info.size, key=info.key)
                 return outcome
             abandoned = self.abandoned.get(location.value)
             if abandoned:
@@ -480,7 +499,7 @@ class _Collector:
             if info.key in refused:
                 report.fail(location.value, info.key, refused[info.key])
             else:
-                outcome.add("orphans", location.value, info.size)
+                outcome.add("orphans", location.value, info.size, key=info.key)
         self._judge_store(location, refused, whole)
         return outcome
 
@@ -546,12 +565,12 @@ class _Collector:
                 continue
             if report.dry_run:
                 for row in rows:
-                    outcome.add(kind, location.value, row.size)
+                    outcome.add(kind, location.value, row.size, key=row.key, row_id=row.id)
                 continue
             deleted = session.delete_rows(location.value, [r.id for r in rows], report.started)
             for row in rows:
                 if row.id in deleted:
-                    outcome.add(kind, location.value, row.size)
+                    outcome.add(kind, location.value, row.size, key=row.key, row_id=row.id)
                 else:
                     report.skip("changed", 1)
 
@@ -603,6 +622,12 @@ class _Collector:
                 present.add(row.id)
                 self.report.fail(location.value, row.key, f"could not check: {answer}", row.id)
         return present
+
+
+def collapsed(key: str) -> str:
+    """``key`` with empty and ``.`` segments dropped: the name SeaweedFS (and a file
+    system) gives an object put as ``a//b/./c`` — ``a/b/c``."""
+    return "/".join(part for part in key.split("/") if part not in ("", "."))
 
 
 def _loss(row: sql.JudgedRow) -> str:

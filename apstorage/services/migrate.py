@@ -225,6 +225,7 @@ class _Run:
         self.lock = threading.Lock()  # guards report and progress
         self.shared = refs.shared_keys(storage.catalog)
         self._links: set | None = None
+        self.claimed = 0  # rows claimed by every source's lanes: what --limit bounds
 
     @property
     def local(self):
@@ -340,8 +341,8 @@ def _claim(run: _Run, cur, catalog, source, types, cursor: _Cursor, *, lock: boo
     opts = run.opts
     with cursor.lock:  # claims are consecutive id ranges, one lane at a time
         room = opts.batch_size
-        if opts.limit is not None:
-            room = min(room, opts.limit - cursor.claimed)
+        if opts.limit is not None:  # one budget for the whole run, whatever the source
+            room = min(room, opts.limit - run.claimed)
         if cursor.done or room <= 0 or run.stopped():
             return None
         batch = sql.claim_batch(cur, catalog, [source], types, cursor.after, room, lock=lock)
@@ -350,6 +351,8 @@ def _claim(run: _Run, cur, catalog, source, types, cursor: _Cursor, *, lock: boo
             return None
         cursor.after = batch[-1].row.id
         cursor.claimed += len(batch)
+        with run.lock:
+            run.claimed += len(batch)
         return batch
 
 

@@ -347,7 +347,9 @@ def read_guarded(raw: Any, size: int, url: str, seconds: float) -> bytes:
 
 def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = None) -> Exception:
     """An I/O error from urllib3, ssl or the socket layer as the botocore exception
-    ``URLLib3Session.send`` would raise for it."""
+    ``URLLib3Session.send`` would raise for it. A fault of the program itself
+    (ImportError, AttributeError, TypeError, NameError, AssertionError) is raised again
+    unchanged."""
     import ssl
 
     from urllib3 import exceptions as u3
@@ -368,7 +370,11 @@ def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = Non
         return ReadTimeoutError(endpoint_url=url, error=exc)
     if isinstance(exc, (u3.ProtocolError, u3.HTTPError, OSError)):
         return ConnectionClosedError(endpoint_url=url, error=exc)
-    return HTTPClientError(error=exc)
+    if isinstance(exc, Exception) and not isinstance(exc, (ImportError, AttributeError, TypeError, NameError, AssertionError)):
+        return HTTPClientError(error=exc)
+    # A fault of this program (a missing module, a bug), not of the network: it must
+    # surface as what it is, never as "the store closed the connection".
+    raise exc
 
 
 # -- retries -----------------------------------------------------------------------------
