@@ -1,5 +1,5 @@
 """Session fixtures: a real Postgres (pgserver, or AP_TEST_POSTGRES_URL) and a real S3
-server (SeaweedFS; rclone's S3 server as a second implementation), all on 127.0.0.1, started once per test session and stopped after.
+server (SeaweedFS; rclone's S3 server and moto's as other implementations), all on 127.0.0.1, started once per test session and stopped after.
 
 Nothing here skips: a server that cannot start fails the tests that need it.
 """
@@ -55,6 +55,17 @@ def rclone() -> Iterator[servers.S3Info]:
     no tags (see ``servers.rclone_server``)."""
     with servers.rclone_server() as info:
         yield info
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[servers.S3Info]:
+    """moto's S3 server (``python -m moto.server``) as a third implementation: it accepts
+    any key pair (it checks no signature), and keeps lifecycle rules and tags."""
+    with servers.moto_server() as info:
+        yield servers.S3Info(
+            endpoint=info.endpoint, access_key="AKMOTO" + secrets.token_hex(7).upper(),
+            secret_key=secrets.token_urlsafe(30), region=servers.S3_REGION, data_dir="",
+        )
 
 
 @pytest.fixture

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
 EXPECT_CONTINUE_OVER = 1024 * 1024  # PUT bodies larger than this wait for "100 Continue"
+# A GetObjectTagging asks for this many bytes at most: more than any tag set's XML (AWS
+# allows 10 tags of 128 + 256 characters), little of an object a store sends instead.
+TAGGING_RANGE = 64 * 1024
 
 
 class S3Store(Store):
@@ -669,13 +672,15 @@ class S3Store(Store):
     def read_tags(self, key: str, size: int | None = None) -> dict[str, str] | None:
         """The object's tags (GetObjectTagging), or None when the store answers with
         something that is not a tag set (a store without tagging, such as rclone's,
-        returns the object itself). One request; for an object of ``size`` > 0 bytes,
-        ``Range: bytes=0-0`` keeps that answer one byte (tagging requests ignore it; an
-        empty object has no byte 0 to ask for)."""
+        returns the object itself). One request; for an object of ``size`` > 0 bytes, a
+        ``Range`` of ``TAGGING_RANGE`` bytes keeps that answer short (an empty object has
+        no byte 0 to ask for). The range holds any tag set whole: AWS ignores it on a
+        tagging request, but a store may apply it to the tag set (moto's server does; with
+        ``bytes=0-0`` its answer was ``<`` and every kept tag read as dropped)."""
         import xml.etree.ElementTree as ET
 
         fast = self.fast
-        headers = {"Range": "bytes=0-0"} if size else {}
+        headers = {"Range": f"bytes=0-{TAGGING_RANGE - 1}"} if size else {}
         response = fast.request(
             "GET", fast._object_path(key), query={"tagging": ""}, headers=headers,
             operation="GetObjectTagging", key=key,
