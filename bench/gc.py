@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from s5cmd_peer import children_cpu, count_objects, s5cmd, seed_objects  # noqa: E402
 from tests.servers import peer_binary, postgres_server, seaweedfs_server  # noqa: E402
 
 PROJECTS = 200
@@ -64,43 +64,12 @@ def key_for(kind: str, i: int) -> tuple[str, str, str]:
     return file_id, project, f"project/{project}/FLOW_RUN_LOG/{file_id}"
 
 
-def s5cmd(s3, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key, AWS_REGION=s3.region)
-    proc = subprocess.run([peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, *args],
-                          env=env, capture_output=capture, text=True)
-    if proc.returncode != 0 and not (args and args[0] == "ls"):
-        tail = "\n".join((proc.stderr or "").splitlines()[-5:])
-        raise SystemExit(f"s5cmd {' '.join(args[:3])} exited {proc.returncode}: {tail}")
-    proc.check_returncode()
-    return proc
 
 
-def count_objects(s3, bucket: str) -> int:
-    try:
-        out = s5cmd(s3, "ls", f"s3://{bucket}/*").stdout
-    except subprocess.CalledProcessError as exc:  # s5cmd exits 1 on "no object found"
-        if "no object found" in (exc.stderr or ""):
-            return 0
-        raise
-    return sum(1 for line in out.splitlines() if line.strip())
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
-def seed_objects(s3, tmp: Path, jobs, size: int, workers: int) -> float:
-    blob = tmp / "blob"
-    blob.write_bytes(os.urandom(size))
-    commands = tmp / "seed.txt"
-    with commands.open("w") as fh:
-        for bucket, key in jobs:
-            fh.write(f"cp {blob} s3://{bucket}/{key}\n")
-    start = time.perf_counter()
-    s5cmd(s3, "--numworkers", str(workers), "run", str(commands))
-    return time.perf_counter() - start
 
 
 def seed_rows(pg_url: str, referenced: int, size: int) -> float:

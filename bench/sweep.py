@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from s5cmd_peer import children_cpu, count_objects, s5cmd, seed_objects  # noqa: E402
 from tests.servers import peer_binary, postgres_server, seaweedfs_server  # noqa: E402
 
 TYPES = (
@@ -54,44 +54,12 @@ def key_for(kind: str, i: int, rounds: int) -> tuple[str, str, str, str]:
     return file_id, project, file_type, f"project/{project}/{file_type}/{file_id}"
 
 
-def s5cmd(s3, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.update(
-        AWS_ACCESS_KEY_ID=s3.access_key,
-        AWS_SECRET_ACCESS_KEY=s3.secret_key,
-        AWS_REGION=s3.region,
-    )
-    return subprocess.run(
-        [peer_binary("s5cmd"), "--endpoint-url", s3.endpoint, *args],
-        env=env, check=True, capture_output=capture, text=True,
-    )
 
 
-def count_objects(s3, bucket: str) -> int:
-    try:
-        out = s5cmd(s3, "ls", f"s3://{bucket}/*").stdout
-    except subprocess.CalledProcessError as exc:  # s5cmd exits 1 on "no object found"
-        if "no object found" in (exc.stderr or ""):
-            return 0
-        raise
-    return sum(1 for line in out.splitlines() if line.strip())
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
-def seed_objects(s3, tmp: Path, jobs: list[tuple[str, str]], size: int, workers: int) -> float:
-    blob = tmp / "blob"
-    blob.write_bytes(os.urandom(size))
-    commands = tmp / "seed.txt"
-    with commands.open("w") as fh:
-        for bucket, key in jobs:
-            fh.write(f"cp {blob} s3://{bucket}/{key}\n")
-    start = time.perf_counter()
-    s5cmd(s3, "--numworkers", str(workers), "run", str(commands))
-    return time.perf_counter() - start
 
 
 def seed_rows(pg_url: str, count: int, live: int, size: int, rounds: int) -> float:

@@ -1501,8 +1501,11 @@ def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or
     commands = [["get", file_id, "-o", "-"], ["du", "--verify"], ["sweep-expired"]]
     if action == "stall":  # (the stand-in trickles bodies; a PutObject answer has none)
         commands.append(["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"])
-    for args in commands:
-        result = cli(faulty_env, *args, cwd=tmp_path)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(commands)) as pool:  # each waits out its own timeouts: at once
+        results = list(pool.map(lambda args: cli(faulty_env, *args, cwd=tmp_path), commands))
+    for args, result in zip(commands, results):
         assert result.returncode == 8, (args, result.stderr)
         assert host in result.stderr and word in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
