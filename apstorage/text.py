@@ -14,7 +14,9 @@ import re
 # C0 controls, DEL and C1 controls (category Cc), line and paragraph separators, and the
 # bidi embeddings/overrides/isolates (Trojan Source, CVE-2021-42574), which can disguise an
 # extension or reorder a key on screen.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# ... and lone surrogates: a file name that is not UTF-8, as Python decodes it (printing
+# one as it is would fail with UnicodeEncodeError).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

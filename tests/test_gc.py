@@ -312,13 +312,15 @@ def test_a_row_that_appears_after_the_listing_keeps_its_object(full_env, storage
     assert report.orphans.files == 4 and report.skipped.get("referenced") == 1
 
 
-def test_a_key_the_store_lists_under_another_name_keeps_its_object(full_env, storage_factory) -> None:
-    """A row written by another tool with a key holding an empty segment (``a//b``):
-    SeaweedFS files it as ``a/b`` and lists that name. The listed name is not an orphan,
-    however the store lists it, and the row keeps its bytes."""
+@pytest.mark.parametrize("form", ["project/proj1//FLOW_STEP_FILE/{}.bin", "project/proj1/FLOW_STEP_FILE/a\\{}"],
+                         ids=["empty segment", "backslash"])
+def test_a_key_the_store_lists_under_another_name_keeps_its_object(full_env, storage_factory, form) -> None:
+    """A row written by another tool with a key holding an empty segment (``a//b``) or a
+    backslash (``a\\b``): SeaweedFS files both as ``a/b`` and lists that name. The listed
+    name is not an orphan, however the store lists it, and the row keeps its bytes."""
     storage = storage_factory(full_env)
     seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=5))
-    key = f"project/proj1//FLOW_STEP_FILE/{new_id()}.bin"  # does not end in the row's id
+    key = form.format(new_id())  # does not end in the row's id
     storage.store(Location.S3).put(key, io.BytesIO(b"kept bytes"), 10)
     row = storage.catalog.insert(FileRow(id=new_id(), type="FILE", location=Location.S3,
                                          project_id="proj1", size=10, s3_key=key,
@@ -539,6 +541,93 @@ def test_a_wrong_root_holding_another_deployments_files_loses_none(local_env, st
         assert all(object_exists(wrong, Location.LOCAL, key) for key in keys)
         assert all(row_exists(storage, r.id) for r in rows)
         assert any("no LOCAL orphan was deleted" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("form", ["project/proj1//FLOW_RUN_LOG/{}", "project/proj1/../proj1/FLOW_RUN_LOG/{}",
+                                  "/project/proj1/FLOW_RUN_LOG/{}", "./project/proj1/FLOW_RUN_LOG/{}"])
+def test_a_local_key_the_store_refuses_keeps_its_row_and_file(local_env, storage_factory, form) -> None:
+    """A LOCAL row whose key the store will not resolve (``//``, ``..``, a leading ``/``
+    or ``./``) while the platform's path joining reaches its file: the row is never judged
+    missing, the file never an orphan, and the dry run says what the real run does."""
+    storage = storage_factory(local_env)
+    for _ in range(3):
+        seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    file_id = new_id()
+    canonical = f"project/proj1/FLOW_RUN_LOG/{file_id}"
+    path = Path(storage.settings.local_storage_path) / canonical
+    path.write_bytes(b"hello")
+    t = time.time() - 3 * DAY
+    os.utime(path, (t, t))
+    storage.catalog.insert(FileRow(id=file_id, type="FLOW_RUN_LOG", location=Location.LOCAL, project_id="proj1",
+                                   size=5, s3_key=form.format(file_id), created=NOW - timedelta(days=3)))
+    gone = orphan(storage, Location.LOCAL, age=2 * DAY)
+    dry = collect_garbage(storage, dry_run=True)
+    report = collect_garbage(storage)
+    assert row_exists(storage, file_id) and path.read_bytes() == b"hello"
+    assert [(i["kind"], i["key"]) for i in dry.items] == [(i["kind"], i["key"]) for i in report.items] == [
+        ("orphans", gone)]
+
+
+def test_a_stale_copy_holding_one_file_of_the_catalog_deletes_nothing(local_env, storage_factory, tmp_path) -> None:
+    """AP_LOCAL_STORAGE_PATH pointing at a stale copy of the root that holds one file of
+    the catalog among hundreds: one row found is not enough to trust it — no row is
+    judged missing, no file an orphan."""
+    storage = storage_factory(local_env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(120)]
+    stale = tmp_path / "stale"
+    copy = stale / rows[0].key
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"some bytes")
+    wrong = storage_factory({**local_env, "AP_LOCAL_STORAGE_PATH": str(stale)})
+    keys = [orphan(wrong, Location.LOCAL, age=5 * DAY, project="theirs") for _ in range(3)]
+    for dry_run in (True, False):
+        report = collect_garbage(wrong, dry_run=dry_run)
+        assert report.deleted == 0 and report.items == [], report.items[:3]
+        assert any("configuration looks wrong" in note for note in report.notes), report.notes
+    assert all(row_exists(storage, r.id) for r in rows)
+    assert all(object_exists(wrong, Location.LOCAL, k) for k in keys)
+
+
+def test_a_file_name_that_is_not_utf8_is_an_orphan_not_a_crash(local_env, storage_factory, set_env, runner) -> None:
+    """A stray file whose name is not UTF-8 under the LOCAL root: no row can name it, so
+    it is an orphan (deleted after the grace); du --verify and gc --json stay one JSON
+    document, the name escaped."""
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    kept = seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    folder = os.fsencode(Path(storage.settings.local_storage_path) / "project" / "proj1" / "FLOW_RUN_LOG")
+    stray = os.path.join(folder, b"bad\xff\xfe")
+    with open(stray, "wb") as fh:
+        fh.write(b"x")
+    t = time.time() - 3 * DAY
+    os.utime(stray, (t, t))
+    verify = runner.invoke(app, ["du", "--verify", "--json"], catch_exceptions=False)
+    assert verify.exit_code in (0, 1) and json.loads(verify.stdout)["verify"], verify.stderr
+    dry = invoke(runner, "--dry-run")
+    assert dry.exit_code == 0 and "bad\\udcff\\udcfe" in dry.stdout, (dry.stdout, dry.stderr)
+    done = invoke(runner, "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["orphans"]["files"] == 1
+    assert not os.path.exists(stray) and row_exists(storage, kept.id)
+
+
+def test_max_delete_spent_still_reports_permanent_rows_without_bytes(local_env, storage_factory, set_env, runner) -> None:
+    """--max-delete spent exactly, or early: the run says it stopped there, and a permanent
+    DB row whose bytes are gone is still reported (exit 1) — a cron job that always hits
+    its cap must still surface data loss."""
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    keys = [orphan(storage, Location.LOCAL, age=2 * DAY) for _ in range(3)]
+    lost = seed(storage, "SAMPLE_DATA", Location.DB, NOW - timedelta(days=5), data=None)
+    for cap in ("1", "2"):  # 1 of 3, then exactly the 2 left
+        result = invoke(runner, "--max-delete", cap, "--json")
+        data = json.loads(result.stdout)
+        assert result.exit_code == 1, result.stderr
+        assert data["maxDeleteReached"] is True
+        assert [r["id"] for r in data["reported"]] == [lost.id]
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
+    assert row_exists(storage, lost.id)
 
 
 def test_a_few_rows_without_bytes_among_many_are_deleted(local_env, storage_factory) -> None:

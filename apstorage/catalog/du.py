@@ -173,12 +173,22 @@ def _upload_expiry(catalog: Any) -> str:
     return _pending_sql(catalog.dialect)
 
 
+def storable(value: str) -> bool:
+    """Whether ``value`` can be a column's text at all: a file name that is not UTF-8
+    (listed with lone surrogates, as Python decodes it) cannot, so no row names it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _lookup(catalog: Catalog, location: str, column: str, values: Sequence[str]) -> list[KeyedRow]:
     out: list[KeyedRow] = []
+    values = [v for v in dict.fromkeys(values) if storable(v)]  # no row names the others
     if not values:
         return out
     step = 1000 if catalog.dialect == "postgres" else SQLITE_MAX_VARS
-    values = list(dict.fromkeys(values))
     for start in range(0, len(values), step):
         chunk = values[start : start + step]
         cond, params = _in_list(catalog, column, chunk)

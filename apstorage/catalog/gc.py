@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from apstorage.catalog.du import KEY_SQL
+from apstorage.catalog.du import KEY_SQL, storable
 from apstorage.errors import ApStorageError
 from apstorage.model import PENDING_UPLOAD_KEY
 
@@ -91,11 +91,12 @@ def odd_keys(catalog: Catalog) -> bool:
 
 def noncanonical_keys(catalog: Catalog) -> list[str]:
     """Keys of rows at S3 or LOCAL that a store may file under another name: with an
-    empty segment (``a//b``, a leading or trailing ``/``) or a ``.`` segment. SeaweedFS
-    and a file system both collapse them (``a//b`` is listed as ``a/b``), so the listed
-    name must count as referenced too. One scan of the table."""
-    patterns = ("%//%", "/%", "%/", "./%", "%/./%", "%/.")
-    odd = " OR ".join(f"{KEY_SQL} LIKE {catalog.ph}" for _ in patterns)
+    empty segment (``a//b``, a leading or trailing ``/``), a ``.`` or ``..`` segment, or
+    a backslash. SeaweedFS and a file system collapse them (``a//b`` and ``a\\b`` are
+    listed as ``a/b``), so the listed name must count as referenced too. One scan of the
+    table."""
+    patterns = ("%//%", "/%", "%/", "./%", "%/./%", "%/.", "%..%", "%\\%")
+    odd = " OR ".join(f"{KEY_SQL} LIKE {catalog.ph} ESCAPE '!'" for _ in patterns)
     rows = catalog._execute(
         f'SELECT DISTINCT {KEY_SQL} FROM "file" WHERE "location" IN (\'S3\', \'LOCAL\') AND ({odd})',
         patterns,
@@ -176,6 +177,7 @@ class Session:
         """The keys among ``keys`` some row points at, whatever its location. A row whose
         id is a key's last segment counts (its key is normally that key; and a row at DB
         or LOCAL whose migration uploaded the object but did not switch yet needs it)."""
+        keys = [k for k in keys if storable(k)]  # a name that is not UTF-8: no row names it
         ids = {k.rsplit("/", 1)[-1]: k for k in keys}
         found: set[str] = set()
         id_list = list(ids)

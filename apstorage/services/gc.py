@@ -48,6 +48,7 @@ Object deletes reuse sweep's ``delete_keys`` (DeleteObjects in
 
 from __future__ import annotations
 
+import posixpath
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -355,22 +356,34 @@ class _Collector:
     @property
     def exhausted(self) -> bool:
         """No more deletions in this run: --max-delete spent, or asked to stop."""
-        return self.stopping or (self.budget is not None and self.budget <= 0)
+        if self.stopping:
+            return True
+        if self.budget is not None and self.budget <= 0:
+            self.report.max_delete_reached = True
+            return True
+        return False
 
-    def sample_found(self, location: Location, store: Store) -> bool:
-        """Whether any of up to PROBE_ROWS rows at ``location`` (in id order: a random
-        sample, ids being random) has its bytes in ``store``."""
-        for n, row in enumerate(du_sql.iter_rows_by_id(self.catalog, location.value, page=PROBE_ROWS)):
-            if n >= PROBE_ROWS:
+    def sample_found(self, location: Location, store: Store) -> bool | None:
+        """Whether at least a quarter of up to PROBE_ROWS rows at ``location`` (in id
+        order: a random sample, ids being random) have their bytes in ``store``. Rows that
+        may rightly have none yet (a pending upload, a row newer than the run) are not
+        asked about (None when no row could be). One file of the catalog in a stale copy
+        of the root or bucket is not enough."""
+        asked = found = 0
+        for row in du_sql.iter_rows_by_id(self.catalog, location.value, page=PROBE_ROWS):
+            if asked >= PROBE_ROWS:
                 break
-            if row.key is None:
+            if row.key is None or row.upload_expires is not None:
+                continue
+            if row.created is not None and row.created >= self.report.started:
                 continue
             try:
-                if store.stat(row.key) is not None:
-                    return True
+                info = store.stat(row.key)
             except (ApStorageError, OSError):
                 continue
-        return False
+            asked += 1
+            found += info is not None
+        return None if asked == 0 else 4 * found >= asked
 
     def wants(self, kind: str) -> bool:
         return kind in self.report.kinds
@@ -386,21 +399,25 @@ class _Collector:
                 "AP_POSTGRES_* / AP_DB_TYPE point at the platform's database)"
             )
         self.by_s3_key = sql.odd_keys(self.catalog)
-        # Keys a store may list under another name (a//b as a/b): that name is referenced
-        # too. Only rows whose key does not end in their id can have one the id lookup misses.
-        self.aliases = {collapsed(k) for k in sql.noncanonical_keys(self.catalog)} if self.by_s3_key else set()
+        # Keys a store may list under another name (a//b, a\b as a/b): those names are
+        # referenced too (one scan of the table for the rare keys that have one).
+        if self.judge_orphans:
+            self.aliases = {name for k in sql.noncanonical_keys(self.catalog) for name in aliases_of(k)}
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-gc")
         try:
             for location in (Location.S3, Location.LOCAL):
                 if self.exhausted:
                     break
                 self._location(location)
-            if not self.exhausted and (self.wants("missing") or self.wants("pending")):
+            # DB rows without data: judged even once --max-delete is spent (then nothing is
+            # deleted, take() allows none), so a permanent row whose bytes are gone is
+            # reported by every run, however early its budget ran out.
+            if not self.stopping and (self.wants("missing") or self.wants("pending")):
                 for ids in sql.iter_db_rows_without_data(self.catalog, report.started, page=BATCH):
                     outcome = _Outcome()
                     self._rows_batch(Location.DB, None, ids, outcome)
                     self._count(outcome)
-                    if self.exhausted:
+                    if self.stopping:
                         break
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
@@ -611,7 +628,11 @@ class _Collector:
                 self.report.skip("linked", 1)
                 return row, True
             except UsageError:
-                return row, False  # a key the store refuses as unsafe cannot hold bytes
+                # A key the store refuses to resolve (``a//b``, ``../``, a leading ``/``):
+                # the platform's own path joining may still read bytes through it, so the
+                # row is never judged missing.
+                self.report.skip("unsafeKey", 1)
+                return row, True
             except ApStorageError as exc:
                 return row, str(exc)
 
@@ -624,10 +645,18 @@ class _Collector:
         return present
 
 
-def collapsed(key: str) -> str:
-    """``key`` with empty and ``.`` segments dropped: the name SeaweedFS (and a file
-    system) gives an object put as ``a//b/./c`` — ``a/b/c``."""
-    return "/".join(part for part in key.split("/") if part not in ("", "."))
+def aliases_of(key: str) -> set[str]:
+    """Other names a store may file ``key`` under: SeaweedFS turns ``\\`` into ``/`` and
+    drops empty segments (``a\\b`` and ``a//b`` are listed as ``a/b``); a file system, and
+    the platform's ``path.join``, also drop ``.`` and resolve ``..``."""
+    names = set()
+    for form in (key, key.replace("\\", "/")):
+        names.add("/".join(part for part in form.split("/") if part not in ("", ".")))
+        normal = posixpath.normpath("/" + form).lstrip("/")
+        if normal and normal != ".":
+            names.add(normal)
+    names.discard(key)
+    return names
 
 
 def _loss(row: sql.JudgedRow) -> str:
@@ -667,7 +696,7 @@ class _GcTally:
         self.missing = 0  # rows found without
         self.rows_refused = False
         self.orphans_refused = False
-        self.probed: bool | None = None  # the catalog's sample found in this store
+        self.probed: bool | str | None = None  # the catalog's sample found in this store ("merge": none to ask)
 
     # the interface du's merge and lookups call ------------------------------------------------
     def listed(self, info: ObjectInfo) -> None:
@@ -675,16 +704,19 @@ class _GcTally:
         self.bytes += info.size
 
     def _trusted(self) -> bool:
-        """At least one row found with its bytes — in the merge so far, or by looking up a
-        sample of the location's rows once (the listing may reach many orphans before the
-        first row of ours): the configured bucket or root is one the catalog writes to. A
-        location where no row has its bytes is, whatever the count, more likely a wrong
-        AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH than lost data."""
-        if self.matched > 0:
-            return True
+        """The configured bucket or root is the one the catalog writes to: at least a
+        quarter of a sample of the location's rows have their bytes there (looked up once),
+        and the merge so far has not found over three rows without their bytes for each
+        row with them. A location where most rows lack their bytes is more likely a wrong
+        AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH (or a stale copy of the right one) than lost
+        data."""
         if self.probed is None:
             self.probed = self.c.sample_found(self.location, self.store)
-        return self.probed
+            if self.probed is None:  # only rows that may rightly lack bytes: the merge decides
+                self.probed = "merge"
+        if self.probed == "merge":
+            return self.matched > 0 and self.missing <= max(3 * self.matched, PROBE_ROWS)
+        return self.probed and self.missing <= max(3 * self.matched, PROBE_ROWS)
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
         self.matched += 1
