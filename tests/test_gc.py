@@ -568,16 +568,18 @@ def test_a_local_key_the_store_refuses_keeps_its_row_and_file(local_env, storage
         ("orphans", gone)]
 
 
-def test_a_stale_copy_holding_one_file_of_the_catalog_deletes_nothing(local_env, storage_factory, tmp_path) -> None:
+@pytest.mark.parametrize("copied", [1, 48], ids=["one file", "two files in five"])
+def test_a_stale_copy_holding_few_files_of_the_catalog_deletes_nothing(local_env, storage_factory, tmp_path, copied) -> None:
     """AP_LOCAL_STORAGE_PATH pointing at a stale copy of the root that holds one file of
-    the catalog among hundreds: one row found is not enough to trust it — no row is
-    judged missing, no file an orphan."""
+    the catalog among a hundred and twenty, or 48 of them: a location where most rows lack
+    their bytes is not trusted — no row is judged missing, no file an orphan."""
     storage = storage_factory(local_env)
     rows = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(120)]
     stale = tmp_path / "stale"
-    copy = stale / rows[0].key
-    copy.parent.mkdir(parents=True)
-    copy.write_bytes(b"some bytes")
+    for row in rows[:copied]:
+        copy = stale / row.key
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(b"some bytes")
     wrong = storage_factory({**local_env, "AP_LOCAL_STORAGE_PATH": str(stale)})
     keys = [orphan(wrong, Location.LOCAL, age=5 * DAY, project="theirs") for _ in range(3)]
     for dry_run in (True, False):
@@ -617,17 +619,48 @@ def test_max_delete_spent_still_reports_permanent_rows_without_bytes(local_env, 
     its cap must still surface data loss."""
     storage = storage_factory(local_env)
     set_env(**local_env)
-    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    for _ in range(3):
+        seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
     keys = [orphan(storage, Location.LOCAL, age=2 * DAY) for _ in range(3)]
     lost = seed(storage, "SAMPLE_DATA", Location.DB, NOW - timedelta(days=5), data=None)
+    # listed after the orphans (project/zz sorts last): judged once the budget is spent
+    bundle = seed(storage, "FLOW_BUNDLE", Location.LOCAL, NOW - timedelta(days=5), data=None, project="zz")
     for cap in ("1", "2"):  # 1 of 3, then exactly the 2 left
         result = invoke(runner, "--max-delete", cap, "--json")
         data = json.loads(result.stdout)
         assert result.exit_code == 1, result.stderr
         assert data["maxDeleteReached"] is True
-        assert [r["id"] for r in data["reported"]] == [lost.id]
+        assert sorted(r["id"] for r in data["reported"]) == sorted([lost.id, bundle.id])
     assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
-    assert row_exists(storage, lost.id)
+    assert row_exists(storage, lost.id) and row_exists(storage, bundle.id)
+
+
+def test_max_delete_is_spent_only_on_what_is_deleted(local_env, storage_factory, set_env, runner) -> None:
+    """Candidates the batch re-check keeps (here files rows reach through a key the store
+    files under another name, listed first) spend none of --max-delete: the real
+    orphans after them go."""
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    root = Path(storage.settings.local_storage_path)
+    for _ in range(3):
+        file_id = new_id()
+        path = root / "platform" / "aa" / "FLOW_RUN_LOG" / file_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"kept")
+        t = time.time() - 3 * DAY
+        os.utime(path, (t, t))
+        storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.LOCAL,
+                                       platform_id="aa", size=4, s3_key=f"platform/aa//FLOW_RUN_LOG/{file_id}",
+                                       created=NOW - timedelta(days=3)))
+    for _ in range(3):
+        seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    keys = [orphan(storage, Location.LOCAL, age=2 * DAY, project="zz") for _ in range(2)]
+    result = invoke(runner, "--max-delete", "3", "--json")
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0, result.stderr
+    assert data["orphans"]["files"] == 2 and data["maxDeleteReached"] is False
+    assert not any(object_exists(storage, Location.LOCAL, k) for k in keys)
+    assert len(list((root / "platform" / "aa" / "FLOW_RUN_LOG").iterdir())) == 3
 
 
 def test_a_few_rows_without_bytes_among_many_are_deleted(local_env, storage_factory) -> None:

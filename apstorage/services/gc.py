@@ -313,6 +313,7 @@ class _Collector:
         self.clock = clock
         self.workers = workers
         self.budget = max_delete
+        self.budget_lock = threading.Lock()
         self.progress = on_progress or (lambda event, n: None)
         self.local = threading.local()
         self.sessions: list[sql.Session] = []
@@ -340,9 +341,11 @@ class _Collector:
             return 0
         if self.budget is None:
             return n
-        allowed = min(n, self.budget)
-        self.budget -= allowed
-        if allowed < n:
+        with self.budget_lock:
+            allowed = min(n, self.budget)
+            self.budget -= allowed
+            spent = self.budget <= 0
+        if spent:  # spent, exactly or not: the run says where it stopped
             self.report.max_delete_reached = True
         return allowed
 
@@ -364,7 +367,7 @@ class _Collector:
         return False
 
     def sample_found(self, location: Location, store: Store) -> bool | None:
-        """Whether at least a quarter of up to PROBE_ROWS rows at ``location`` (in id
+        """Whether at least half of up to PROBE_ROWS rows at ``location`` (in id
         order: a random sample, ids being random) have their bytes in ``store``. Rows that
         may rightly have none yet (a pending upload, a row newer than the run) are not
         asked about (None when no row could be). One file of the catalog in a stale copy
@@ -383,7 +386,7 @@ class _Collector:
                 continue
             asked += 1
             found += info is not None
-        return None if asked == 0 else 4 * found >= asked
+        return None if asked == 0 else 2 * found >= asked
 
     def wants(self, kind: str) -> bool:
         return kind in self.report.kinds
@@ -406,7 +409,7 @@ class _Collector:
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-gc")
         try:
             for location in (Location.S3, Location.LOCAL):
-                if self.exhausted:
+                if self.stopping:
                     break
                 self._location(location)
             # DB rows without data: judged even once --max-delete is spent (then nothing is
@@ -496,6 +499,7 @@ class _Collector:
                 report.skip("aliased", kept - len(todo))
             if location is Location.LOCAL:
                 todo = self._not_links(store, todo)
+            todo = todo[: self.take(len(todo))] if todo else todo  # --max-delete, dry or not
             if not todo:
                 return outcome
             if report.dry_run:
@@ -674,7 +678,7 @@ def _parse_time(text: str) -> datetime | None:
 
 
 class _BudgetSpent(Exception):
-    """--max-delete reached: stop listing."""
+    """Asked to stop (a signal): stop listing."""
 
 
 class _GcTally:
@@ -704,10 +708,9 @@ class _GcTally:
         self.bytes += info.size
 
     def _trusted(self) -> bool:
-        """The configured bucket or root is the one the catalog writes to: at least a
-        quarter of a sample of the location's rows have their bytes there (looked up once),
-        and the merge so far has not found over three rows without their bytes for each
-        row with them. A location where most rows lack their bytes is more likely a wrong
+        """The configured bucket or root is the one the catalog writes to: at least half
+        of a sample of the location's rows have their bytes there (looked up once), and the
+        merge so far has not found more rows without their bytes than with them. A location where most rows lack their bytes is more likely a wrong
         AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH (or a stale copy of the right one) than lost
         data."""
         if self.probed is None:
@@ -715,8 +718,8 @@ class _GcTally:
             if self.probed is None:  # only rows that may rightly lack bytes: the merge decides
                 self.probed = "merge"
         if self.probed == "merge":
-            return self.matched > 0 and self.missing <= max(3 * self.matched, PROBE_ROWS)
-        return self.probed and self.missing <= max(3 * self.matched, PROBE_ROWS)
+            return self.matched > 0 and self.missing <= max(self.matched, PROBE_ROWS)
+        return self.probed and self.missing <= max(self.matched, PROBE_ROWS)
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
         self.matched += 1
@@ -741,7 +744,7 @@ class _GcTally:
         if info.modified >= c.report.cutoff:
             c.report.skip("young", 1)
             return
-        if self.orphans_refused:
+        if self.orphans_refused or c.exhausted:  # --max-delete spent: rows are still judged
             return
         self.orphan_batch.append(info)
         if self._trusted():
@@ -788,16 +791,18 @@ class _GcTally:
         )
 
     def _submit_one(self, batch: list[ObjectInfo]) -> None:
-        allowed = self.c.take(len(batch))
-        if allowed:
-            future = self.c.pool.submit(self.c._orphan_batch, self.location, self.store, batch[:allowed])
-            self.inflight[future] = None
-            while len(self.inflight) >= self.c.workers:
-                done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
-                for f in done:
-                    self.inflight.pop(f)
-                    self._collect(f)
+        """Hand one batch to the pool; --max-delete is drawn there, after the batch's
+        re-check (objects it keeps spend none of it)."""
         if self.c.exhausted:
+            return
+        future = self.c.pool.submit(self.c._orphan_batch, self.location, self.store, batch)
+        self.inflight[future] = None
+        while len(self.inflight) >= self.c.workers:
+            done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
+            for f in done:
+                self.inflight.pop(f)
+                self._collect(f)
+        if self.c.stopping:
             raise _BudgetSpent()
 
     def _collect(self, future: Future) -> None:
@@ -816,7 +821,7 @@ class _GcTally:
                 self.held_counts.merge(outcome)
             else:
                 self.c._count(outcome)
-            if self.c.exhausted:
+            if self.c.stopping:
                 raise _BudgetSpent()
 
     def _refuse_rows(self) -> None:
