@@ -98,7 +98,7 @@ def parse_grace(value: str | int | None) -> int:
 
     if value is None:
         return DEFAULT_GRACE
-    seconds = parse_duration(value, "--grace")
+    seconds = parse_duration(value, "--grace", minimum=0, maximum=10**12)  # gc's own bounds below
     if seconds > MAX_GRACE:
         raise UsageError(f"--grace {value}: longer than 3650d (ten years); nothing would ever be old enough")
     if seconds < MIN_GRACE:
