@@ -778,16 +778,16 @@ class _GcTally:
         self._submit_one(batch)
 
     def _refuse_orphans(self) -> None:
-        """No row at this location has its bytes: the bucket or root is likely not the
+        """Too few rows at this location have their bytes: the bucket or root is likely not the
         catalog's (a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH pointing at another
         deployment's): nothing in it is an orphan of ours to delete."""
         self.orphans_refused = True
         n = len(self.orphan_batch)
         self.orphan_batch = []
         self.c.report.notes.append(
-            f"{self.where}: {n:,} or more objects no row references and no row found with its "
-            f"bytes; the configuration looks wrong (AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH), so "
-            f"no {self.where} orphan was deleted"
+            f"{self.where}: {n:,} or more objects no row references, and too few of the "
+            f"catalog's rows have their bytes there; the configuration looks wrong (AP_S3_BUCKET / "
+            f"AP_LOCAL_STORAGE_PATH), so no {self.where} orphan was deleted"
         )
 
     def _submit_one(self, batch: list[ObjectInfo]) -> None:
