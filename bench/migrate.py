@@ -60,10 +60,16 @@ open(sys.argv[1], "w").write(json.dumps([proc.returncode, elapsed, rss, proc.std
 """
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one command; exits if it fails."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as report:
-        subprocess.run([sys.executable, "-c", _MEASURE, report.name, *cmd], env=env, check=True)
+    """(seconds, peak RSS in MB) of one command; exits if it fails. It runs in a folder of
+    its own: ``python -m`` puts the working folder first on ``sys.path``, so run from a
+    checkout it would import that checkout's package whatever PYTHONPATH says (and a
+    ``--baseline`` would time this version twice)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report, tempfile.TemporaryDirectory() as cwd:
+        subprocess.run([sys.executable, "-c", _MEASURE, report.name, *cmd], env=env, check=True, cwd=cwd)
         code, elapsed, rss, err = json.loads(Path(report.name).read_text())
     if code != 0:
         raise SystemExit(f"{cmd[0]} failed ({code}): {err}")
@@ -133,7 +139,7 @@ def main() -> int:
                 for i in range(20):  # warm: a new bucket's first writes allocate volumes
                     client.put_object(Bucket=bucket, Key=f"warm/{i}", Body=b"x")
             seed_postgres(pg.url, files)
-            ap_env = dict(os.environ, AP_POSTGRES_URL=pg.url, AP_CONFIG_PATH=str(work / "home"),
+            ap_env = dict(os.environ, PYTHONPATH=str(REPO), AP_POSTGRES_URL=pg.url, AP_CONFIG_PATH=str(work / "home"),
                           **s3.ap_env(names["apstorage migrate-to-s3"]))
             results["apstorage migrate-to-s3"].append(timed(
                 [sys.executable, "-m", "apstorage", "migrate-to-s3", "--workers", str(args.workers), "--batch-size", str(args.batch_size), "--json"], ap_env))
