@@ -96,9 +96,10 @@ def noncanonical_keys(catalog: Catalog) -> list[str]:
     listed as ``a/b``), so the listed name must count as referenced too. One scan of the
     table."""
     patterns = ("%//%", "/%", "%/", "./%", "%/./%", "%/.", "%..%", "%\\%")
-    odd = " OR ".join(f"{KEY_SQL} LIKE {catalog.ph} ESCAPE '!'" for _ in patterns)
+    odd = " OR ".join(f"k LIKE {catalog.ph} ESCAPE '!'" for _ in patterns)  # the key built once a row
     rows = catalog._execute(
-        f'SELECT DISTINCT {KEY_SQL} FROM "file" WHERE "location" IN (\'S3\', \'LOCAL\') AND ({odd})',
+        f'SELECT DISTINCT k FROM (SELECT {KEY_SQL} AS k FROM "file" '
+        f'WHERE "location" IN (\'S3\', \'LOCAL\')) AS keyed WHERE {odd}',
         patterns,
     )
     return [r[0] for r in rows if r[0]]

@@ -76,10 +76,10 @@ BATCH = 1000  # objects or rows per batch
 DEFAULT_WORKERS = 8
 KEPT = 100  # failures and reported rows listed; the counts cover them all
 ITEMS_KEPT = 10_000  # deleted (or, dry, would-be-deleted) items listed; the counts cover them all
-# A location where rows lack their bytes and none has them: the configuration, not the
-# data, is likely wrong (another bucket, another root). Rows without bytes are deleted
-# only once one of the location's rows was found with its bytes; otherwise they are held, and past HOLD_MAX held, or at the end
-# of the pass, the location's rows are left alone and a note says why.
+# A location where most rows lack their bytes: the configuration, not the data, is likely
+# wrong (another bucket, another root, a stale copy). Orphans and rows without bytes are
+# held until the location is trusted (_GcTally._trusted); past HOLD_MAX held, or at the
+# end of the pass, they are left alone and a note says why.
 HOLD_MAX = 10_000
 PROBE_ROWS = 50  # rows looked up once per location to see whether its store is the catalog's
 
@@ -358,13 +358,9 @@ class _Collector:
 
     @property
     def exhausted(self) -> bool:
-        """No more deletions in this run: --max-delete spent, or asked to stop."""
-        if self.stopping:
-            return True
-        if self.budget is not None and self.budget <= 0:
-            self.report.max_delete_reached = True
-            return True
-        return False
+        """No more deletions in this run: --max-delete spent (``take`` said so in the
+        report), or asked to stop."""
+        return self.stopping or (self.budget is not None and self.budget <= 0)
 
     def sample_found(self, location: Location, store: Store) -> bool | None:
         """Whether at least half of up to PROBE_ROWS rows at ``location`` (in id
@@ -468,7 +464,7 @@ class _Collector:
                 # a dry pass counts nothing (the next one sees the same things again).
                 tally.close(finish=False, keep=not self.report.dry_run)
                 continue
-            except _BudgetSpent:
+            except _Stopped:
                 tally.close(finish=False)
                 return
             tally.close()
@@ -476,7 +472,7 @@ class _Collector:
         tally = _GcTally(self, location, store)
         try:
             du_service._lookups(self.catalog, store, prefixes, tally, tick, rows=rows, odd=odd)
-        except _BudgetSpent:
+        except _Stopped:
             tally.close(finish=False)
             return
         tally.close()
@@ -499,7 +495,7 @@ class _Collector:
                 report.skip("aliased", kept - len(todo))
             if location is Location.LOCAL:
                 todo = self._not_links(store, todo)
-            todo = todo[: self.take(len(todo))] if todo else todo  # --max-delete, dry or not
+            todo = todo[: self.take(len(todo))]  # --max-delete, dry or not
             if not todo:
                 return outcome
             if report.dry_run:
@@ -677,7 +673,7 @@ def _parse_time(text: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-class _BudgetSpent(Exception):
+class _Stopped(Exception):
     """Asked to stop (a signal): stop listing."""
 
 
@@ -700,7 +696,8 @@ class _GcTally:
         self.missing = 0  # rows found without
         self.rows_refused = False
         self.orphans_refused = False
-        self.probed: bool | str | None = None  # the catalog's sample found in this store ("merge": none to ask)
+        self.probed = False  # the catalog's sample was looked up in this store
+        self.sample: bool | None = None  # its verdict (sample_found)
 
     # the interface du's merge and lookups call ------------------------------------------------
     def listed(self, info: ObjectInfo) -> None:
@@ -713,13 +710,12 @@ class _GcTally:
         merge so far has not found more rows without their bytes than with them. A location where most rows lack their bytes is more likely a wrong
         AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH (or a stale copy of the right one) than lost
         data."""
-        if self.probed is None:
-            self.probed = self.c.sample_found(self.location, self.store)
-            if self.probed is None:  # only rows that may rightly lack bytes: the merge decides
-                self.probed = "merge"
-        if self.probed == "merge":
-            return self.matched > 0 and self.missing <= max(self.matched, PROBE_ROWS)
-        return self.probed and self.missing <= max(self.matched, PROBE_ROWS)
+        if not self.probed:
+            self.sample, self.probed = self.c.sample_found(self.location, self.store), True
+        # No row could be sampled (only pending uploads, rows newer than the run): the
+        # merge decides alone.
+        found = self.matched > 0 if self.sample is None else self.sample
+        return found and self.missing <= max(self.matched, PROBE_ROWS)
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
         self.matched += 1
@@ -735,7 +731,7 @@ class _GcTally:
     def orphan(self, info: ObjectInfo) -> None:
         c = self.c
         if c.stopping:
-            raise _BudgetSpent()
+            raise _Stopped()
         if not c.judge_orphans:
             return
         if info.modified is None:
@@ -756,7 +752,7 @@ class _GcTally:
     def missing_row(self, row: KeyedRow) -> None:
         c = self.c
         if c.stopping:
-            raise _BudgetSpent()
+            raise _Stopped()
         if not (c.wants("missing") or c.wants("pending")) or self.rows_refused:
             return
         self.held.append(row.id)
@@ -782,12 +778,14 @@ class _GcTally:
         catalog's (a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH pointing at another
         deployment's): nothing in it is an orphan of ours to delete."""
         self.orphans_refused = True
-        n = len(self.orphan_batch)
-        self.orphan_batch = []
+        n, self.orphan_batch = len(self.orphan_batch), []
+        self._note_refusal(f"{n:,} or more objects no row references, and too few of the catalog's "
+                           "rows have their bytes there", "orphan")
+
+    def _note_refusal(self, what: str, kind: str) -> None:
         self.c.report.notes.append(
-            f"{self.where}: {n:,} or more objects no row references, and too few of the "
-            f"catalog's rows have their bytes there; the configuration looks wrong (AP_S3_BUCKET / "
-            f"AP_LOCAL_STORAGE_PATH), so no {self.where} orphan was deleted"
+            f"{self.where}: {what}; the configuration looks wrong (AP_S3_BUCKET / "
+            f"AP_LOCAL_STORAGE_PATH), so no {self.where} {kind} was deleted"
         )
 
     def _submit_one(self, batch: list[ObjectInfo]) -> None:
@@ -803,7 +801,7 @@ class _GcTally:
                 self.inflight.pop(f)
                 self._collect(f)
         if self.c.stopping:
-            raise _BudgetSpent()
+            raise _Stopped()
 
     def _collect(self, future: Future) -> None:
         outcome = future.result()
@@ -822,17 +820,13 @@ class _GcTally:
             else:
                 self.c._count(outcome)
             if self.c.stopping:
-                raise _BudgetSpent()
+                raise _Stopped()
 
     def _refuse_rows(self) -> None:
         self.rows_refused = True
-        n = len(self.held)
-        self.held = []
-        self.c.report.notes.append(
-            f"{self.where}: {self.missing:,} rows lack their bytes and only {self.matched:,} were found "
-            f"with theirs ({n:,} held); the configuration looks wrong (AP_S3_BUCKET / "
-            f"AP_LOCAL_STORAGE_PATH), so no {self.where} row was deleted"
-        )
+        n, self.held = len(self.held), []
+        self._note_refusal(f"{self.missing:,} rows lack their bytes and only {self.matched:,} were "
+                           f"found with theirs ({n:,} held)", "row")
 
     def close(self, *, finish: bool = True, keep: bool = True) -> None:
         """End of the pass: deal with what is queued (``finish``), wait for the batches
@@ -845,7 +839,7 @@ class _GcTally:
                     else:
                         try:
                             self._submit_orphans()
-                        except _BudgetSpent:
+                        except _Stopped:
                             pass
                 if self.held and not self.rows_refused:
                     if not self._trusted():
@@ -853,7 +847,7 @@ class _GcTally:
                     else:
                         try:
                             self._flush_rows()
-                        except _BudgetSpent:
+                        except _Stopped:
                             pass
         finally:
             for future in list(self.inflight):

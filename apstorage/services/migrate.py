@@ -303,10 +303,10 @@ LANES = 2  # Postgres: batches in flight at once, each in its own transaction
 
 @dataclass
 class _Cursor:
-    """What the lanes of one source share: the keyset position and the claim count."""
+    """What the lanes of one source share: the keyset position (the claim count, which
+    --limit bounds, is the run's: ``_Run.claimed``)."""
 
     after: str = ""
-    claimed: int = 0
     done: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -350,7 +350,6 @@ def _claim(run: _Run, cur, catalog, source, types, cursor: _Cursor, *, lock: boo
             cursor.done = True
             return None
         cursor.after = batch[-1].row.id
-        cursor.claimed += len(batch)
         with run.lock:
             run.claimed += len(batch)
         return batch
