@@ -114,6 +114,22 @@ def bucket(seaweed: servers.S3Info) -> str:
     return name
 
 
+@pytest.fixture
+def versioned_bucket(seaweed: servers.S3Info) -> str:
+    """A SeaweedFS bucket with versioning Enabled (as the platform's storage guide
+    recommends for production)."""
+    name = f"v-{secrets.token_hex(6)}"
+    client = seaweed.client()
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+@pytest.fixture
+def versioned_env(seaweed: servers.S3Info, versioned_bucket: str) -> dict[str, str]:
+    return seaweed.ap_env(versioned_bucket)
+
+
 # -- settings --------------------------------------------------------------------------
 
 

@@ -999,9 +999,12 @@ class _FastS3:
         self, method: str, path: str, *, query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None, body: bytes = b"", operation: str, key: str | None = None,
         limit: int = MAX_LIST_PAGE, unsigned: dict[str, Any] | None = None,
+        accept: tuple[int, ...] = (),
     ) -> Response:
         """One signed request through the session, retried per ``RetryPolicy``; the response
-        on 2xx (its body at most ``limit`` bytes), else the translated ApStorageError."""
+        on 2xx (its body at most ``limit`` bytes) or on a status in ``accept`` (the caller
+        reads that error itself, e.g. 501 from a store without an API), else the translated
+        ApStorageError."""
         url = self.origin + path + ("?" + canonical_query(query) if query else "")
         started = time.monotonic()
         attempt = 0
@@ -1014,6 +1017,8 @@ class _FastS3:
                 result: Response | Exception = self.session.request(method, url, signed, body, limit=limit)
             except BotoCoreError as exc:
                 result = exc
+            if accept and isinstance(result, Response) and result.status in accept:
+                return result
             response, error, after, throttled = self._judge(result, operation)
             if response is not None:
                 return response

@@ -1,0 +1,435 @@
+"""Versioned buckets on an ``S3Store``: the bucket's versioning state, listings of object
+versions and delete markers, deletes of exact versions, and copying a version back as the
+current object.
+
+On a bucket whose versioning is ``Enabled`` (or ``Suspended``, which keeps the versions it
+already holds) a DeleteObject without a version id removes nothing: it adds a *delete
+marker* that becomes the key's current version, and the bytes stay as a *noncurrent
+version* until a lifecycle rule (``NoncurrentVersionExpiration``) or a delete naming the
+version id removes them (AWS S3 user guide, "Deleting object versions from a
+versioning-enabled bucket"). This module only moves those things; what to delete or
+restore is the services' call.
+
+Stores without the versioning API (rclone's S3 server answers ``NotImplemented``, or 200
+with something that is not a ``VersioningConfiguration``) count as unversioned: never an
+error (``Versioning.supported`` is False and ``note`` says what the store answered).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Iterable, Iterator
+from urllib.parse import quote, unquote_plus
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from apstorage.errors import BackendUnavailableError, NotSupportedError
+
+if TYPE_CHECKING:
+    from apstorage.stores.s3 import S3Store
+
+ENABLED = "Enabled"
+SUSPENDED = "Suspended"
+# Entries a range listing may pass that belong to no key asked for, per key asked for,
+# before the rest of the keys are listed one by one instead (``versions_of``).
+WASTE_PER_KEY = 2
+WASTE_FLOOR = 1000
+OBJECT_LOCK_REASON = (
+    "object lock: the store refused to delete a version under retention or legal hold"
+)
+_UNSUPPORTED = (400, 405, 501)  # how stores without an API answer it (NotImplemented, ...)
+_REFUSALS = _UNSUPPORTED + (401, 403, 404)
+
+
+@dataclass(frozen=True)
+class Versioning:
+    """A bucket's versioning state (GetBucketVersioning).
+
+    ``status`` is ``"Enabled"``, ``"Suspended"`` or ``""`` (versioning never enabled);
+    ``supported`` is False when the store has no versioning API (then ``status`` is ``""``);
+    ``note`` says, for a person, what the store answered when it was not a plain state."""
+
+    status: str = ""
+    supported: bool = True
+    note: str = ""
+
+    @property
+    def versioned(self) -> bool:
+        """Whether the bucket may hold noncurrent versions and delete markers: Enabled, or
+        Suspended (suspending keeps every version written while it was enabled)."""
+        return self.status in (ENABLED, SUSPENDED)
+
+    def to_json(self) -> dict:
+        return {
+            "status": self.status or "Unversioned",
+            "versioned": self.versioned,
+            "supported": self.supported,
+            "note": self.note or None,
+        }
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One entry of ListObjectVersions: a version (bytes) or a delete marker (none).
+
+    ``size`` in bytes (0 for a delete marker); ``etag`` without quotes (None for a delete
+    marker); ``modified`` is LastModified in UTC; ``is_latest`` marks the key's current
+    version (a delete marker that is latest means the key has no current object)."""
+
+    key: str
+    version_id: str
+    size: int
+    etag: str | None
+    modified: datetime | None
+    is_latest: bool
+    delete_marker: bool
+
+
+def get_versioning(store: S3Store) -> Versioning:
+    """The bucket's versioning state, one GetBucketVersioning request.
+
+    A store that answers NotImplemented (400/405/501, or a 404 that is not NoSuchBucket), or
+    200 with a document that is not a ``VersioningConfiguration``, counts as unversioned
+    (``supported=False``). A missing bucket raises NotFoundError (exit 4), an unreachable
+    store BackendUnavailableError (8). A refusal (401/403) is not fatal either: the state
+    is unknown and treated as unversioned, with a note naming ``s3:GetBucketVersioning``."""
+    from apstorage.stores.s3 import _error_response
+
+    fast = store.fast
+    response = fast.request(
+        "GET", fast.prefix.rstrip("/") or "/", query={"versioning": ""},
+        operation="GetBucketVersioning", accept=_REFUSALS,
+    )
+    if response.status in _REFUSALS:
+        code = _error_response(response.status, response.body)["Error"]["Code"]
+        if code == "NoSuchBucket":
+            fast.request("GET", fast.prefix.rstrip("/") or "/", query={"versioning": ""},
+                         operation="GetBucketVersioning")  # raises NotFoundError (exit 4)
+        if response.status in (401, 403):
+            return Versioning("", True, f"GetBucketVersioning was refused ({code}; s3:GetBucketVersioning); treated as unversioned")
+        return Versioning("", False, f"the store has no versioning API ({code}); treated as unversioned")
+    try:
+        root = ET.fromstring(response.body or b"<none/>")
+    except ET.ParseError:
+        return Versioning("", False, "the store's versioning answer is not XML; treated as unversioned")
+    ns = _ns(root)
+    # AWS names the root VersioningConfiguration; moto's server GetBucketVersioningResponse
+    if root.tag[len(ns):] not in ("VersioningConfiguration", "GetBucketVersioningResponse"):
+        return Versioning(
+            "", False,
+            f"the store answered <{root.tag[len(ns):]}> for the versioning state; treated as unversioned",
+        )
+    status = (root.findtext(f"{ns}Status") or "").strip()
+    if status not in (ENABLED, SUSPENDED, ""):
+        return Versioning("", True, f"unknown versioning status {status[:40]!r}; treated as unversioned")
+    return Versioning(status)
+
+
+def list_versions(
+    store: S3Store, prefix: str = "", *, key_marker: str = "", page_size: int = 1000
+) -> Iterator[ObjectVersion]:
+    """Every version and delete marker under ``prefix`` with a key greater than
+    ``key_marker``, in the store's order, page by page (``list_version_pages``)."""
+    for page in list_version_pages(store, prefix, key_marker=key_marker, page_size=page_size):
+        yield from page
+
+
+def list_version_pages(
+    store: S3Store, prefix: str = "", *, key_marker: str = "", page_size: int = 1000
+) -> Iterator[list[ObjectVersion]]:
+    """The pages of ListObjectVersions (``encoding-type=url``; keys decoded as botocore
+    decodes them) under ``prefix`` after ``key_marker``. Pages follow each other in key
+    order, but within a page a store may list every version before every delete marker
+    (moto's server does), so only a whole page tells which keys it covered.
+
+    NotSupportedError (exit 6) when the store has no ListObjectVersions; a truncated page
+    without a next marker is a BackendUnavailableError naming the store (never a silently
+    short listing)."""
+    fast = store.fast
+    path = fast.prefix.rstrip("/") or "/"
+    version_marker = ""
+    pages = 0
+    while True:
+        query = {"versions": "", "prefix": prefix, "max-keys": str(page_size), "encoding-type": "url"}
+        if key_marker:
+            query["key-marker"] = key_marker
+            if version_marker:
+                query["version-id-marker"] = version_marker
+        response = fast.request("GET", path, query=query, operation="ListObjectVersions", accept=_UNSUPPORTED)
+        if response.status in _UNSUPPORTED:
+            raise NotSupportedError(
+                f"S3 at {store.where} has no ListObjectVersions (bucket {store.bucket!r}, HTTP {response.status})"
+            )
+        pages += 1
+        entries, truncated, next_key, next_version = _parse_versions(response.body, store)
+        yield entries
+        if not truncated:
+            return
+        if not next_key or (next_key == key_marker and next_version == version_marker):
+            raise BackendUnavailableError(
+                f"S3 at {store.where} answered page {pages} of the version listing of bucket "
+                f"{store.bucket!r} (prefix {prefix!r}) as truncated without a new marker; "
+                "the listing cannot be completed"
+            )
+        key_marker, version_marker = next_key, next_version or ""
+
+
+def versions_of(store: S3Store, keys: Iterable[str]) -> dict[str, list[ObjectVersion]]:
+    """{key: its versions and delete markers, newest first} for exactly ``keys`` (a key
+    with none maps to ``[]``); versions of other keys are never returned.
+
+    Keys sharing a folder (the part up to the last ``/``) are listed together, from just
+    before the first of them to the last: one request per page rather than one per key.
+    When such a range turns out to hold many keys not asked for (more than
+    ``WASTE_PER_KEY`` per key asked plus ``WASTE_FLOOR``), the rest of that folder's keys
+    are listed one by one (``prefix=key``)."""
+    wanted = sorted(set(keys))
+    out: dict[str, list[ObjectVersion]] = {k: [] for k in wanted}
+    groups: dict[str, list[str]] = {}
+    for key in wanted:
+        groups.setdefault(key[: key.rfind("/") + 1], []).append(key)
+    for folder, group in groups.items():
+        if len(group) == 1:
+            _versions_of_one(store, group[0], out)
+            continue
+        _range(store, folder, group, out)
+    for entries in out.values():
+        # The current entry first, then the store's order (S3 lists a key's versions newest
+        # first; moto's server lists delete markers after versions): newest first by
+        # LastModified, ties in the store's order.
+        entries.sort(key=lambda e: (not e.is_latest, -(e.modified.timestamp() if e.modified else 0)))
+    return out
+
+
+def _range(store: S3Store, folder: str, group: list[str], out: dict[str, list[ObjectVersion]]) -> None:
+    """List ``group`` (sorted keys of one folder) as one range; once the range proves to
+    hold too many other keys, the keys not reached yet are listed one by one."""
+    budget = WASTE_PER_KEY * len(group) + WASTE_FLOOR
+    last = group[-1]
+    reached = ""  # the greatest key of the pages listed
+    # every key >= group[0] sorts after group[0][:-1], a prefix of it
+    for page in list_version_pages(store, folder, key_marker=group[0][:-1]):
+        for entry in page:
+            if entry.key in out:
+                out[entry.key].append(entry)
+            elif entry.key < last:
+                budget -= 1
+        reached = max([reached, *(e.key for e in page)])
+        if reached > last:
+            return _first_again(store, group[0], out)
+        if budget < 0:
+            break
+    else:
+        return _first_again(store, group[0], out)
+    for key in group:
+        if key >= reached:  # the key at a page's end may be listed in part
+            out[key] = []
+            _versions_of_one(store, key, out)
+    _first_again(store, group[0], out)
+
+
+def _first_again(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
+    """List the range's first key on its own too: moto's server drops the first entry at
+    or after a ``key-marker`` (AWS and SeaweedFS start right after it, as documented)."""
+    out[key] = []
+    _versions_of_one(store, key, out)
+
+
+def _versions_of_one(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
+    for page in list_version_pages(store, key):
+        out[key].extend(e for e in page if e.key == key)
+        if any(e.key > key and not e.key.startswith(key) for e in page):
+            return
+
+
+def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Delete exact versions (and delete markers): DeleteObjects naming each ``(key,
+    version_id)``, ``AP_S3_DELETE_BATCH_SIZE`` per request, with ``Content-MD5``; every
+    entry of the answer checked. Returns {(key, version_id): reason} for what the store
+    refused; a version already gone (NoSuchVersion/NoSuchKey) counts as deleted. A refusal
+    because of Object Lock (retention or legal hold) carries ``OBJECT_LOCK_REASON``.
+
+    An answer that cannot be matched to the request (an error for a version not sent)
+    refuses the whole batch: nothing is assumed deleted on a guess. A store that cannot be
+    reached raises BackendUnavailableError (exit 8)."""
+    from apstorage.stores.s3 import _add_content_md5, _reason
+
+    pending = list(dict.fromkeys(versions))
+    refused: dict[tuple[str, str], str] = {}
+    if not pending:
+        return refused
+    client = store.client
+    client.meta.events.register(
+        "before-sign.s3.DeleteObjects", _add_content_md5, unique_id="apstorage-delete-md5"
+    )
+    size = max(1, store.settings.s3_delete_batch_size)
+    for start in range(0, len(pending), size):
+        batch = pending[start : start + size]
+        try:
+            response = client.delete_objects(
+                Bucket=store.bucket,
+                Delete={"Objects": [{"Key": k, "VersionId": v} for k, v in batch], "Quiet": True},
+            )
+        except ClientError as exc:
+            translated = store.translate(exc)
+            if isinstance(translated, BackendUnavailableError):
+                raise translated from None
+            reason = _reason(translated, _client_code(exc))
+            refused.update({item: reason for item in batch})
+            continue
+        except BotoCoreError as exc:
+            transport = store.transport_error(exc)
+            if transport is not None:
+                raise transport from None
+            reason = str(store.translate(exc))
+            refused.update({item: reason for item in batch})
+            continue
+        sent = set(batch)
+        errors = response.get("Errors", [])
+        if any((e.get("Key"), e.get("VersionId", "")) not in sent for e in errors):
+            reason = f"S3 at {store.where} answered DeleteObjects with errors for versions that were not sent"
+            refused.update({item: reason for item in batch})
+            continue
+        for err in errors:
+            code = err.get("Code", "")
+            if code in ("NoSuchVersion", "NoSuchKey", "NotFound"):
+                continue
+            refused[(err["Key"], err.get("VersionId", ""))] = refusal_reason(code, err.get("Message", ""))
+    return refused
+
+
+def copy_version(store: S3Store, key: str, version_id: str) -> tuple[str | None, str | None]:
+    """CopyObject from ``key``'s version ``version_id`` onto ``key`` itself: the version's
+    bytes become the key's current object again (AWS S3 user guide, "Restoring previous
+    versions"). Returns (the new version's id, its ETag without quotes) as the store
+    answered them. Objects over 5 GiB cannot be copied in one request (the store refuses;
+    execution data is far smaller). Errors translated as everywhere (404 → exit 4, 403 →
+    5, unreachable → 8)."""
+    try:
+        response = store.client.copy_object(
+            Bucket=store.bucket, Key=key,
+            CopySource={"Bucket": store.bucket, "Key": key, "VersionId": version_id},
+            MetadataDirective="COPY", TaggingDirective="COPY",
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise store.translate(exc, key) from None
+    etag = (response.get("CopyObjectResult") or {}).get("ETag")
+    return response.get("VersionId"), etag.strip('"') if etag else None
+
+
+def head_version(store: S3Store, key: str, version_id: str | None = None) -> dict | None:
+    """HeadObject of ``key`` (its current version, or ``version_id``): {"size", "etag",
+    "versionId"} or None when absent (404, or the current version is a delete marker)."""
+    params = {"Bucket": store.bucket, "Key": key}
+    if version_id:
+        params["VersionId"] = version_id
+    try:
+        head = store.client.head_object(**params)
+    except ClientError as exc:
+        if _client_status(exc) in (404, 405):
+            return None
+        raise store.translate(exc, key) from None
+    except BotoCoreError as exc:
+        raise store.translate(exc, key) from None
+    return {
+        "size": int(head.get("ContentLength", 0)),
+        "etag": (head.get("ETag") or "").strip('"') or None,
+        "versionId": head.get("VersionId"),
+    }
+
+
+def refusal_reason(code: str, message: str) -> str:
+    """The reason a version delete was refused, as one line; a refusal because of Object
+    Lock (AWS answers AccessDenied "... protected by object lock", others name retention
+    or legal hold) is ``OBJECT_LOCK_REASON`` so a report groups them under one reason."""
+    text = f"{code} {message}".lower()
+    if "object lock" in text or "objectlock" in text or "legal hold" in text or "retention" in text \
+            or code in ("ObjectLocked", "InvalidObjectState"):
+        return OBJECT_LOCK_REASON
+    return f"{code}: {message}".strip(" :") or "refused"
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def _parse_versions(body: bytes, store: S3Store) -> tuple[list[ObjectVersion], bool, str, str]:
+    """(entries in document order, truncated, next key marker, next version-id marker)."""
+    from apstorage.stores.s3 import _last_modified
+
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise BackendUnavailableError(
+            f"S3 at {store.where} sent a version listing of bucket {store.bucket!r} that is not valid XML ({exc})"
+        ) from None
+    ns = _ns(root)
+    if root.tag[len(ns):] != "ListVersionsResult":
+        raise NotSupportedError(
+            f"S3 at {store.where} answered ListObjectVersions with <{root.tag[len(ns):]}>, "
+            f"not a ListVersionsResult (bucket {store.bucket!r})"
+        )
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+
+    def decode(text: str | None) -> str:
+        text = text or ""
+        return unquote_plus(text) if encoded else text
+
+    entries: list[ObjectVersion] = []
+    for item in root:
+        tag = item.tag[len(ns):]
+        if tag not in ("Version", "DeleteMarker"):
+            continue
+        marker = tag == "DeleteMarker"
+        size_text = (item.findtext(f"{ns}Size") or "0").strip()
+        if not (size_text.isascii() and size_text.isdigit()):
+            raise BackendUnavailableError(
+                f"S3 at {store.where} listed a version of {decode(item.findtext(f'{ns}Key'))!r} "
+                f"with a size of {size_text[:40]!r}"
+            )
+        etag = item.findtext(f"{ns}ETag")
+        entries.append(ObjectVersion(
+            key=decode(item.findtext(f"{ns}Key")),
+            version_id=item.findtext(f"{ns}VersionId") or "null",
+            size=0 if marker else int(size_text),
+            etag=None if marker or not etag else etag.strip().strip('"'),
+            modified=_last_modified(item.findtext(f"{ns}LastModified")),
+            is_latest=(item.findtext(f"{ns}IsLatest") or "").strip().lower() == "true",
+            delete_marker=marker,
+        ))
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
+    return entries, truncated, decode(root.findtext(f"{ns}NextKeyMarker")), root.findtext(f"{ns}NextVersionIdMarker") or ""
+
+
+def _ns(root: ET.Element) -> str:
+    return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def _client_code(exc: BaseException | None) -> str:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "") or ""
+    return ""
+
+
+def _client_status(exc: BaseException | None) -> int:
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0
+
+
+__all__ = [
+    "ENABLED",
+    "OBJECT_LOCK_REASON",
+    "SUSPENDED",
+    "ObjectVersion",
+    "Versioning",
+    "copy_version",
+    "delete_versions",
+    "get_versioning",
+    "head_version",
+    "list_version_pages",
+    "list_versions",
+    "refusal_reason",
+    "versions_of",
+]
