@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from apstorage.catalog import Catalog, open_catalog
 from apstorage.config import Settings, load_settings
 from apstorage.model import Location
 from apstorage.stores import Store, open_store
+
+if TYPE_CHECKING:
+    from apstorage.stores.s3_versions import Versioning
 
 
 class Storage:
@@ -16,6 +21,7 @@ class Storage:
         self.workers = workers
         self._catalog: Catalog | None = None
         self._stores: dict[Location, Store] = {}
+        self._versioning: Versioning | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -30,6 +36,17 @@ class Storage:
             catalog = self.catalog if location is Location.DB else None
             self._stores[location] = open_store(location, self.settings, catalog, workers=self.workers)
         return self._stores[location]
+
+    def versioning(self) -> Versioning:
+        """The S3 bucket's versioning state (``stores.s3_versions.Versioning``), asked once
+        per run (one GetBucketVersioning) by the commands that delete or count S3 bytes.
+        Raises what opening the S3 store raises (ConfigError when S3 is not configured),
+        NotFoundError for a missing bucket, BackendUnavailableError when unreachable."""
+        if self._versioning is None:
+            from apstorage.stores.s3_versions import get_versioning
+
+            self._versioning = get_versioning(self.store(Location.S3))  # type: ignore[arg-type]
+        return self._versioning
 
     def close(self) -> None:
         for store in self._stores.values():
