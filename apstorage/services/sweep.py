@@ -437,7 +437,10 @@ class _Sweeper:
         one row holds (``refs.shared_keys``, asked once per run), check in one transaction
         which are referenced outside this batch, and delete the batch's rows at those keys
         without touching their bytes. A LOCAL file a symbolic link under the root reaches
-        is kept the same way (its row is deleted, the file stays)."""
+        is kept the same way (its row is deleted, the file stays). A row whose own key is a
+        link owns that link: it is removed with the row (``LocalStore.delete`` unlinks it,
+        never its target), even where a folder link reaches it, so no link is left that no
+        row owns (``LocalStore.reached_by_link``)."""
         from apstorage.catalog import refs
 
         if not batch.objects:

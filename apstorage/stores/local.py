@@ -10,7 +10,9 @@ delete remove the *other* row's bytes. So, consistently:
   refuses it, ``migrate-to-s3`` reports the row as a failure, ``du --verify`` counts it as
   missing; ``list`` does not yield links;
 * ``delete`` never follows a link: a link at the key is removed itself (its target stays),
-  and a key reached through a linked folder is refused;
+  and a key reached through a linked folder is refused. A row whose key is a link owns the
+  link: ``sweep-expired`` removes it with the row, so no link is left dangling and no target
+  another row needs is touched;
 * ``link_targets`` finds every file a link under the root points at, so that callers
   (migrate, sweep) keep a file another path still reaches.
 
