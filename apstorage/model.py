@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from typing import Iterable
 
 from apstorage.errors import UsageError
+from apstorage.text import plural
 
 
 class Location(str, Enum):
@@ -160,8 +161,8 @@ def retention_race(
     if retention_days < pause_days:
         return "warning", (
             f"{name}={retention_days} is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS={pause_days}: a flow "
-            f"resumed after {retention_days} paused day{'' if retention_days == 1 else 's'} finds its "
-            "files swept; the platform requires the pause timeout not to exceed the retention"
+            f"paused for more than {plural(retention_days, 'day')} finds its files swept when it "
+            "resumes; the platform requires the pause timeout not to exceed the retention"
         )
     defaults = " (both the platform's defaults)" if retention_days == PLATFORM_DEFAULT_DAYS else ""
     return "note", (

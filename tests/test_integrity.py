@@ -365,6 +365,30 @@ def test_sweep_removes_a_rows_link_even_where_a_folder_link_reaches_it(linked) -
     assert not row_exists(storage, target) and target_path.read_bytes() == b"the target's bytes"
 
 
+def test_a_file_kept_for_a_link_goes_when_the_link_goes_in_the_same_run(linked, env, storage_factory) -> None:
+    """The target's row and the link's row expire together: the link goes with its row, and
+    the target's file, kept while the link reached it, is then reached by nothing and held by
+    no row: the run deletes it too, leaving no orphan. A file a live row's link still reaches
+    stays (the run before it in ``test_sweep_unlinks_a_symlink_and_keeps_what_a_link_reaches``)."""
+    storage, target, link_id, link_path = linked
+    local = storage.store(Location.LOCAL)
+    target_path = local.path_for(Raw(storage, target).key)
+    # A second pair whose link row stays: its target's file must stay.
+    kept_target = add_row(storage, Location.LOCAL, b"still linked", file_type="FLOW_STEP_FILE")
+    live_link = add_row(storage, Location.LOCAL, None, file_type="FLOW_STEP_FILE", size=12)
+    live_path = local.path_for(Raw(storage, live_link).key)
+    kept_path = local.path_for(Raw(storage, kept_target).key)
+    live_path.symlink_to(kept_path)
+    p = storage.catalog.ph
+    for file_id in (target, link_id, kept_target):
+        storage.catalog._execute(f'UPDATE "file" SET "created" = {p} WHERE "id" = {p}', (storage.catalog._ts_in(OLD), file_id))
+    report = sweep_expired(storage, batch_size=1)  # the target's batch first, then the link's
+    assert (report.deleted, report.failed) == (3, 0)
+    assert not link_path.is_symlink() and not target_path.exists()  # nothing left behind
+    assert live_path.is_symlink() and kept_path.read_bytes() == b"still linked"
+    assert row_exists(storage, live_link)
+
+
 # -- item 4 (migrate): one odd row never stops a run ------------------------------------------
 
 

@@ -212,7 +212,7 @@ def test_a_sweep_warns_only_when_the_retention_is_shorter_than_the_pause_timeout
     set_env(**catalog_env)
     flag = invoke(runner, "sweep-expired", "--retention-days", "5")
     assert flag.stderr.startswith("warning: --retention-days=5 is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS=30")
-    assert "1 paused day finds" in invoke(runner, "sweep-expired", "--retention-days", "1").stderr
+    assert "paused for more than 1 day finds" in invoke(runner, "sweep-expired", "--retention-days", "1").stderr
 
     set_env(**catalog_env, AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
     quiet = invoke(runner, "sweep-expired")
