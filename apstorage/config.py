@@ -17,8 +17,9 @@ from typing import Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 from apstorage.errors import ConfigError
-from apstorage.model import Location, retention_race_warning
-from apstorage.text import has_control, printable
+from apstorage.model import Location, retention_race
+from apstorage.platform_env import PLATFORM_VARIABLES, is_platform_variable
+from apstorage.text import has_control, plural, printable
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
 REDACTED = "********"
@@ -57,15 +58,6 @@ VARIABLES = (
 )
 _FALLBACKS = {"AP_S3_REGION": "AWS_REGION", "AP_S3_ENDPOINT": "AWS_ENDPOINT_URL"}
 _READ = frozenset(VARIABLES) | frozenset(_FALLBACKS.values())
-# Variables the platform reads and apstorage does not: never a "did you mean" warning,
-# however close their names are to one of ours.
-PLATFORM_VARIABLES = frozenset(
-    """AP_REDIS_PASSWORD AP_REDIS_USE_SSL AP_REDIS_HOST AP_REDIS_PORT AP_REDIS_URL
-    AP_REDIS_USER AP_REDIS_DB AP_REDIS_SSL_CA_FILE AP_POSTGRES_POOL_SIZE
-    AP_POSTGRES_IDLE_TIMEOUT_MS AP_MAX_FLOW_RUN_LOG_SIZE_MB
-    AP_SMTP_PASSWORD AP_SMTP_USE_SSL AP_QUEUE_UI_PASSWORD AP_LOKI_PASSWORD AP_CACHE_PATH
-    AP_ISSUE_ARCHIVE_DAYS""".split()
-)
 _MULTILINE = frozenset({"AP_POSTGRES_SSL_CA"})  # a PEM may span lines in .env
 _CLOSE_MATCH_CUTOFF = 0.85  # AP_FILE_STORAGE_LOCATON 0.98; AP_REDIS_PASSWORD 0.81
 
@@ -344,10 +336,11 @@ class Settings:
         return self.max_file_size_mb * 1024 * 1024
 
     @property
-    def retention_race_warning(self) -> str | None:
-        """One line when AP_EXECUTION_DATA_RETENTION_DAYS is not greater than
-        AP_PAUSED_FLOW_TIMEOUT_DAYS (see ``model.retention_race_warning``), else None."""
-        return retention_race_warning(self.execution_data_retention_days, self.paused_flow_timeout_days)
+    def retention_race(self) -> tuple[str, str] | None:
+        """AP_EXECUTION_DATA_RETENTION_DAYS against AP_PAUSED_FLOW_TIMEOUT_DAYS, for where
+        settings are reviewed: ``("warning"|"note", line)`` or None (see
+        ``model.retention_race``)."""
+        return retention_race(self.execution_data_retention_days, self.paused_flow_timeout_days)
 
     @property
     def postgres(self) -> PostgresDsn:
@@ -407,7 +400,7 @@ class Settings:
             "AP_POSTGRES_USERNAME": self.postgres_username,
             "AP_POSTGRES_PASSWORD": REDACTED if self.postgres_password else None,
             "AP_POSTGRES_USE_SSL": self.postgres_use_ssl,
-            "AP_POSTGRES_SSL_CA": f"<{len(self.postgres_ssl_ca)} characters>" if self.postgres_ssl_ca else None,
+            "AP_POSTGRES_SSL_CA": f"<{plural(len(self.postgres_ssl_ca), 'character')}>" if self.postgres_ssl_ca else None,
             "AP_CONFIG_PATH": str(self.config_path),
             "AP_FILE_STORAGE_LOCATION": self.storage_location.value,
             "AP_LOCAL_STORAGE_PATH": str(self.local_storage_path),
@@ -679,16 +672,20 @@ def _endpoint_problem(endpoint: str) -> str | None:
 
 
 def _near_misses(v: Mapping[str, str]) -> list[str]:
-    """A warning for each unknown AP_* variable whose name is a likely typo of one we read.
-
-    The platform's own variables (AP_FRONTEND_URL, AP_REDIS_PASSWORD, ...) stay silent."""
+    """A warning for each AP_* variable that is neither apstorage's nor the platform's
+    (``apstorage.platform_env``: listed, or in one of its families) and whose closest known
+    name is one apstorage reads: a likely typo (``AP_S3_BUKET``). A name closest to one of
+    the platform's is the platform's business, not ours: silent."""
     out = []
+    known: list[str] | None = None
     for name in sorted(v):
-        if not name.startswith("AP_") or name in _READ or name in PLATFORM_VARIABLES:
+        if not name.startswith("AP_") or name in _READ or is_platform_variable(name):
             continue
         import difflib
 
-        match = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
-        if match:
+        if known is None:
+            known = [*VARIABLES, *sorted(PLATFORM_VARIABLES)]
+        match = difflib.get_close_matches(name, known, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
+        if match and match[0] in _READ:
             out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; did you mean {match[0]}?")
     return out

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import PurePosixPath
+from typing import Iterable
 
 from apstorage.errors import UsageError
+from apstorage.text import plural
 
 
 class Location(str, Enum):
@@ -136,16 +138,49 @@ def effective_retention_days(project_days: int | None, global_days: int, pause_d
     return min(global_days, max(project_days, pause_days))
 
 
-def retention_race_warning(retention_days: int, pause_days: int, name: str = "AP_EXECUTION_DATA_RETENTION_DAYS") -> str | None:
-    """One line when a paused flow can outlive its files (retention <= pause timeout), else
-    None: a flow resumed near its timeout can race the sweep for its own step files."""
+# The platform's own default for both AP_EXECUTION_DATA_RETENTION_DAYS and
+# AP_PAUSED_FLOW_TIMEOUT_DAYS (its environment-variable reference).
+PLATFORM_DEFAULT_DAYS = 30
+
+
+def retention_race(
+    retention_days: int, pause_days: int, name: str = "AP_EXECUTION_DATA_RETENTION_DAYS"
+) -> tuple[str, str] | None:
+    """How the retention compares with the pause timeout, for where settings are reviewed
+    (``config``, ``lifecycle show``, ``check-iam``): ``("warning", line)`` when the retention
+    is strictly shorter (a flow may stay paused longer than its files are kept; the platform
+    says the pause timeout cannot exceed the retention), ``("note", line)`` when the two are
+    equal, None when the retention is longer.
+
+    Equal is the platform's own default (30 and 30), not an operator's mistake, but its
+    environment-variable reference asks for a retention *strictly greater* than the pause
+    timeout: a resume firing on the boundary can race the file cleanup. ``name`` is what set
+    the retention (``--retention-days`` on a sweep)."""
     if retention_days > pause_days:
         return None
-    return (
-        f"{name}={retention_days} is not greater than AP_PAUSED_FLOW_TIMEOUT_DAYS={pause_days}: "
-        "a flow resumed near its pause timeout can race the sweep for its own files; keep "
-        "the retention longer than the pause timeout"
+    if retention_days < pause_days:
+        return "warning", (
+            f"{name}={retention_days} is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS={pause_days}: a flow "
+            f"paused for more than {plural(retention_days, 'day')} finds its files swept when it "
+            "resumes; the platform requires the pause timeout not to exceed the retention"
+        )
+    defaults = " (both the platform's defaults)" if retention_days == PLATFORM_DEFAULT_DAYS else ""
+    return "note", (
+        f"{name}={retention_days} equals AP_PAUSED_FLOW_TIMEOUT_DAYS={pause_days}{defaults}: a flow "
+        "resumed on the last day of its pause can race the sweep for its own files; the platform's "
+        "guide recommends a retention 1-2 days longer than the pause timeout"
     )
+
+
+def retention_race_warning(
+    retention_days: int, pause_days: int, name: str = "AP_EXECUTION_DATA_RETENTION_DAYS"
+) -> str | None:
+    """The line a sweep prints about the pause timeout: only when the retention is strictly
+    shorter (``retention_race``'s warning), else None. The equal case — the platform's own
+    defaults — is said only where settings are reviewed, so a cron sweep with nothing to do
+    prints nothing."""
+    found = retention_race(retention_days, pause_days, name)
+    return found[1] if found and found[0] == "warning" else None
 
 
 def follows_storage_location(file_type: str) -> bool:
@@ -169,6 +204,25 @@ def check_owner_id(value: str, flag: str, *, new: bool = False) -> str:
             else "letters, digits, '_' and '-' only"
         raise UsageError(f"{flag}: {printable(repr(value[:80]))} is not a valid id; accepted: {accepted}")
     return value
+
+
+def parse_owner_ids(values: Iterable[str] | None, flag: str) -> tuple[str, ...]:
+    """The ids an owner filter names (``du --project a,b --project c`` → ``("a", "b", "c")``),
+    each checked by ``check_owner_id`` — the validator ``put`` uses — so a bad one is refused
+    the same way: UsageError (exit 2) naming ``flag``. A filter matches rows already in the
+    catalog, so ids are as tolerant as those rows' (``_`` and ``-``, up to 64 characters).
+
+    Only the spaces around a comma are dropped. A newline, a tab or any other control
+    character is refused, and so is an empty id (``--project ""``, ``a,,b``): dropping it
+    would silently widen the filter to every owner."""
+    out: list[str] = []
+    for value in values or ():
+        for item in value.split(","):
+            item = item.strip(" ")
+            if not item:
+                raise UsageError(f"{flag}: an empty id; accepted: letters, digits, '_' and '-' (a,b for several)")
+            out.append(check_owner_id(item, flag))
+    return tuple(dict.fromkeys(out))
 
 
 def check_owner(project_id: str | None, platform_id: str | None) -> None:

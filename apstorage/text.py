@@ -50,4 +50,11 @@ def has_control(text: str, *, allow: str = "") -> int | None:
     return None
 
 
-__all__ = ["printable", "has_control"]
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 day``, ``2 days``, ``1,234 files``: the count with thousands separators and
+    the noun in the right number (``words`` for irregular plurals). The one helper every
+    layer uses for a count in a message (``apstorage.cli.output`` re-exports it)."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+__all__ = ["printable", "has_control", "plural"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from apstorage.config import VARIABLES, load_settings, scrub
 from apstorage.errors import ConfigError
 from apstorage.model import Location
+from apstorage.platform_env import PLATFORM_FAMILIES, PLATFORM_VARIABLES, is_platform_variable
 
 
 def load(env: dict[str, str], dotenv: Path | None = None):
@@ -302,3 +304,147 @@ def test_a_near_miss_is_warned_about_and_the_platforms_variables_stay_silent() -
 def test_scrub_blanks_every_secret_read_and_its_encodings() -> None:
     load({"AP_POSTGRES_URL": "postgresql://u:sc#rub/me@db/ap"})
     assert scrub("dsn postgresql://u:sc%23rub%2Fme@db and sc#rub/me") == "dsn postgresql://u:********@db and ********"
+
+
+# -- the platform's own variables are not typos (issue 22, item 2) ---------------------------
+
+# A deployment's .env as the platform's guides have operators write it: its own variables
+# (flow and trigger timeouts, the queue, Redis and Sentinel, SMTP, webhooks, the sandbox,
+# workers, telemetry, OpenTelemetry, ...) beside the storage ones apstorage shares.
+PLATFORM_DOTENV = """\
+## Activepieces, production
+AP_ENGINE_EXECUTABLE_PATH=dist/packages/engine/main.js
+AP_API_KEY=4f0c2b8e6d1a4e7f9b3c5a7d9e1f3b5c
+AP_ENCRYPTION_KEY=2d6f0e4c8a1b3d5f7e9c1a3b5d7f9e1c
+AP_JWT_SECRET=0c9a7e5d3b1f9e7c5a3d1b9f7e5c3a1d0c9a7e5d3b1f9e7c5a3d1b9f7e5c3a1d
+AP_ENVIRONMENT=prod
+AP_FRONTEND_URL=https://flows.example.com
+AP_INTERNAL_URL=http://activepieces:80/api
+AP_PUBLIC_URL=https://flows.example.com
+AP_WEBHOOK_TIMEOUT_SECONDS=30
+AP_TRIGGER_DEFAULT_POLL_INTERVAL=5
+AP_TRIGGER_TIMEOUT_SECONDS=60
+AP_FLOW_TIMEOUT_SECONDS=600
+AP_AGENT_TIMEOUT_SECONDS=600
+AP_SANDBOX_RUN_TIME_SECONDS=600
+AP_SANDBOX_MEMORY_LIMIT=1048576
+AP_SANDBOX_PROPAGATED_ENV_VARS=TZ
+AP_EXECUTION_MODE=UNSANDBOXED
+AP_CONTAINER_TYPE=WORKER_AND_APP
+AP_WORKER_CONCURRENCY=5
+AP_FLOW_WORKER_CONCURRENCY=10
+AP_SCHEDULED_WORKER_CONCURRENCY=10
+AP_QUEUE_MODE=REDIS
+AP_QUEUE_UI_ENABLED=true
+AP_QUEUE_UI_USERNAME=admin
+AP_QUEUE_UI_PASSWORD=queue-ui-password
+AP_REDIS_TYPE=SENTINEL
+AP_REDIS_HOST=redis
+AP_REDIS_PORT=6379
+AP_REDIS_USER=default
+AP_REDIS_PASSWORD=redis-password
+AP_REDIS_DB=0
+AP_REDIS_USE_SSL=false
+AP_REDIS_SENTINEL_HOSTS=sentinel-1:26379,sentinel-2:26379
+AP_REDIS_SENTINEL_NAME=mymaster
+AP_REDIS_SENTINEL_ROLE=master
+AP_REDIS_FAILED_JOB_RETENTION_DAYS=30
+AP_REDIS_FAILED_JOB_RETENTION_MAX_COUNT=100000
+AP_SMTP_HOST=mail.example.com
+AP_SMTP_PORT=587
+AP_SMTP_USERNAME=flows@example.com
+AP_SMTP_PASSWORD=smtp-password
+AP_SMTP_SENDER_EMAIL=flows@example.com
+AP_SMTP_SENDER_NAME=Flows
+AP_TELEMETRY_ENABLED=false
+AP_OTEL_ENABLED=true
+AP_OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4318
+AP_LOG_LEVEL=info
+AP_LOG_PRETTY=false
+AP_TEMPLATES_SOURCE_URL=https://cloud.activepieces.com/api/v1/flow-templates
+AP_PIECES_SOURCE=DB
+AP_PIECES_SYNC_MODE=OFFICIAL_AUTO
+AP_DEV_PIECES=
+AP_CLOUD_AUTH_ENABLED=true
+AP_MAX_CONCURRENT_JOBS_PER_PROJECT=100
+AP_PROJECT_RATE_LIMITER_ENABLED=false
+AP_ISSUE_ARCHIVE_DAYS=7
+AP_MAX_RECORDS_PER_TABLE=10000
+AP_MAX_FIELDS_PER_TABLE=100
+AP_MAX_FLOW_RUN_LOG_SIZE_MB=50
+AP_APP_WEBHOOK_SECRETS={}
+AP_SENTRY_DSN=
+AP_EDITION=ce
+AP_OPENAI_API_KEY=sk-not-a-real-key
+AP_COPILOT_INSTANCE_TYPE=OPENAI
+AP_PROMETHEUS_ENABLED=true
+AP_ENABLE_FLOW_ON_PUBLISH=true
+AP_POSTGRES_POOL_SIZE=20
+AP_POSTGRES_IDLE_TIMEOUT_MS=300000
+## storage, shared with apstorage
+AP_DB_TYPE=SQLITE3
+AP_FILE_STORAGE_LOCATION=DB
+AP_EXECUTION_DATA_RETENTION_DAYS=30
+AP_PAUSED_FLOW_TIMEOUT_DAYS=30
+AP_MAX_FILE_SIZE_MB=25
+"""
+
+
+def test_the_platforms_own_dotenv_gives_no_warning_and_a_true_typo_still_does(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(PLATFORM_DOTENV)
+    names = [line.split("=", 1)[0] for line in PLATFORM_DOTENV.splitlines() if "=" in line and not line.startswith("#")]
+    assert len([n for n in names if n not in VARIABLES]) >= 60  # dozens of the platform's own
+    s = load({}, dotenv)
+    assert s.warnings == ()
+    assert s.storage_location is Location.DB  # the shared ones are read as usual
+    dotenv.write_text(PLATFORM_DOTENV + "AP_S3_BUKET=files\n")
+    assert load({}, dotenv).warnings == (
+        "AP_S3_BUKET is not a variable apstorage reads; did you mean AP_S3_BUCKET?",)
+
+
+def test_the_platforms_list_is_apart_from_ours_and_no_family_begins_one_of_ours() -> None:
+    assert PLATFORM_VARIABLES.isdisjoint(VARIABLES)
+    assert [(f, v) for f in PLATFORM_FAMILIES for v in VARIABLES if v.startswith(f)] == []
+    assert all(name.startswith("AP_") and name.upper() == name for name in PLATFORM_VARIABLES)
+
+
+_NAME_CHARS = st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+@hsettings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    listed=st.lists(st.sampled_from(sorted(PLATFORM_VARIABLES)), max_size=30),
+    family=st.lists(st.tuples(st.sampled_from(PLATFORM_FAMILIES), st.text(_NAME_CHARS, min_size=1, max_size=20)), max_size=5),
+)
+def test_any_mix_of_the_platforms_variables_is_silent(listed, family) -> None:
+    environ = {name: "x" for name in listed} | {prefix + rest: "1" for prefix, rest in family}
+    assert load(environ).warnings == ()
+
+
+def _edits(name: str) -> st.SearchStrategy[str]:
+    """One character of ``name`` after ``AP_`` dropped, doubled or replaced."""
+    tail = len(name) - 3
+
+    def edit(args) -> str:
+        i, kind, ch = args
+        i += 3
+        if kind == "drop":
+            return name[:i] + name[i + 1:]
+        if kind == "double":
+            return name[:i] + name[i] + name[i:]
+        return name[:i] + ch + name[i + 1:]
+
+    return st.tuples(st.integers(0, tail - 1), st.sampled_from(["drop", "double", "replace"]), _NAME_CHARS).map(edit)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.sampled_from(VARIABLES).flatmap(lambda v: st.tuples(st.just(v), _edits(v))))
+def test_a_one_character_slip_in_one_of_ours_is_warned_about(pair) -> None:
+    ours, typo = pair
+    if typo in VARIABLES or is_platform_variable(typo):
+        return  # the slip made a real name
+    warnings = load({typo: "x"}).warnings
+    assert len(warnings) == 1 and warnings[0].startswith(f"{typo} is not a variable apstorage reads; did you mean AP_")
+    suggested = warnings[0].rsplit(" ", 1)[1].rstrip("?")
+    assert suggested in VARIABLES

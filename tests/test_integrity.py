@@ -338,6 +338,57 @@ def test_sweep_unlinks_a_symlink_and_keeps_what_a_link_reaches(linked) -> None:
     assert target_path.read_bytes() == b"the target's bytes"
 
 
+def test_sweep_removes_a_rows_link_even_where_a_folder_link_reaches_it(linked) -> None:
+    """issue 22, item 6: a row whose own key is a symbolic link owns that link; when the row
+    expires the link goes with it — also when a folder link above it (``alias`` → its
+    folder) "reaches" it — and never its target. A regular file such a folder link reaches
+    stays when its row goes (nothing but the link may read it), as before."""
+    storage, target, link_id, link_path = linked
+    local = storage.store(Location.LOCAL)
+    target_path = local.path_for(Raw(storage, target).key)
+    (local.root / "alias").symlink_to(link_path.parent, target_is_directory=True)
+    self_link = add_row(storage, Location.LOCAL, None, file_type="FLOW_STEP_FILE", size=1)
+    self_path = local.path_for(Raw(storage, self_link).key)
+    self_path.symlink_to(".", target_is_directory=True)  # a link to its own folder
+    p = storage.catalog.ph
+    for file_id in (link_id, self_link):
+        storage.catalog._execute(f'UPDATE "file" SET "created" = {p} WHERE "id" = {p}', (storage.catalog._ts_in(OLD), file_id))
+    report = sweep_expired(storage)
+    assert (report.deleted, report.failed) == (2, 0)
+    assert not row_exists(storage, link_id) and not row_exists(storage, self_link)
+    assert not link_path.is_symlink() and not self_path.is_symlink()  # nothing left dangling
+    assert target_path.read_bytes() == b"the target's bytes" and (local.root / "alias").is_symlink()
+    assert_invariant(storage, {target: b"the target's bytes"})
+    # The target's row expires: the folder link still reaches its file, so the file stays.
+    storage.catalog._execute(f'UPDATE "file" SET "created" = {p} WHERE "id" = {p}', (storage.catalog._ts_in(OLD), target))
+    assert sweep_expired(storage).deleted == 1
+    assert not row_exists(storage, target) and target_path.read_bytes() == b"the target's bytes"
+
+
+def test_a_file_kept_for_a_link_goes_when_the_link_goes_in_the_same_run(linked, env, storage_factory) -> None:
+    """The target's row and the link's row expire together: the link goes with its row, and
+    the target's file, kept while the link reached it, is then reached by nothing and held by
+    no row: the run deletes it too, leaving no orphan. A file a live row's link still reaches
+    stays (the run before it in ``test_sweep_unlinks_a_symlink_and_keeps_what_a_link_reaches``)."""
+    storage, target, link_id, link_path = linked
+    local = storage.store(Location.LOCAL)
+    target_path = local.path_for(Raw(storage, target).key)
+    # A second pair whose link row stays: its target's file must stay.
+    kept_target = add_row(storage, Location.LOCAL, b"still linked", file_type="FLOW_STEP_FILE")
+    live_link = add_row(storage, Location.LOCAL, None, file_type="FLOW_STEP_FILE", size=12)
+    live_path = local.path_for(Raw(storage, live_link).key)
+    kept_path = local.path_for(Raw(storage, kept_target).key)
+    live_path.symlink_to(kept_path)
+    p = storage.catalog.ph
+    for file_id in (target, link_id, kept_target):
+        storage.catalog._execute(f'UPDATE "file" SET "created" = {p} WHERE "id" = {p}', (storage.catalog._ts_in(OLD), file_id))
+    report = sweep_expired(storage, batch_size=1)  # the target's batch first, then the link's
+    assert (report.deleted, report.failed) == (3, 0)
+    assert not link_path.is_symlink() and not target_path.exists()  # nothing left behind
+    assert live_path.is_symlink() and kept_path.read_bytes() == b"still linked"
+    assert row_exists(storage, live_link)
+
+
 # -- item 4 (migrate): one odd row never stops a run ------------------------------------------
 
 

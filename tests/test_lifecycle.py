@@ -12,6 +12,7 @@ import datetime as dt
 import http.server
 import io
 import json
+import re
 import threading
 from typing import Any, Iterator
 
@@ -189,6 +190,7 @@ def test_apply_merges_into_a_bucket_with_foreign_rules(runner, seaweed, bucket, 
 def test_bucket_without_configuration(runner, bucket, s3_env, set_env) -> None:
     set_env(**s3_env)
     shown = run_json(runner, "lifecycle", "show")
+    assert shown.pop("retentionCheck")["level"] == "note"  # the defaults, 30 and 30
     assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS,
                      "minimumExpiryDays": 31, "problems": []}
     human = invoke(runner, "lifecycle", "show")
@@ -353,6 +355,34 @@ def test_moto_missing_bucket_and_empty_configuration(runner, moto_bucket, set_en
             AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
     result = invoke(runner, "lifecycle", "apply")
     assert result.exit_code == 4 and "absent-bucket" in result.stderr
+
+
+def test_an_updated_rule_shows_old_and_new_expiry_and_counts_are_in_the_right_number(runner, moto_bucket, set_env) -> None:
+    """issue 22, item 5: `31 → 15 days` in the table, before/after in --json (the id lists
+    unchanged), and never `1 days` (one plural helper for every count)."""
+    base = dict(AP_S3_BUCKET=moto_bucket, AP_S3_REGION="us-east-1",
+                AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
+    first = invoke(runner, "lifecycle", "apply")
+    assert first.exit_code == 0
+    assert "abort incomplete multipart uploads after 1 day " in first.stdout + " "
+    assert "wrote 2 rules to moto-bucket (2 added)" in first.stderr
+    set_env(**base, AP_EXECUTION_DATA_RETENTION_DAYS="14", AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
+    dry = invoke(runner, "lifecycle", "apply", "--dry-run")
+    assert dry.exit_code == 0 and "expire after 31 → 15 days" in dry.stdout
+    plan = run_json(runner, "lifecycle", "apply")
+    assert plan["updated"] == [EXPIRE_RULE_ID] and plan["kept"] == [ABORT_RULE_ID]  # the id lists stay
+    changes = {c["id"]: c for c in plan["changes"]}
+    updated = changes[EXPIRE_RULE_ID]
+    assert updated["change"] == "updated" and updated["ours"] is True
+    assert updated["before"]["Expiration"] == {"Days": 31} and updated["after"]["Expiration"] == {"Days": 15}
+    assert (updated["actionsBefore"], updated["actionsAfter"]) == ("expire after 31 days", "expire after 15 days")
+    assert changes[ABORT_RULE_ID]["before"] == changes[ABORT_RULE_ID]["after"]
+    # A count of one is singular in the refusal too.
+    set_env(**base, AP_EXECUTION_DATA_RETENTION_DAYS="1", AP_PAUSED_FLOW_TIMEOUT_DAYS="1")
+    refused = invoke(runner, "lifecycle", "apply", "--grace-days", "0")
+    assert refused.exit_code == 2
+    assert "after 1 day, but the catalog keeps it for up to 1 day (" in refused.stderr
+    assert not re.search(r"\b1 days", refused.stderr + first.stdout + first.stderr + dry.stdout + dry.stderr)
 
 
 def test_moto_server_put_tags_execution_data(runner, set_env, tmp_path) -> None:

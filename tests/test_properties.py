@@ -8,6 +8,7 @@ the file stays fast; the table in tests/test_bad_input.py holds the cases these 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -143,3 +144,67 @@ def test_random_dotenv_files_give_a_documented_exit_code(invoke, content: bytes)
 ))
 def test_random_upload_documents_give_a_documented_exit_code(invoke, document: bytes) -> None:
     invoke(["presign", "--from-json", "-", "-t", "FLOW_RUN_LOG", "--project", "p1", "--dry-run"], {}, document)
+
+
+# -- owner ids: refused the same way by every command (issue 22, item 5) ---------------------
+
+_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NOT_ID = st.one_of(  # one character no id may hold (',' separates ids in a filter)
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00,_-"
+                  + _ID_CHARS).filter(lambda c: c != " "),
+    st.sampled_from(["\n", "\r", "\t", "\x1b", "/", ".", "\u202e", "é", " "]),
+)
+BAD_OWNER = st.one_of(
+    st.just(""),
+    st.text(_ID_CHARS, min_size=65, max_size=80),  # longer than any id
+    st.tuples(st.text(_ID_CHARS, min_size=1, max_size=10), _NOT_ID, st.text(_ID_CHARS, min_size=1, max_size=10))
+    .map("".join),  # a bad character inside
+    st.text(_ID_CHARS, min_size=1, max_size=10).map(lambda v: v + "\n"),  # `du --project $'abc\n'`
+)
+OWNER_COMMANDS = [  # every command: those that take an owner, and those that must not
+    ["put", "-", "-t", "FLOW_RUN_LOG"],
+    ["presign", "--upload", "-t", "FLOW_RUN_LOG", "--name", "a.txt", "--size", "1"],
+    ["du"], ["du", "--verify"], ["du", "--by", "project"],
+    ["sweep-expired"], ["sweep-expired", "--dry-run"], ["gc", "--dry-run"], ["migrate-to-s3", "--dry-run"],
+    ["presign", "abc"], ["get", "abc"], ["lifecycle", "apply", "--dry-run"], ["check-iam"],
+]
+
+
+@EXAMPLES
+@given(command=st.sampled_from(OWNER_COMMANDS), flag=st.sampled_from(["--project", "--platform"]),
+       value=BAD_OWNER, json_out=st.booleans())
+def test_a_bad_owner_id_is_refused_by_every_command_naming_the_flag(invoke, home: Path, command, flag, value, json_out) -> None:
+    """`--project`/`--platform` with an id no row can have (empty, a newline, a control or
+    path character, too long) is a usage error on every command: exit 2, one line naming the
+    flag, nothing written — never exit 0 with the id silently trimmed or dropped."""
+    import io
+    import sqlite3
+    from contextlib import redirect_stderr, redirect_stdout
+    from unittest import mock
+
+    from apstorage.cli.app import run
+
+    args = [*command, flag, value, *(["--json"] if json_out else [])]
+    env = {"AP_CONFIG_PATH": str(home), "AP_S3_BUCKET": "prop-bucket", "AP_S3_ENDPOINT": "http://127.0.0.1:9",
+           "AP_S3_ACCESS_KEY_ID": "AKIAPROP", "AP_S3_SECRET_ACCESS_KEY": SECRET}
+    stdout, stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
+    # The program's own entry point (`apstorage` runs `run`), so click's usage errors are
+    # the one-line `error:` a person sees, as for every other refusal.
+    with mock.patch.dict(os.environ, env), mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(b"x"))), \
+            redirect_stdout(stdout), redirect_stderr(stderr):
+        code = run(args)
+    stdout.flush()
+    out, err = stdout.buffer.getvalue().decode(), stderr.getvalue()
+    shown = f"args={args!r}\nstdout={out!r}\nstderr={err!r}"
+    assert code == 2, shown
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and flag in errors[0], shown
+    assert "\x1b" not in err, shown
+    if json_out and out:
+        assert json.loads(out)["error"]["exitCode"] == 2, shown
+    catalog = home / "apstorage.sqlite"
+    if catalog.exists():
+        with sqlite3.connect(catalog) as db:
+            tables = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'file'").fetchone()[0]
+            assert not tables or db.execute('SELECT count(*) FROM "file"').fetchone()[0] == 0, shown
+    assert not (home / "cache").exists() or not any((home / "cache").rglob("*")), shown

@@ -4,8 +4,9 @@
   never tagged ``ap-retention=execution`` (put, presign --upload, migrate), refused by
   ``sweep-expired --types``.
 - A project's own ``executionDataRetentionDays`` is clamped to
-  [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]; a retention not longer
-  than the pause timeout is warned about.
+  [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]; a sweep warns only when
+  the retention is strictly shorter than the pause timeout; the equal case (the platform's
+  defaults) is a note where settings are reviewed (issue 22, item 1).
 - The bucket never expires objects sooner than the catalog lets them go.
 
 On SQLite and Postgres (``catalog_env``), with SeaweedFS as the bucket. Every scenario that
@@ -189,22 +190,82 @@ def test_with_a_shorter_pause_timeout_the_project_keeps_its_own_days(catalog_env
     assert_intact(storage, {row.id: b"step" for row in rows.values()})
 
 
-def test_retention_not_above_the_pause_timeout_is_warned_once(catalog_env, set_env, storage_factory, runner) -> None:
+def test_a_sweep_warns_only_when_the_retention_is_shorter_than_the_pause_timeout(catalog_env, set_env, runner) -> None:
+    """The platform's defaults (30 and 30) are not a mistake: a sweep with them says nothing.
+    A retention strictly shorter than the pause timeout warns on every run, in one line."""
     set_env(**catalog_env)  # the defaults: 30 and 30
     result = invoke(runner, "sweep-expired")
-    assert result.exit_code == 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("warning:")
-    assert "AP_EXECUTION_DATA_RETENTION_DAYS=30" in lines[0] and "AP_PAUSED_FLOW_TIMEOUT_DAYS=30" in lines[0]
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
     data = json.loads(invoke(runner, "sweep-expired", "--json").stdout)
-    assert len(data["warnings"]) == 1 and data["pausedFlowTimeoutDays"] == 30
+    assert data["warnings"] == [] and data["pausedFlowTimeoutDays"] == 30
+    equal_flag = invoke(runner, "sweep-expired", "--retention-days", "30")
+    assert (equal_flag.exit_code, equal_flag.stderr) == (0, "")
+
+    set_env(**catalog_env, AP_EXECUTION_DATA_RETENTION_DAYS="14")  # pause timeout 30
+    shorter = invoke(runner, "sweep-expired")
+    assert shorter.exit_code == 0
+    lines = shorter.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: AP_EXECUTION_DATA_RETENTION_DAYS=14 is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS=30")
+    assert len(json.loads(invoke(runner, "sweep-expired", "--json").stdout)["warnings"]) == 1
+
+    set_env(**catalog_env)
+    flag = invoke(runner, "sweep-expired", "--retention-days", "5")
+    assert flag.stderr.startswith("warning: --retention-days=5 is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS=30")
+    assert "paused for more than 1 day finds" in invoke(runner, "sweep-expired", "--retention-days", "1").stderr
 
     set_env(**catalog_env, AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
     quiet = invoke(runner, "sweep-expired")
     assert quiet.exit_code == 0 and quiet.stderr == ""
     assert json.loads(invoke(runner, "sweep-expired", "--json").stdout)["warnings"] == []
-    shorter = invoke(runner, "sweep-expired", "--retention-days", "5")
-    assert "--retention-days=5" in shorter.stderr
+
+
+def test_a_cron_sweep_on_the_platforms_own_dotenv_prints_nothing(tmp_path) -> None:
+    """What cron runs: a real process in the deployment's folder, whose .env holds the
+    platform's dozens of variables and its default retention and pause timeout, an
+    embedded catalog with nothing expired: no output at all, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_config import PLATFORM_DOTENV
+
+    folder = tmp_path / "deployment"
+    folder.mkdir()
+    (folder / ".env").write_text(PLATFORM_DOTENV + f"AP_CONFIG_PATH={tmp_path / 'home'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
+    for args in (["init"], ["sweep-expired"], ["sweep-expired"]):
+        proc = subprocess.run([sys.executable, "-m", "apstorage", *args], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        if args == ["sweep-expired"]:
+            assert (proc.stdout, proc.stderr) == ("", "")
+
+
+def test_settings_reviews_say_the_equal_case_as_a_note_and_the_shorter_one_as_a_warning(
+    s3_env, seaweed, set_env, runner,
+) -> None:
+    """Where settings are reviewed (config, lifecycle show, check-iam): equal is one note
+    line (the platform's guide asks for a longer retention), shorter one warning line, longer
+    nothing; --json carries the same as retentionCheck."""
+    cases = [
+        ({}, "note", "note: AP_EXECUTION_DATA_RETENTION_DAYS=30 equals AP_PAUSED_FLOW_TIMEOUT_DAYS=30 (both the platform's defaults)"),
+        ({"AP_PAUSED_FLOW_TIMEOUT_DAYS": "40"}, "warning", "warning: AP_EXECUTION_DATA_RETENTION_DAYS=30 is shorter than AP_PAUSED_FLOW_TIMEOUT_DAYS=40"),
+        ({"AP_PAUSED_FLOW_TIMEOUT_DAYS": "7"}, None, None),
+    ]
+    for extra, level, line in cases:
+        set_env(**s3_env, **extra)
+        for command in (["config"], ["lifecycle", "show"], ["check-iam", "--skip", "anonymous-denied,clock"]):
+            result = invoke(runner, *command)
+            assert result.exit_code == 0, (command, result.output)
+            said = [x for x in result.stderr.splitlines() if "AP_PAUSED_FLOW_TIMEOUT_DAYS" in x]
+            if line is None:
+                assert said == [], (command, said)
+            else:
+                assert len(said) == 1 and said[0].startswith(line), (command, said)
+            data = json.loads(invoke(runner, *command, "--json").stdout)
+            check = data["retentionCheck"]
+            assert (check and check["level"]) == (level or None), (command, check)
 
 
 def test_the_pause_timeout_is_a_validated_setting_shown_by_config(set_env, runner) -> None:
@@ -219,7 +280,7 @@ def test_the_pause_timeout_is_a_validated_setting_shown_by_config(set_env, runne
         result = invoke(runner, "config")
         assert result.exit_code == 3 and "AP_PAUSED_FLOW_TIMEOUT_DAYS" in result.stderr, bad
     set_env()
-    assert "AP_PAUSED_FLOW_TIMEOUT_DAYS=30" in invoke(runner, "config").stderr
+    assert "note: AP_EXECUTION_DATA_RETENTION_DAYS=30 equals AP_PAUSED_FLOW_TIMEOUT_DAYS=30" in invoke(runner, "config").stderr
 
 
 # -- the bucket never expires sooner than the catalog --------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from apstorage.cli.app import JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output
+from apstorage.cli.output import Output, plural, retention_check, show_retention_check
 
 
 @app.command("config")
@@ -13,7 +13,9 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
     """Show the effective settings, secrets redacted.
 
     One row per AP_* variable apstorage reads: its value (secrets shown as ********) and
-    where it came from (environment, the .env file, or default).
+    where it came from (environment, the .env file, or default). Then one line when
+    AP_EXECUTION_DATA_RETENTION_DAYS is not longer than AP_PAUSED_FLOW_TIMEOUT_DAYS: a
+    warning when shorter, a note when equal (the platform's defaults, 30 and 30).
     """
     from apstorage.config import load_settings
 
@@ -29,9 +31,9 @@ def config_cmd(json_out: bool = JSON_OPTION) -> None:
             console.print(f"{name:<{name_w}}  {value:<{value_w}}  {source}".rstrip(), soft_wrap=True)
 
     out = Output(json_out)
-    out.result({"settings": rows}, render)
-    if settings.retention_race_warning:
-        out.warn(settings.retention_race_warning)
+    check = retention_check(settings)
+    out.result({"settings": rows, "retentionCheck": check}, render)
+    show_retention_check(out, check)
 
 
 def _text(value: object) -> str:
@@ -55,7 +57,7 @@ def init(json_out: bool = JSON_OPTION) -> None:
 
     def render(console) -> None:
         if report.created_table:
-            console.print(f"created the file table and {len(report.created_indexes)} indexes in {report.target}", markup=False)
+            console.print(f"created the file table and {plural(len(report.created_indexes), 'index', 'indexes')} in {report.target}", markup=False)
         else:
             console.print(f"the file table already exists in {report.target}; left unchanged", markup=False)
         for name in report.missing_indexes:

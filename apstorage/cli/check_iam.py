@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from apstorage.cli.app import JSON_OPTION, METRICS_OPTION, app, handle_errors
-from apstorage.cli.output import Output, new_table, record_metrics
+from apstorage.cli.output import Output, new_table, plural, record_metrics, retention_check, show_retention_check
 from apstorage.text import printable
 
 _MARKS = {
@@ -68,10 +68,10 @@ def check_iam(
                                 check=check.name, permission=check.permission)
             metrics.set("failed_checks", len(report.failed), "Checks that failed in the last run.")
             metrics.set("reachable", 0 if report.unreachable else 1, "0 when the endpoint could not be reached.")
-        _show(out, report, json_out)
+        _show(out, report, json_out, retention_check(settings))
 
 
-def _show(out: Output, report, json_out: bool) -> None:
+def _show(out: Output, report, json_out: bool, check: dict[str, str] | None = None) -> None:
     from apstorage.services.check_iam import MISSING_BUCKET_HINT
 
     def render(console) -> None:
@@ -86,7 +86,8 @@ def _show(out: Output, report, json_out: bool) -> None:
             table.add_row(Text(mark, style=style), check.name, check.permission, result)
         console.print(table)
 
-    out.result(report.to_json(), render)
+    out.result({**report.to_json(), "retentionCheck": check}, render)
+    show_retention_check(out, check)
     for key in report.leftover:
         out.warn(f"probe object left behind (these credentials could not delete it): {key}")
     for warning in report.warnings:
@@ -101,8 +102,9 @@ def _show(out: Output, report, json_out: bool) -> None:
             for check in report.failed:
                 if check.hint:
                     out.info(f"{check.name}: {check.hint}")
-        out.info(f"{len(failed)} of {len(report.checks)} checks failed: {', '.join(failed)}")
+        out.info(f"{len(failed)} of {plural(len(report.checks), 'check')} failed: {', '.join(failed)}")
     elif not json_out:
-        out.info(f"all {sum(1 for c in report.checks if c.ok)} checks passed")
+        passed = sum(1 for c in report.checks if c.ok)
+        out.info("1 check passed" if passed == 1 else f"all {passed:,} checks passed")
     if report.exit_code:
         raise typer.Exit(report.exit_code)

@@ -23,8 +23,14 @@ def du(
     file_types: Optional[List[str]] = typer.Option(
         None, "--type", "-t", metavar="T[,T..]", help="Only these file types."
     ),
-    projects: Optional[List[str]] = typer.Option(None, "--project", metavar="ID", help="Only this project's files."),
-    platforms: Optional[List[str]] = typer.Option(None, "--platform", metavar="ID", help="Only this platform's files."),
+    projects: Optional[List[str]] = typer.Option(
+        None, "--project", metavar="ID[,ID..]",
+        help="Only these projects' files (an empty or malformed id is refused, exit 2).",
+    ),
+    platforms: Optional[List[str]] = typer.Option(
+        None, "--platform", metavar="ID[,ID..]",
+        help="Only these platforms' files (an empty or malformed id is refused, exit 2).",
+    ),
     older_than: Optional[str] = typer.Option(
         None, "--older-than", metavar="DURATION", help="Only files created more than this long ago: 90, 15m, 12h, 30d."
     ),

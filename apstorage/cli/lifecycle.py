@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output, new_table
+from apstorage.cli.output import Output, new_table, plural, retention_check, show_retention_check
 from apstorage.text import printable  # rule ids and filters come from the bucket
 
 lifecycle_app = typer.Typer(
@@ -101,9 +101,9 @@ def apply_cmd(
     if not plan.changed:
         out.info(f"no change: the lifecycle configuration of {plan.bucket} is up to date ({counts})")
     elif dry_run:
-        out.info(f"dry run: would write {len(plan.rules)} rules to {plan.bucket} ({counts}); nothing written")
+        out.info(f"dry run: would write {plural(len(plan.rules), 'rule')} to {plan.bucket} ({counts}); nothing written")
     else:
-        out.info(f"wrote {len(plan.rules)} rules to {plan.bucket} ({counts})")
+        out.info(f"wrote {plural(len(plan.rules), 'rule')} to {plan.bucket} ({counts})")
 
 
 @lifecycle_app.command("show")
@@ -113,7 +113,8 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
 
     A rule that would expire apstorage's objects before the catalog lets them go
     (sooner than AP_EXECUTION_DATA_RETENTION_DAYS + 1 day, or objects that never expire
-    by age) is flagged "too short", with a warning line on stderr.
+    by age) is flagged "too short", with a warning line on stderr. A retention not longer
+    than AP_PAUSED_FLOW_TIMEOUT_DAYS is said in one more line (a note when equal).
     """
     from apstorage.services.context import Storage
     from apstorage.services.lifecycle import show_lifecycle
@@ -141,13 +142,15 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
             )
         console.print(table)
 
-    out.result(data, render)
+    check = retention_check(storage.settings)
+    out.result({**data, "retentionCheck": check}, render)
     for rule_id, problem in view.problems:
         out.warn(f"rule {rule_id!r} {problem}")
     if not json_out and view.missing:
         out.info(
             f"missing apstorage rules: {', '.join(view.missing)}; run `apstorage lifecycle apply`"
         )
+    show_retention_check(out, check)
 
 
 def old_to_new(old: str, new: str) -> str:

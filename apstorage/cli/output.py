@@ -12,7 +12,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from apstorage.text import printable
+from apstorage.text import plural, printable  # plural: re-exported for the commands
 
 
 def human_size(n: int | None) -> str:
@@ -25,12 +25,6 @@ def human_size(n: int | None) -> str:
             return f"{int(size):,} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1024
     return f"{n} B"  # pragma: no cover
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """``1 day``, ``2 days``, ``1,234 files``: the count with thousands separators and
-    the noun in the right number (``words`` for irregular plurals)."""
-    return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
 def human_duration(seconds: float) -> str:
@@ -73,6 +67,27 @@ def summary_line(
     if interrupted:
         line += "; interrupted: run it again to finish"
     return line
+
+
+def retention_check(settings: Any) -> dict[str, str] | None:
+    """Where settings are reviewed (``config``, ``lifecycle show``, ``check-iam``):
+    AP_EXECUTION_DATA_RETENTION_DAYS against AP_PAUSED_FLOW_TIMEOUT_DAYS
+    (``model.retention_race``) as ``{"level": "warning"|"note", "message"}``, the
+    ``retentionCheck`` of their --json, or None when the retention is longer. Sweeps say
+    only the shorter case (``model.retention_race_warning``)."""
+    found = settings.retention_race
+    return None if found is None else {"level": found[0], "message": found[1]}
+
+
+def show_retention_check(out: "Output", check: dict[str, str] | None) -> None:
+    """``retention_check``'s line on stderr: ``warning: ...`` when the retention is shorter
+    than the pause timeout, ``note: ...`` when they are equal (the platform's defaults)."""
+    if check is None:
+        return
+    if check["level"] == "warning":
+        out.warn(check["message"])
+    else:
+        out.info(f"note: {check['message']}")
 
 
 def new_table(*headers: str, right: Iterable[str] = (), title: str | None = None):

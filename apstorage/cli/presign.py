@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, app, handle_errors
-from apstorage.cli.output import Output
+from apstorage.cli.output import Output, plural
 from apstorage.errors import NotFoundError, PermissionDeniedError, UsageError
 
 
@@ -154,7 +154,7 @@ def _render_uploads(console, result) -> None:
 def _upload_hint(out: Output, result) -> None:
     item = result.items[0]
     if result.dry_run:
-        out.info(f"dry run: {len(result.items)} file(s) validated; nothing was created")
+        out.info(f"dry run: {plural(len(result.items), 'file')} validated; nothing was created")
         return
     # Content-Type given: without it curl sends a form content type, which some stores
     # keep (one emulator even stores the upload as an empty object).
@@ -162,7 +162,7 @@ def _upload_hint(out: Output, result) -> None:
     sent.update((k, v) for k, v in item.headers.items() if k != "Content-Length")
     headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in sent.items())
     if len(result.items) == 1:
-        out.info(f"created file {item.id} at {item.s3_key}; upload exactly {item.size} bytes with:")
+        out.info(f"created file {item.id} at {item.s3_key}; upload exactly {plural(item.size, 'byte')} with:")
         out.info(f"  curl -X PUT {headers} --data-binary @FILE '<url>'")
     else:
-        out.info(f"created {len(result.items)} files; each URL takes exactly its fileSize bytes and: {headers}")
+        out.info(f"created {plural(len(result.items), 'file')}; each URL takes exactly its fileSize bytes and: {headers}")

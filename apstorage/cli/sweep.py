@@ -51,7 +51,9 @@ def sweep_expired_cmd(
 
     Only execution data that expires is swept; FLOW_BUNDLE and permanent files are never
     touched. A project's own executionDataRetentionDays counts, clamped to
-    [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]. A file its
+    [AP_PAUSED_FLOW_TIMEOUT_DAYS, AP_EXECUTION_DATA_RETENTION_DAYS]; a retention shorter
+    than the pause timeout is warned about on every run (equal, the platform's defaults,
+    is not). A file its
     store refuses to delete keeps its row and makes the run exit 1. Safe in cron: one
     summary line when it deleted or failed something, nothing when nothing had expired;
     a run that finds another one holding the sweep lock exits 0 and says so. Ctrl-C (or

@@ -36,6 +36,7 @@ from apstorage.errors import (
 )
 from apstorage.model import safe_relative_key
 from apstorage.services.files import RETENTION_TAG  # the tag `put` gives execution data
+from apstorage.text import plural
 
 CHECKS = (
     "list",
@@ -230,7 +231,7 @@ class _Run:
         except ApStorageError as exc:
             return self.failure("list", exc, "s3:ListBucket", objects=False)
         where = f"prefix {self.prefix!r}" if self.prefix else "the bucket"
-        return CheckResult("list", PASSED, f"ListObjectsV2 (MaxKeys=1) on {where}: {len(page)} key(s) returned")
+        return CheckResult("list", PASSED, f"ListObjectsV2 (MaxKeys=1) on {where}: {plural(len(page), 'key')} returned")
 
     def check_put(self) -> CheckResult:
         tag = "&".join(f"{k}={v}" for k, v in RETENTION_TAG.items())

@@ -50,9 +50,10 @@ from apstorage.errors import (
     PermissionDeniedError,
     UsageError,
 )
-from apstorage.model import Location, check_owner_id, parse_type, iso_utc
+from apstorage.model import Location, iso_utc, parse_owner_ids, parse_type
 from apstorage.services.context import Storage
 from apstorage.stores.base import ObjectInfo, Store
+from apstorage.text import plural
 
 GROUP_NAMES = tuple(sql.GROUP_COLUMNS)
 DEFAULT_BY = ("location", "type")
@@ -150,8 +151,8 @@ class DuRequest:
         return cls(
             by=parse_by(by),
             types=tuple(dict.fromkeys(parse_type(t, "--type") for t in _split(types))),
-            project_ids=tuple(check_owner_id(p, "--project") for p in _split(projects)),
-            platform_ids=tuple(check_owner_id(p, "--platform") for p in _split(platforms)),
+            project_ids=parse_owner_ids(projects, "--project"),
+            platform_ids=parse_owner_ids(platforms, "--platform"),
             older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
         )
 
@@ -453,7 +454,7 @@ def verify(
         _verify_location(storage, Location.S3, check, report, tick, odd=s3_odd, limit=limit)
     elif s3_rows:
         raise ConfigError(
-            f"{s3_rows} rows in the catalog are in S3 but AP_S3_BUCKET is not set: "
+            f"{plural(s3_rows, 'row')} in the catalog {'is' if s3_rows == 1 else 'are'} in S3 but AP_S3_BUCKET is not set: "
             "set the AP_S3_* variables so verify can check them"
         )
     else:

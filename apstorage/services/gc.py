@@ -66,6 +66,7 @@ from apstorage.services import du as du_service
 from apstorage.services.context import Storage
 from apstorage.services.sweep import BROKEN_AFTER, delete_keys
 from apstorage.stores.base import ObjectInfo, Store
+from apstorage.text import plural
 
 KINDS = ("orphans", "missing", "pending")
 DEFAULT_GRACE = 24 * 3600
@@ -439,7 +440,7 @@ class _Collector:
         if location is Location.S3 and not settings.s3_bucket:
             if rows:
                 raise ConfigError(
-                    f"{rows} rows in the catalog are in S3 but AP_S3_BUCKET is not set: "
+                    f"{plural(rows, 'row')} in the catalog {'is' if rows == 1 else 'are'} in S3 but AP_S3_BUCKET is not set: "
                     "set the AP_S3_* variables so gc can check them"
                 )
             return

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from apstorage.errors import UsageError
 from apstorage.model import Location
+from apstorage.text import plural
 from apstorage.services.files import RETENTION_TAG
 
 if TYPE_CHECKING:
@@ -94,9 +95,9 @@ def check_expiry(retention_days: int, grace_days: int, settings: Settings) -> No
     global_days = settings.execution_data_retention_days
     raise UsageError(
         f"--retention-days {retention_days} with --grace-days {grace_days} would make the bucket "
-        f"expire execution data after {expiry} days, but the catalog keeps it for up to "
-        f"{global_days} days (AP_EXECUTION_DATA_RETENTION_DAYS): the bucket would delete "
-        f"objects whose rows still exist; the expiry must be at least {minimum} days "
+        f"expire execution data after {_days(expiry)}, but the catalog keeps it for up to "
+        f"{_days(global_days)} (AP_EXECUTION_DATA_RETENTION_DAYS): the bucket would delete "
+        f"objects whose rows still exist; the expiry must be at least {_days(minimum)} "
         f"(retention + {MIN_GRACE_DAYS} day grace); nothing was written",
         hint=f"use --retention-days {global_days} or more, with --grace-days {MIN_GRACE_DAYS} or more",
     )
@@ -191,6 +192,20 @@ class RuleChange:
     before: dict[str, Any] | None  # as the provider returned it
     after: dict[str, Any] | None  # as it will be written
 
+    def to_json(self) -> dict[str, Any]:
+        """``{"id", "change", "ours", "before", "after", "actionsBefore", "actionsAfter"}``:
+        the rule as the bucket had it and as it will be (None when added / removed), and
+        their actions in words (``expire after 31 days`` → ``expire after 15 days``)."""
+        return {
+            "id": self.id,
+            "change": self.change,
+            "ours": self.ours,
+            "before": None if self.before is None else jsonable(self.before),
+            "after": None if self.after is None else jsonable(self.after),
+            "actionsBefore": None if self.before is None else describe_actions(self.before),
+            "actionsAfter": None if self.after is None else describe_actions(self.after),
+        }
+
 
 @dataclass
 class LifecyclePlan:
@@ -243,6 +258,7 @@ class LifecyclePlan:
             "expirationDays": self.retention_days + self.grace_days,
             "rules": [jsonable(r) for r in self.rules],
             "problems": [{"id": rule_id, "problem": problem} for rule_id, problem in self.problems],
+            "changes": [c.to_json() for c in self.changes],
         }
 
 
@@ -430,7 +446,9 @@ def describe_filter(rule: dict[str, Any]) -> str:
 
 
 def _days(n: Any) -> str:
-    return f"{n} day" if n == 1 else f"{n} days"
+    """A day count from a rule: ``1 day``, ``31 days`` (``text.plural``); a value that is not
+    a whole number (a store may return anything) is shown as it is."""
+    return plural(n, "day") if isinstance(n, int) and not isinstance(n, bool) else f"{n} days"
 
 
 def describe_actions(rule: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from apstorage.model import (
 )
 from apstorage.services.context import Storage
 from apstorage.services.files import check_file_name, retention_tags, too_large_error
+from apstorage.text import plural
 
 MAX_EXPIRES = 604800  # 7 days: the longest a SigV4 pre-signed URL can live
 DEFAULT_EXPIRES = {"GET": MAX_EXPIRES, "PUT": 3600}
@@ -250,7 +251,7 @@ def parse_upload_json(text: str | bytes, source: str = "--from-json") -> list[Up
             "with at least one file"
         )
     if len(files) > MAX_BATCH_FILES:
-        raise UsageError(f"{source}: {len(files)} files; at most {MAX_BATCH_FILES} per batch")
+        raise UsageError(f"{source}: {plural(len(files), 'file')}; at most {MAX_BATCH_FILES:,} per batch")
     problems: list[str] = []
     out: list[UploadFile] = []
     for i, entry in enumerate(files):

@@ -343,6 +343,7 @@ class _Sweeper:
         self.refused_in_a_row: dict[Location, int] = {}
         self.shared: set[str] | None = None  # keys more than one row holds
         self.link_targets: set | None = None  # files links under the LOCAL root reach
+        self.kept_for_links: set[str] = set()  # LOCAL files kept only because a link reached them
 
     def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
         remaining = max_delete
@@ -372,8 +373,42 @@ class _Sweeper:
                         self._finish(inflight.pop(future), future)
             for future in as_completed(list(inflight)):
                 self._finish(inflight.pop(future), future)
+            self._release_unreached()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _release_unreached(self) -> None:
+        """After the last batch: a LOCAL file this run kept only because a link reached it
+        (its row deleted), whose link then went with its own row in this same run, is reached
+        by nothing and held by no row any more: it is deleted, so the run leaves no orphan
+        behind. One more walk of the root (``link_targets``), and only when such files were
+        kept; a file some link still reaches, or a row holds (looked up by id, and the keys
+        several rows held when the run began), stays."""
+        if not self.kept_for_links or self.report.interrupted:
+            return
+        from apstorage.catalog import refs
+
+        try:
+            local = self._store(Location.LOCAL)
+            targets = local.link_targets()
+        except ApStorageError:
+            return
+        loose = [k for k in sorted(self.kept_for_links)
+                 if k not in (self.shared or ()) and not local.reached_by_link(k, targets)]
+        if not loose:
+            return
+        held = refs.rows_referencing(None, self.storage.catalog, loose, locations=(Location.LOCAL.value,),
+                                     by_id_only=True)
+        gone = []
+        for key in loose:
+            if key in held:
+                continue
+            try:
+                local.delete(key)
+            except ApStorageError:
+                continue  # left for gc --orphans, which reports what it cannot delete
+            gone.append(key)
+        local.prune_empty_dirs(gone)
 
     def _stopped(self) -> bool:
         if self.stop is not None and self.stop.is_set():
@@ -437,7 +472,10 @@ class _Sweeper:
         one row holds (``refs.shared_keys``, asked once per run), check in one transaction
         which are referenced outside this batch, and delete the batch's rows at those keys
         without touching their bytes. A LOCAL file a symbolic link under the root reaches
-        is kept the same way (its row is deleted, the file stays)."""
+        is kept the same way (its row is deleted, the file stays). A row whose own key is a
+        link owns that link: it is removed with the row (``LocalStore.delete`` unlinks it,
+        never its target), even where a folder link reaches it, so no link is left that no
+        row owns (``LocalStore.reached_by_link``)."""
         from apstorage.catalog import refs
 
         if not batch.objects:
@@ -458,6 +496,8 @@ class _Sweeper:
         kept |= set(reached)
         if reached:
             deleted |= sql.delete_rows(self.storage.catalog, _by_location(reached))
+            self.kept_for_links.update(
+                key for key, pairs in reached.items() if all(file_id in deleted for file_id, _ in pairs))
         for location in list(batch.objects):
             by_key = batch.objects[location]
             for key in [k for k in by_key if k in kept]:

@@ -10,7 +10,9 @@ delete remove the *other* row's bytes. So, consistently:
   refuses it, ``migrate-to-s3`` reports the row as a failure, ``du --verify`` counts it as
   missing; ``list`` does not yield links;
 * ``delete`` never follows a link: a link at the key is removed itself (its target stays),
-  and a key reached through a linked folder is refused;
+  and a key reached through a linked folder is refused. A row whose key is a link owns the
+  link: ``sweep-expired`` removes it with the row, so no link is left dangling and no target
+  another row needs is touched;
 * ``link_targets`` finds every file a link under the root points at, so that callers
   (migrate, sweep) keep a file another path still reaches.
 
@@ -222,11 +224,23 @@ class LocalStore(Store):
         return targets
 
     def reached_by_link(self, key: str, targets: set[Path]) -> bool:
-        """True when a link (from ``link_targets``) reaches the file at ``key``."""
+        """True when a link (from ``link_targets``) reaches the file at ``key``, so the file
+        must stay when its row goes.
+
+        Never for a key that is itself a symbolic link: that link is its row's own entry
+        (the row's "bytes" as far as the store goes), and removing a link never removes what
+        it points at, so nothing another row or link needs is lost. A folder link above it
+        (``alias`` → ``project/p1/...``) reaches the link, not a file, and keeping the link
+        for it would leave a link no row owns once the row is deleted."""
         if not targets:
             return False
         path = self.path_for(key)
-        return path in targets or any(parent in targets for parent in path.parents)
+        if not (path in targets or any(parent in targets for parent in path.parents)):
+            return False
+        try:
+            return not stat_mod.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # gone, or a part of the way is not a folder: nothing to keep
+            return True
 
 
 def _iter_file(fh: BinaryIO) -> Iterator[bytes]:
