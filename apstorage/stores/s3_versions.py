@@ -287,8 +287,14 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             refused.update({item: reason for item in batch})
             continue
         sent = set(batch)
+        sent_keys: dict[str, list[tuple[str, str]]] = {}
+        for item in batch:
+            sent_keys.setdefault(item[0], []).append(item)
         errors = response.get("Errors", [])
-        if any((e.get("Key"), e.get("VersionId", "")) not in sent for e in errors):
+        # An error naming a key that was sent but no version id (moto's server answers so)
+        # stands for every version of that key in the request: all are kept as refused.
+        if any((e.get("Key"), e.get("VersionId", "")) not in sent
+               and (e.get("VersionId") or e.get("Key") not in sent_keys) for e in errors):
             reason = f"S3 at {store.where} answered DeleteObjects with errors for versions that were not sent"
             refused.update({item: reason for item in batch})
             continue
@@ -296,8 +302,57 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             code = err.get("Code", "")
             if code in ("NoSuchVersion", "NoSuchKey", "NotFound"):
                 continue
-            refused[(err["Key"], err.get("VersionId", ""))] = refusal_reason(code, err.get("Message", ""))
+            reason = refusal_reason(code, err.get("Message", ""))
+            item = (err["Key"], err.get("VersionId", ""))
+            for one in ([item] if item in sent else sent_keys[err["Key"]]):
+                refused[one] = reason
     return refused
+
+
+def explain_refusals(
+    store: S3Store, refused: dict[tuple[str, str], str], *, limit: int = 100
+) -> dict[tuple[str, str], str]:
+    """``refused`` (as ``delete_versions`` returns it) with the reason of a version that
+    is under Object Lock made ``OBJECT_LOCK_REASON``, for stores that answer a locked
+    version with a bare AccessDenied (SeaweedFS 4.48 does: "Access Denied."). Up to
+    ``limit`` such versions are asked about (GetObjectLegalHold, GetObjectRetention: a
+    legal hold ON or a retain-until date in the future is a lock); an AccessDenied that is
+    not a lock (a missing s3:DeleteObjectVersion) keeps its own reason. Read-only; a store
+    without these APIs leaves the reasons as they were."""
+    from datetime import timezone
+
+    out = dict(refused)
+    asked = 0
+    for (key, vid), reason in refused.items():
+        if reason == OBJECT_LOCK_REASON or not reason.startswith("AccessDenied"):
+            continue
+        if asked >= limit:
+            break
+        asked += 1
+        if _locked(store, key, vid, timezone.utc):
+            out[(key, vid)] = OBJECT_LOCK_REASON
+    return out
+
+
+def _locked(store: S3Store, key: str, version_id: str, utc) -> bool:
+    params = {"Bucket": store.bucket, "Key": key}
+    if version_id and version_id != "null":
+        params["VersionId"] = version_id
+    client = store.client
+    try:
+        hold = client.get_object_legal_hold(**params).get("LegalHold") or {}
+        if str(hold.get("Status", "")).upper() == "ON":
+            return True
+    except (ClientError, BotoCoreError):
+        pass
+    try:
+        retention = client.get_object_retention(**params).get("Retention") or {}
+        until = retention.get("RetainUntilDate")
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=utc)
+        return until is not None and until > datetime.now(utc)
+    except (ClientError, BotoCoreError):
+        return False
 
 
 def copy_version(store: S3Store, key: str, version_id: str) -> tuple[str | None, str | None]:
@@ -426,6 +481,7 @@ __all__ = [
     "Versioning",
     "copy_version",
     "delete_versions",
+    "explain_refusals",
     "get_versioning",
     "head_version",
     "list_version_pages",
