@@ -90,12 +90,13 @@ def rows(storage: Storage) -> list[tuple[str, str | None, str]]:
     return [(r[0], r[1], r[2]) for r in storage.catalog._execute('SELECT "id", "s3Key", "location" FROM "file"')]
 
 
-def assert_restorable(storage: Storage, client, bucket: str) -> int:
-    """Every S3 row's key has at least one version with bytes (current or noncurrent)."""
+def assert_restorable(storage: Storage, client, bucket: str, skip: frozenset = frozenset()) -> int:
+    """Every S3 row's key (but the rows in ``skip``, made without bytes) has at least one
+    version with bytes (current or noncurrent)."""
     found = listing(client, bucket)
     n = 0
     for file_id, key, location in rows(storage):
-        if location != "S3":
+        if location != "S3" or file_id in skip:
             continue
         assert found.get(key, {}).get("versions"), f"row {file_id}: no version of {key} left"
         n += 1
@@ -294,3 +295,158 @@ def test_kill_during_purge_then_a_rerun_finishes(seaweed, faulty_s3, make_env, s
     found = listing(client, bucket)
     assert not any(r.s3_key in found for r in expired)
     assert assert_restorable(storage, client, bucket) == len(fresh)
+
+
+# -- gc --------------------------------------------------------------------------------------
+
+
+LATER = NOW + timedelta(days=2)  # gc's clock: everything written by the test is older than the grace
+
+
+def _orphan(client, bucket: str, bodies: list[bytes], *, marker: bool = False, drop_versions: bool = False) -> str:
+    key = f"project/proj1/FLOW_RUN_LOG/{new_id()}"
+    ids = [client.put_object(Bucket=bucket, Key=key, Body=b)["VersionId"] for b in bodies]
+    if marker:
+        client.delete_object(Bucket=bucket, Key=key)
+    if drop_versions:
+        for vid in ids:
+            client.delete_object(Bucket=bucket, Key=key, VersionId=vid)
+    return key
+
+
+def _gc_scene(storage: Storage, client, bucket: str) -> dict:
+    refs = [put_row(storage, client, bucket, FRESH, [b"r1", b"ref bytes"]) for _ in range(4)]
+    restorable = put_row(storage, client, bucket, OLD, [b"precious", b"precious!"])
+    client.delete_object(Bucket=bucket, Key=restorable.s3_key)  # current gone, versions stay
+    gone = put_row(storage, client, bucket, OLD, [])  # no version at all: missing
+    return {
+        "refs": refs, "restorable": restorable, "gone": gone,
+        "a": _orphan(client, bucket, [b"a1", b"a-two"]),  # an orphan with a current object
+        "b": _orphan(client, bucket, [b"b1", b"b-two!"], marker=True),  # versions under a marker
+        "c": _orphan(client, bucket, [b"c1"], marker=True, drop_versions=True),  # a lone marker
+    }
+
+
+def _sizes(entry: dict) -> int:
+    return sum(size for _, size, _ in entry["versions"])
+
+
+def test_gc_orphans_takes_orphan_versions_and_keeps_referenced_and_restorable_keys(venv, storage_factory) -> None:
+    from apstorage.services.gc import collect_garbage
+
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    scene = _gc_scene(storage, client, bucket)
+    before = listing(client, bucket)
+    kept_keys = [r.s3_key for r in scene["refs"]] + [scene["restorable"].s3_key]
+
+    dry = collect_garbage(storage, kinds=("orphans", "missing"), now=LATER, dry_run=True).to_json()
+    assert listing(client, bucket) == before
+    report = collect_garbage(storage, kinds=("orphans", "missing"), now=LATER).to_json()
+    assert report["failed"] == 0 and report["versioned"] is True
+    after = listing(client, bucket)
+    # the orphan with a current object: a delete marker, its bytes counted as retained
+    a = after[scene["a"]]
+    assert [latest for _, latest in a["markers"]] == [True] and len(a["versions"]) == 2
+    assert report["bytesRetained"] == _sizes(a) == _sizes(before[scene["a"]])
+    assert report["orphans"]["files"] == 1
+    # versions under a marker, and a lone marker: gone, counted as orphan versions
+    assert scene["b"] not in after and scene["c"] not in after
+    assert report["orphanVersions"]["files"] == 2 + 1 + 1
+    assert report["orphanVersions"]["bytes"] == _sizes(before[scene["b"]])
+    taken = sorted((i["key"], i["versionId"]) for i in report["items"] if i["kind"] == "orphanVersions")
+    want = sorted([(scene["b"], v) for v, _, _ in before[scene["b"]]["versions"]]
+                  + [(scene["b"], m) for m, _ in before[scene["b"]]["markers"]]
+                  + [(scene["c"], m) for m, _ in before[scene["c"]]["markers"]])
+    assert taken == want
+    dry_taken = sorted((i["key"], i["versionId"]) for i in dry["items"] if i["kind"] == "orphanVersions")
+    assert dry_taken == want and dry["orphanVersions"] == report["orphanVersions"]
+    assert dry["bytesRetained"] == report["bytesRetained"]
+    # the restorable row is counted apart, never deleted; the row with no version is
+    assert report["restorable"] == 1 and report["restorableRows"][0]["id"] == scene["restorable"].id
+    assert report["missing"]["files"] == 1
+    ids = {r[0] for r in rows(storage)}
+    assert scene["restorable"].id in ids and scene["gone"].id not in ids
+    for key in kept_keys:
+        assert after[key] == before[key]
+    assert assert_restorable(storage, client, bucket) == 5
+
+    # a later run takes the versions the first one's delete made noncurrent
+    again = collect_garbage(storage, kinds=("orphans",), now=LATER + timedelta(days=1)).to_json()
+    assert again["orphanVersions"]["files"] == 3 and again["orphanVersions"]["bytes"] == _sizes(a)
+    final = listing(client, bucket)
+    assert scene["a"] not in final and all(final[k] == before[k] for k in kept_keys)
+
+
+def test_gc_purge_versions_deletes_orphans_with_every_version(venv, storage_factory) -> None:
+    from apstorage.services.gc import collect_garbage
+
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    scene = _gc_scene(storage, client, bucket)
+    before = listing(client, bucket)
+    report = collect_garbage(storage, kinds=("orphans",), now=LATER, purge_versions=True).to_json()
+    after = listing(client, bucket)
+    assert report["failed"] == 0 and report["purgeVersions"]
+    assert scene["a"] not in after and scene["b"] not in after and scene["c"] not in after
+    assert report["orphans"]["bytes"] == _sizes(before[scene["a"]]) and report["bytesRetained"] == 0
+    assert report["bytes"] == sum(_sizes(before[scene[k]]) for k in "abc")
+    for row in scene["refs"] + [scene["restorable"]]:
+        assert after[row.s3_key] == before[row.s3_key]
+    assert assert_restorable(storage, client, bucket, frozenset({scene["gone"].id})) == 5
+
+
+def test_gc_cli_names_restore_for_a_restorable_row(venv, storage_factory, set_env, runner) -> None:
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    row = put_row(storage, client, bucket, OLD, [b"precious"])
+    client.delete_object(Bucket=bucket, Key=row.s3_key)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    result = runner.invoke(app, ["gc", "--missing", "--verbose"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "S3 bucket versioning: Enabled" in result.stderr
+    assert "restorable" in result.stderr and "apstorage restore" in result.stderr
+    assert row.id in {r[0] for r in rows(storage)}
+    data = json.loads(runner.invoke(app, ["gc", "--missing", "--json"]).stdout)
+    assert data["restorable"] == 1 and data["missing"]["files"] == 0 and data["versioning"]["status"] == "Enabled"
+
+
+def test_gc_on_a_store_without_versioning(rclone, catalog_env, storage_factory, set_env, runner) -> None:
+    bucket = f"t-{secrets.token_hex(6)}"
+    client = rclone.client()
+    client.create_bucket(Bucket=bucket)
+    env = {**catalog_env, **rclone.ap_env(bucket)}
+    storage = storage_factory(env)
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    gone = put_row(storage, client, bucket, OLD, [])
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    result = runner.invoke(app, ["gc", "--missing", "--verbose", "--purge-versions"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert sum("versioning" in line for line in result.stderr.splitlines()) == 1
+    assert result.stderr.count("not versioned") == 1
+    assert gone.id not in {r[0] for r in rows(storage)}
+    data = json.loads(runner.invoke(app, ["gc", "--json"]).stdout)
+    assert data["versioning"]["status"] == "Unversioned" and data["versioned"] is False  # rclone: an empty state
+
+
+def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_factory) -> None:
+    from apstorage.services.gc import collect_garbage
+
+    bucket = _versioned(seaweed, lock=True)
+    client = seaweed.client()
+    env = {**make_env(), **seaweed.ap_env(bucket)}
+    storage = storage_factory(env)
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    key = _orphan(client, bucket, [b"held", b"free"], marker=True)
+    held = [v for v, size, _ in listing(client, bucket)[key]["versions"] if size == 4 and True][0]
+    first = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    held = [v["VersionId"] for v in first if v["Size"] == 4][0]
+    client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "ON"})
+    report = collect_garbage(storage, kinds=("orphans",), now=LATER).to_json()
+    assert report["failed"] >= 1 and {f["reason"] for f in report["failures"]} == {OBJECT_LOCK_REASON}
+    assert held in [v for v, _, _ in listing(client, bucket)[key]["versions"]]
+    client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "OFF"})
