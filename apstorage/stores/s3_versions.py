@@ -232,9 +232,22 @@ def _range(store: S3Store, folder: str, group: list[str], out: dict[str, list[Ob
 
 def _first_again(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
     """List the range's first key on its own too: moto's server drops the first entry at
-    or after a ``key-marker`` (AWS and SeaweedFS start right after it, as documented)."""
+    or after a ``key-marker`` (AWS and SeaweedFS start right after it, as documented).
+
+    Once a key with versions has been listed both ways with the same answer, the store
+    is known to honour the marker and later ranges skip this request (half the listing
+    requests of a sweep on a versioned bucket); a store that dropped an entry keeps it."""
+    exact = getattr(store, "_version_marker_exact", None)
+    if exact:
+        return
     out[key] = []
     _versions_of_one(store, key, out)
+    if exact is None and out[key]:
+        # The probe: the same key after a marker just below it, under a prefix no other
+        # key before it can match, so the first entry after the marker is this key's.
+        probe = {e.version_id for page in list_version_pages(store, key, key_marker=key[:-1])
+                 for e in page if e.key == key}
+        store._version_marker_exact = probe == {e.version_id for e in out[key]}  # type: ignore[attr-defined]
 
 
 def _versions_of_one(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
