@@ -140,6 +140,12 @@ def _fill_metrics(metrics, report) -> None:
         metrics.set("deleted_files", tally.files, "Files (objects or rows) the last run deleted, by kind.", kind=name)
         metrics.set("deleted_bytes", tally.bytes, "Bytes the last run deleted, by kind.", kind=name)
     metrics.set("failed_files", report.failed, "Deletes the last run could not make (kept).")
+    metrics.set("deleted_versions", report.orphan_versions.files,
+                "Orphan keys' noncurrent versions and lone delete markers the last run deleted (versioned bucket).")
+    metrics.set("retained_bytes", report.bytes_retained,
+                "Bytes the last run's deletes left as noncurrent versions (versioned bucket, without --purge-versions).")
+    metrics.set("restorable_rows", report.restorable_count,
+                "Rows without a current object but with a noncurrent version (kept; apstorage restore).")
     metrics.set("reported_rows", report.reported_count, "Rows with missing bytes reported, never deleted (permanent data).")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the run lock.")
     metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")

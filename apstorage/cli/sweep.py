@@ -204,5 +204,7 @@ def _fill_metrics(metrics, report) -> None:
     metrics.set_many("deleted_bytes_by_location", report.bytes_by_location,
                      "Bytes deleted by the last run, by where they were.", "location")
     metrics.set("failed_files", report.failed, "Files the last run could not delete (their rows were kept).")
+    metrics.set("retained_bytes", report.bytes_retained,
+                "Bytes the last run's deletes left as noncurrent versions (versioned bucket, without --purge-versions).")
     metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the sweep lock.")
