@@ -450,3 +450,31 @@ def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_fact
     assert report["failed"] >= 1 and {f["reason"] for f in report["failures"]} == {OBJECT_LOCK_REASON}
     assert held in [v for v, _, _ in listing(client, bucket)[key]["versions"]]
     client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "OFF"})
+
+
+def test_purge_versions_of_a_key_the_version_listing_cannot_show(seaweed, make_env, storage_factory, set_env,
+                                                                  runner) -> None:
+    """SeaweedFS lists a key with a control character as another name (U+FFFD) in
+    ListObjectVersions: its versions cannot be found, so its row is kept (exit 1, one
+    reason), never deleted while its bytes stay; gc never judges the renamed entries."""
+    from apstorage.services.gc import collect_garbage
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**make_env(), **seaweed.ap_env(bucket)}
+    storage = storage_factory(env)
+    odd = put_row(storage, client, bucket, OLD, [b"one", b"two"], key=f"project/proj1/FLOW_RUN_LOG/a\x01{new_id()}")
+    plain = put_row(storage, client, bucket, OLD, [b"three"])
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    before = client.list_object_versions(Bucket=bucket, Prefix=odd.s3_key)["Versions"]
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    result = sweep(runner, "--json", "--purge-versions")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["failed"] == 1 and data["deleted"] == 1 and data["versionsDeleted"] == 1
+    assert "version listing does not show this key" in data["failures"][0]["reason"]
+    assert odd.id in {r[0] for r in rows(storage)} and plain.s3_key not in listing(client, bucket)
+    report = collect_garbage(storage, kinds=("orphans",), now=LATER).to_json()
+    assert report["orphanVersions"]["files"] == 0 and report["skipped"].get("unreadableName") == 2
+    assert client.list_object_versions(Bucket=bucket, Prefix=odd.s3_key)["Versions"] == before

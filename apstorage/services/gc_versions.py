@@ -68,6 +68,11 @@ def orphan_versions(c: "_Collector", store: "S3Store") -> None:
         nonlocal size
         if key in c.marked:  # this run's orphan pass just made its versions noncurrent
             return
+        if "\ufffd" in key:
+            # a name the store could not spell (SeaweedFS lists a control character as
+            # U+FFFD in version listings): it may be a referenced key's; never judged
+            c.report.skip("unreadableName", len(entries))
+            return
         taken = _candidates(entries, cutoff)
         if taken:
             batch.append((key, taken))

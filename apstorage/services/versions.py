@@ -86,7 +86,17 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
         result.refused = {k: f"versions could not be listed: {exc}" for k in keys}
         result.whole = True
         return result
-    pairs = [(k, e.version_id) for k in keys for e in listing[k]]
+    from apstorage.stores.s3 import _xml_unsafe
+
+    for key in keys:
+        if not listing[key] and _xml_unsafe(key):
+            # SeaweedFS lists such a key under another name (U+FFFD for the control
+            # character) in ListObjectVersions: "no version" cannot be told from "not shown".
+            result.refused[key] = (
+                "the store's version listing does not show this key (it has a control character); "
+                "its versions cannot be told apart, so the row is kept"
+            )
+    pairs = [(k, e.version_id) for k in keys if k not in result.refused for e in listing[k]]
     refused = V.delete_versions(store, pairs)
     if refused:
         again = [p for p, reason in refused.items() if reason != V.OBJECT_LOCK_REASON]
@@ -104,7 +114,7 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
         result.markers += sum(1 for e in entries if e.delete_marker and (key, e.version_id) in gone_pairs)
         if key not in result.refused:
             result.freed[key] = sum(e.size for e in entries if not e.delete_marker)
-    result.whole = len(result.refused) == len(keys) and bool(pairs)
+    result.whole = len(result.refused) == len(keys) and bool(pairs) and bool(refused)
     return result
 
 
@@ -121,7 +131,9 @@ def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versionin
         raise
     except ApStorageError:
         return None
-    return {k: _retained(entries, versioning) for k, entries in listing.items()}
+    # a key the listing does not show (a store that renames control characters there) is
+    # left out: the caller counts its row's size
+    return {k: _retained(entries, versioning) for k, entries in listing.items() if entries}
 
 
 def _retained(entries: "list[ObjectVersion]", versioning: "Versioning") -> int:

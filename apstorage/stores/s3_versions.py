@@ -265,12 +265,21 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
     because of Object Lock (retention or legal hold) carries ``OBJECT_LOCK_REASON``.
 
     An answer that cannot be matched to the request (an error for a version not sent)
-    refuses the whole batch: nothing is assumed deleted on a guess. A store that cannot be
-    reached raises BackendUnavailableError (exit 8)."""
-    from apstorage.stores.s3 import _add_content_md5, _reason
+    refuses the whole batch: nothing is assumed deleted on a guess. As ``S3Store.delete_many``
+    does for keys, a version whose key XML 1.0 cannot carry (control characters), and every
+    version of a batch the store refuses as MalformedXML or NotImplemented, is deleted by
+    its own DeleteObject naming the version. A store that cannot be reached raises
+    BackendUnavailableError (exit 8)."""
+    from apstorage.stores.s3 import _add_content_md5, _reason, _xml_unsafe
 
     pending = list(dict.fromkeys(versions))
     refused: dict[tuple[str, str], str] = {}
+    one_by_one = [item for item in pending if _xml_unsafe(item[0])]
+    pending = [item for item in pending if not _xml_unsafe(item[0])]
+    for item in one_by_one:
+        reason = _delete_one_version(store, *item)
+        if reason is not None:
+            refused[item] = reason
     if not pending:
         return refused
     client = store.client
@@ -289,6 +298,13 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             translated = store.translate(exc)
             if isinstance(translated, BackendUnavailableError):
                 raise translated from None
+            if _client_code(exc) in ("MalformedXML", "NotImplemented", "XNotImplemented") \
+                    or _client_status(exc) == 501:
+                for item in batch:
+                    reason = _delete_one_version(store, *item)
+                    if reason is not None:
+                        refused[item] = reason
+                continue
             reason = _reason(translated, _client_code(exc))
             refused.update({item: reason for item in batch})
             continue
@@ -320,6 +336,28 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             for one in ([item] if item in sent else sent_keys[err["Key"]]):
                 refused[one] = reason
     return refused
+
+
+def _delete_one_version(store: S3Store, key: str, version_id: str) -> str | None:
+    """DeleteObject of one version; None when it is gone (or already was), else the
+    reason. Unreachable: BackendUnavailableError."""
+    try:
+        store.client.delete_object(Bucket=store.bucket, Key=key, VersionId=version_id)
+    except ClientError as exc:
+        code = _client_code(exc)
+        if code in ("NoSuchVersion", "NoSuchKey", "NotFound") or _client_status(exc) == 404:
+            return None
+        translated = store.translate(exc, key)
+        if isinstance(translated, BackendUnavailableError):
+            raise translated from None
+        message = exc.response.get("Error", {}).get("Message", "") or ""
+        return refusal_reason(code, message) if code else str(translated)
+    except BotoCoreError as exc:
+        transport = store.transport_error(exc)
+        if transport is not None:
+            raise transport from None
+        return str(store.translate(exc, key))
+    return None
 
 
 def explain_refusals(
