@@ -478,3 +478,27 @@ def test_purge_versions_of_a_key_the_version_listing_cannot_show(seaweed, make_e
     report = collect_garbage(storage, kinds=("orphans",), now=LATER).to_json()
     assert report["orphanVersions"]["files"] == 0 and report["skipped"].get("unreadableName") == 2
     assert client.list_object_versions(Bucket=bucket, Prefix=odd.s3_key)["Versions"] == before
+
+
+def test_suspended_bucket_counts_what_a_plain_delete_leaves(server, request, make_env, storage_factory, set_env,
+                                                            runner) -> None:
+    """Suspended versioning keeps the versions written while it was enabled; a plain delete
+    there removes the current ``null`` version (AWS S3 user guide, "Deleting objects from
+    versioning-suspended buckets"): bytesRetained counts only what the listing still shows.
+    (moto's server drops the enabled-time version when a ``null`` one is written: there
+    nothing stays, and the report says 0.)"""
+    bucket = _versioned(server)
+    client = server.client()
+    env = {**make_env(), **server.ap_env(bucket)}
+    storage = storage_factory(env)
+    key = f"project/proj1/FLOW_RUN_LOG/{new_id()}"
+    client.put_object(Bucket=bucket, Key=key, Body=b"written while enabled")
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    row = put_row(storage, client, bucket, OLD, [b"null version"], key=key)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    data = json.loads(sweep(runner, "--json").stdout)
+    assert data["deleted"] == 1 and data["versioning"]["status"] == "Suspended" and data["versioned"]
+    left = listing(client, bucket).get(row.s3_key, {"versions": [], "markers": []})
+    assert data["bytesRetained"] == _sizes(left)
+    if request.node.callspec.params["server"] == "seaweed":
+        assert _sizes(left) == len(b"written while enabled")
