@@ -116,7 +116,11 @@ def test_default_sweep_says_the_bytes_stay_and_counts_them_exactly(venv, storage
     expired = [put_row(storage, client, bucket, OLD, [b"old" * i, b"x" * (100 + i)]) for i in range(1, 4)]
     kept = put_row(storage, client, bucket, FRESH, [b"fresh bytes"])
     set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    before = listing(client, bucket)
+    dry = json.loads(sweep(runner, "--json", "--dry-run").stdout)
+    assert listing(client, bucket) == before
     data = json.loads(sweep(runner, "--json").stdout)
+    assert dry["bytesRetained"] == data["bytesRetained"] and dry["bytes"] == data["bytes"]
     assert data["deleted"] == 3 and data["failed"] == 0
     assert data["versioned"] is True and data["versioning"]["status"] == "Enabled"
     found = listing(client, bucket)
@@ -385,7 +389,10 @@ def test_gc_purge_versions_deletes_orphans_with_every_version(venv, storage_fact
     storage = storage_factory(env)
     scene = _gc_scene(storage, client, bucket)
     before = listing(client, bucket)
+    dry = collect_garbage(storage, kinds=("orphans",), now=LATER, purge_versions=True, dry_run=True).to_json()
+    assert listing(client, bucket) == before
     report = collect_garbage(storage, kinds=("orphans",), now=LATER, purge_versions=True).to_json()
+    assert dry["bytes"] == report["bytes"] and dry["deleted"] == report["deleted"]
     after = listing(client, bucket)
     assert report["failed"] == 0 and report["purgeVersions"]
     assert scene["a"] not in after and scene["b"] not in after and scene["c"] not in after

@@ -374,8 +374,8 @@ class _Collector:
         self.aliases: set[str] = set()  # collapsed forms of rows' non-canonical keys
         self.versioning = None  # the bucket's Versioning, asked when the S3 pass starts
         self.s3_mode = "plain"  # "plain", "retain" or "purge" (services.versions)
-        # retain: keys whose orphan this run deleted with a marker; the versions pass leaves
-        # them (their bytes were just counted as retained). One entry per orphan deleted.
+        # keys whose orphan this run deleted with a marker (or, dry, would delete): the
+        # versions pass leaves them (their bytes were just counted). One per orphan.
         self.marked: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -613,7 +613,7 @@ class _Collector:
             mode = self.s3_mode if location is Location.S3 else "plain"
             if report.dry_run:
                 sizes = self._dry_version_sizes(store, mode, todo, outcome)
-                if mode == "retain":  # as the real run would mark them
+                if mode != "plain":  # the versions pass leaves them, as after a real run
                     with self.sessions_lock:
                         self.marked.update(i.key for i in todo)
                 for info in todo:
