@@ -26,7 +26,6 @@ from apstorage.cli import app
 from apstorage.model import FileRow, Location, new_id
 from apstorage.services.context import Storage
 from apstorage.stores.s3_versions import OBJECT_LOCK_REASON
-from tests.conftest import settings_from
 
 NOW = datetime.now(timezone.utc)
 OLD = 45  # days: older than the default 30-day retention
@@ -449,9 +448,8 @@ def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_fact
     for _ in range(3):
         put_row(storage, client, bucket, FRESH, [b"ok"])
     key = _orphan(client, bucket, [b"held", b"free"], marker=True)
-    held = [v for v, size, _ in listing(client, bucket)[key]["versions"] if size == 4 and True][0]
     first = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
-    held = [v["VersionId"] for v in first if v["Size"] == 4][0]
+    held = next(v["VersionId"] for v in first if v["Size"] == 4)  # the version b"held"
     client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "ON"})
     report = collect_garbage(storage, kinds=("orphans",), now=LATER).to_json()
     assert report["failed"] >= 1 and {f["reason"] for f in report["failures"]} == {OBJECT_LOCK_REASON}
