@@ -15,6 +15,14 @@ also deletes the rows.
 
     python bench/sweep.py [--count 100000] [--live N] [--rounds 4] [--workers 8] [--profile out.svg]
 
+``--versioned`` (issue 21): every bucket has versioning Enabled, each key is written
+``--versions`` times (default 1), and the round times `sweep-expired --purge-versions`
+(lists the keys' versions, deletes every version by id, then the rows) against
+`s5cmd rm --all-versions 's3://<round's copy>/*'`; the check counts versions and delete
+markers left (none of an expired key, every live key's intact). Target: within 1.2x.
+
+    python bench/sweep.py --versioned --count 20000 --rounds 2
+
 Objects are seeded with `s5cmd run` (one `cp` per key of a single small file), so no
 local tree of N files is needed. ``--profile`` records the sweep with py-spy
 (``pip install py-spy``) and writes a flame graph.
@@ -62,6 +70,14 @@ def key_for(kind: str, i: int, rounds: int) -> tuple[str, str, str, str]:
 
 
 
+def count_versions(s3, bucket: str) -> int:
+    """Versions and delete markers in ``bucket`` (ListObjectVersions through boto3)."""
+    n = 0
+    for page in s3.client().get_paginator("list_object_versions").paginate(Bucket=bucket):
+        n += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
+    return n
+
+
 def seed_rows(pg_url: str, count: int, live: int, size: int, rounds: int) -> float:
     import psycopg
 
@@ -92,6 +108,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--seed-workers", type=int, default=64, help="s5cmd --numworkers for seeding")
     parser.add_argument("--ours-first", action="store_true", help="apstorage goes first in round 1")
+    parser.add_argument("--versioned", action="store_true",
+                        help="versioned buckets: sweep-expired --purge-versions against s5cmd rm --all-versions")
+    parser.add_argument("--versions", type=int, default=1, help="--versioned: versions written per key")
     parser.add_argument("--profile", metavar="FILE", help="record round 1's sweep with py-spy: a flame "
                         "graph (.svg) or collapsed stacks (.txt)")
     args = parser.parse_args()
@@ -110,6 +129,8 @@ def main() -> int:
             theirs = [f"s5-rm-{r}" for r in range(rounds)]  # round r's expired keys, copied
             for bucket in (ours, *theirs):
                 s5cmd(s3, "mb", f"s3://{bucket}")
+                if args.versioned:
+                    s5cmd(s3, "bucket-version", "--set", "Enabled", f"s3://{bucket}")
             env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
             env.update(
                 AP_POSTGRES_URL=pg.url,
@@ -125,22 +146,27 @@ def main() -> int:
                 jobs.append((ours, key))
                 jobs.append((theirs[i % rounds], key))
             jobs.extend((ours, key_for("L", i, rounds)[3]) for i in range(live))
-            print(f"seeding {len(jobs):,} objects of {args.size} B ({args.count:,} expired x 2 + {live:,} live) ...", flush=True)
-            seconds = seed_objects(s3, tmp, jobs, args.size, args.seed_workers)
-            print(f"  objects seeded in {seconds:.1f} s ({len(jobs) / seconds:,.0f}/s)")
+            copies = args.versions if args.versioned else 1
+            print(f"seeding {len(jobs) * copies:,} objects of {args.size} B ({args.count:,} expired x 2 + {live:,} live"
+                  f"{f', {copies} versions each' if args.versioned else ''}) ...", flush=True)
+            seconds = 0.0
+            for _ in range(copies):
+                seconds += seed_objects(s3, tmp, jobs, args.size, args.seed_workers)
+            print(f"  objects seeded in {seconds:.1f} s ({len(jobs) * copies / seconds:,.0f}/s)")
             del jobs
             seconds = seed_rows(pg.url, args.count, live, args.size, rounds)
             print(f"  {args.count + live:,} rows seeded in {seconds:.1f} s", flush=True)
 
             def run_s5cmd(r: int) -> tuple[float, float]:
                 cpu0, start = children_cpu(), time.perf_counter()
-                s5cmd(s3, "rm", f"s3://{theirs[r]}/*")
+                s5cmd(s3, "rm", *(["--all-versions"] if args.versioned else []), f"s3://{theirs[r]}/*")
                 return time.perf_counter() - start, children_cpu() - cpu0
 
             def run_ours(r: int) -> tuple[float, float, dict]:
                 cmd = [
                     sys.executable, "-m", "apstorage", "sweep-expired", "--json", "--types", TYPES[r],
                     "--workers", str(args.workers), "--batch-size", str(args.batch_size),
+                    *(["--purge-versions"] if args.versioned else []),
                 ]
                 if args.profile and r == 0:
                     fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
@@ -177,23 +203,34 @@ def main() -> int:
             with psycopg.connect(pg.url) as conn:
                 rows_left = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("E%",)).fetchone()[0]
                 live_rows = conn.execute('SELECT count(*) FROM "file" WHERE "id" LIKE %s', ("L%",)).fetchone()[0]
-            ours_left = count_objects(s3, ours)
-            theirs_left = sum(count_objects(s3, b) for b in theirs)
+            if args.versioned:
+                ours_left = count_versions(s3, ours)
+                theirs_left = sum(count_versions(s3, b) for b in theirs)
+                live *= args.versions  # every live key keeps all its versions
+            else:
+                ours_left = count_objects(s3, ours)
+                theirs_left = sum(count_objects(s3, b) for b in theirs)
+            live_keys = args.count if args.live is None else args.live
             ok = (
-                deleted == args.count and failed == 0 and rows_left == 0 and live_rows == live
+                deleted == args.count and failed == 0 and rows_left == 0 and live_rows == live_keys
                 and ours_left == live and theirs_left == 0
             )
             ap_total = sum(x[0] for x in results)
             s5_total = sum(x[2] for x in results)
             ratios = [x[0] / x[2] for x in results]
+            if args.versioned:
+                print(f"mode                    : versioned buckets, {args.versions} version(s) per key; "
+                      "sweep-expired --purge-versions vs s5cmd rm --all-versions")
             print(f"apstorage sweep-expired : {ap_total:7.2f} s  ({args.count / ap_total:,.0f} files/s; deleted "
                   f"{deleted:,} rows+objects, failed {failed}; CPU {sum(x[1] for x in results):.2f} s)")
             print(f"s5cmd rm                : {s5_total:7.2f} s  ({args.count / s5_total:,.0f} objects/s; "
                   f"CPU {sum(x[3] for x in results):.2f} s)")
-            print(f"ratio                   : {ap_total / s5_total:.2f} x s5cmd (target <= 1.0); "
+            target = "1.2" if args.versioned else "1.0"
+            print(f"ratio                   : {ap_total / s5_total:.2f} x s5cmd (target <= {target}); "
                   f"per round {min(ratios):.2f}..{max(ratios):.2f}")
-            print(f"check                   : expired rows left {rows_left}, live rows {live_rows:,}/{live:,}, "
-                  f"objects left: ours {ours_left:,} (live {live:,}), s5cmd's {theirs_left} -> {'OK' if ok else 'MISMATCH'}")
+            what = "versions+markers" if args.versioned else "objects"
+            print(f"check                   : expired rows left {rows_left}, live rows {live_rows:,}/{live_keys:,}, "
+                  f"{what} left: ours {ours_left:,} (live {live:,}), s5cmd's {theirs_left} -> {'OK' if ok else 'MISMATCH'}")
             if args.profile:
                 print(f"profile                 : {args.profile}")
             return 0 if ok else 1

@@ -210,6 +210,9 @@ DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Show what would be done;
 QUIET_OPTION = typer.Option(
     False, "--quiet", "-q", help="Print nothing but failures (for cron: the log stays empty unless something failed)."
 )
+VERBOSE_OPTION = typer.Option(
+    False, "--verbose", "-v", help="Also say what the run found out about the stores (e.g. the bucket's versioning state)."
+)
 METRICS_OPTION = typer.Option(
     None, "--metrics-file", metavar="PATH",
     help="Also write this run's figures to PATH in the Prometheus text format, replaced "

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
+from apstorage.cli.app import (
+    DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, VERBOSE_OPTION, app, handle_errors,
+)
 from apstorage.cli.output import Output, human_size, new_table, record_metrics, summary_line
 from apstorage.text import printable  # keys and ids come from a catalog or a server
 
@@ -43,6 +45,14 @@ def gc_cmd(
         8, "--workers", min=1, max=64, metavar="N",
         help="Batches of objects deleted concurrently.",
     ),
+    purge_versions: bool = typer.Option(
+        False, "--purge-versions",
+        help="On a versioned bucket, delete orphans with every version and delete marker of "
+        "their keys. Without it an orphan's delete only adds a delete marker (the summary says "
+        "how many bytes stay); --orphans still takes orphan keys' old noncurrent versions and "
+        "lone delete markers.",
+    ),
+    verbose: bool = VERBOSE_OPTION,
     quiet: bool = QUIET_OPTION,
     metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -75,10 +85,15 @@ def gc_cmd(
                 report = collect_garbage(
                     storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
                     dry_run=dry_run, workers=workers, on_progress=progress, stop=interrupt.event,
+                    purge_versions=purge_versions,
                 )
             hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
         if metrics is not None:
             _fill_metrics(metrics, report)
+        if not out.json_mode and not report.lock_held:
+            from apstorage.cli.sweep import show_versioning
+
+            show_versioning(out, report.versioning, [], verbose)
         _show(out, report, max_delete, hint)
         if report.interrupted:
             raise typer.Exit(interrupt.exit_code)
@@ -96,7 +111,7 @@ def _show(out: Output, report, max_delete: int | None, hint: str | None) -> None
             out.result(data)
         return
 
-    worked = report.deleted or report.failed or report.reported_count or report.interrupted
+    worked = report.deleted or report.failed or report.reported_count or report.interrupted or report.restorable_count
     if json_out:
         out.result(data)
     elif worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
@@ -107,6 +122,17 @@ def _show(out: Output, report, max_delete: int | None, hint: str | None) -> None
         out.info(hint)
 
 
+def _versioned_tail(report) -> str:
+    """On a versioned bucket without --purge-versions, the bytes deleted orphans keep as
+    noncurrent versions (taken by a later gc --orphans once older than the grace, or by a
+    lifecycle rule)."""
+    if not report.versioned or report.purge_versions or not report.bytes_retained:
+        return ""
+    verb = "would stay" if report.dry_run else "stay"
+    return (f"; versioned bucket: {human_size(report.bytes_retained)} {verb} as noncurrent versions until "
+            "a lifecycle rule (`apstorage lifecycle apply`), a later gc --orphans or --purge-versions removes them")
+
+
 def _fill_metrics(metrics, report) -> None:
     metrics.dry_run = report.dry_run
     for name in report.kinds:
@@ -114,6 +140,12 @@ def _fill_metrics(metrics, report) -> None:
         metrics.set("deleted_files", tally.files, "Files (objects or rows) the last run deleted, by kind.", kind=name)
         metrics.set("deleted_bytes", tally.bytes, "Bytes the last run deleted, by kind.", kind=name)
     metrics.set("failed_files", report.failed, "Deletes the last run could not make (kept).")
+    metrics.set("deleted_versions", report.orphan_versions.files,
+                "Orphan keys' noncurrent versions and lone delete markers the last run deleted (versioned bucket).")
+    metrics.set("retained_bytes", report.bytes_retained,
+                "Bytes the last run's deletes left as noncurrent versions (versioned bucket, without --purge-versions).")
+    metrics.set("restorable_rows", report.restorable_count,
+                "Rows without a current object but with a noncurrent version (kept; apstorage restore).")
     metrics.set("reported_rows", report.reported_count, "Rows with missing bytes reported, never deleted (permanent data).")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the run lock.")
     metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
@@ -129,6 +161,9 @@ def _render(console, report) -> None:
             table.add_row(name, "-", "0", human_size(0))
         for location, (files, size) in sorted(tally.by_location.items()):
             table.add_row(name, location, f"{files:,}", human_size(size))
+    if report.versioned:
+        for location, (files, size) in sorted(report.orphan_versions.by_location.items()):
+            table.add_row("orphan versions", location, f"{files:,}", human_size(size))
     table.add_section()
     table.add_row("total", "", f"{report.deleted:,}", human_size(report.bytes), style="bold")
     console.print(table)
@@ -156,20 +191,30 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
         out.error(f"{row['type']} {printable(row['id'])} ({row['location']} {printable(row['key'] or '-')}): {row['reason']}")
     if report.reported_count > SHOWN:
         out.error(f"... and {report.reported_count - SHOWN} more rows with missing bytes (see --json)")
+    if report.restorable_count:
+        out.warn(
+            f"{report.restorable_count:,} rows have no current object but a noncurrent version: "
+            "restorable, never deleted by gc; `apstorage restore ID...` (or `restore --all-missing`) "
+            "brings them back"
+        )
+        for row in report.restorable[:SHOWN]:
+            out.info(f"  restorable {row['type']} {printable(row['id'])} (S3 {printable(row['key'] or '-')})")
     for failure in report.failures[:SHOWN]:
         where = printable(failure["key"] or failure["id"] or "")
         out.error(f"kept {failure['location']} {where}: {failure['reason']}")
     if report.failed > SHOWN:
         out.error(f"... and {report.failed - SHOWN:,} more kept")
     verb = "would delete" if report.dry_run else "deleted"
-    if report.deleted or report.failed or report.reported_count or report.interrupted:
+    if report.deleted or report.failed or report.reported_count or report.interrupted or report.restorable_count:
+        versions = [(report.orphan_versions.files, "orphan versions")] if report.versioned else []
+        restorable = [(report.restorable_count, "restorable")] if report.restorable_count else []
         out.summary(
             summary_line(
                 "gc", verb, report.deleted, report.bytes, report.seconds,
-                [*((report.kind(name).files, name) for name in report.kinds),
-                 (report.failed, "failed"), (report.reported_count, "reported")],
+                [*((report.kind(name).files, name) for name in report.kinds), *versions,
+                 (report.failed, "failed"), (report.reported_count, "reported"), *restorable],
                 dry_run=report.dry_run, interrupted=report.interrupted,
-            ),
+            ) + _versioned_tail(report),
             failed=bool(report.failed or report.reported_count),
         )
     else:

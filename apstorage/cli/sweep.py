@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
-from apstorage.cli.app import DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, app, handle_errors
+from apstorage.cli.app import (
+    DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, VERBOSE_OPTION, app, handle_errors,
+)
 from apstorage.cli.output import Output, human_size, new_table, plural, record_metrics, summary_line
 from apstorage.model import EXPIRING_TYPES
 
@@ -40,6 +42,14 @@ def sweep_expired_cmd(
         8, "--workers", min=1, max=64, metavar="N",
         help="Batches whose bytes are deleted concurrently.",
     ),
+    purge_versions: bool = typer.Option(
+        False, "--purge-versions",
+        help="On a versioned bucket, delete every version and delete marker of the swept keys "
+        "(never of a key another row references), so the bytes are really gone; a row is "
+        "deleted only once its key has no version left. Without it a delete there only adds "
+        "a delete marker and the bytes stay as noncurrent versions (the summary says how many).",
+    ),
+    verbose: bool = VERBOSE_OPTION,
     quiet: bool = QUIET_OPTION,
     metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -86,6 +96,7 @@ def sweep_expired_cmd(
                     workers=workers,
                     on_batch=lambda deleted, failed, size: bar.advance(deleted + failed, size),
                     stop=interrupt.event,
+                    purge_versions=purge_versions,
                 )
             vacuum = None
             if report.deleted and not dry_run:
@@ -98,6 +109,8 @@ def sweep_expired_cmd(
         if not quiet:  # a warning about the settings, not a failure
             for warning in report.warnings:
                 out.warn(warning)
+        if not out.json_mode:
+            show_versioning(out, report.versioning, report.notes, verbose)
         _show(out, report, seconds, max_delete)
         if vacuum and not out.json_mode:
             out.info(vacuum)
@@ -132,11 +145,39 @@ def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
                 "sweep-expired", "would delete" if report.dry_run else "deleted",
                 report.deleted, report.bytes, seconds, [(report.failed, "failed")],
                 interrupted=report.interrupted, dry_run=report.dry_run,
-            ),
+            ) + versioned_tail(report),
             failed=bool(report.failed),
         )
     else:
         out.note(f"nothing expired (nothing older than {plural(report.retention_days, 'day')})")
+
+
+def show_versioning(out: Output, versioning: dict | None, notes: list[str], verbose: bool) -> None:
+    """The bucket's versioning state, once, with --verbose (a store without the API says
+    so there); the run's versioning notes (``--purge-versions`` on an unversioned bucket)
+    as info lines. Shared by sweep-expired and gc."""
+    if verbose and versioning is not None:
+        state = versioning["status"]
+        line = f"S3 bucket versioning: {state}"
+        if versioning.get("note"):
+            line += f" ({versioning['note']})"
+        out.info(line)
+    for note in notes:
+        out.info(note)
+
+
+def versioned_tail(report) -> str:
+    """What the summary line adds on a versioned bucket: the bytes that stay as
+    noncurrent versions (default), or the versions deleted (--purge-versions)."""
+    if not report.versioned:
+        return ""
+    verb = "would stay" if report.dry_run else "stay"
+    if report.purge_versions:
+        would = "would be " if report.dry_run else ""
+        return (f"; versioned bucket: {report.versions_deleted:,} versions and "
+                f"{report.markers_deleted:,} delete markers {would}deleted")
+    return (f"; versioned bucket: {human_size(report.bytes_retained)} {verb} as noncurrent versions until "
+            "a lifecycle rule (`apstorage lifecycle apply`) or --purge-versions removes them")
 
 
 def _render(console, report) -> None:
@@ -165,5 +206,7 @@ def _fill_metrics(metrics, report) -> None:
     metrics.set_many("deleted_bytes_by_location", report.bytes_by_location,
                      "Bytes deleted by the last run, by where they were.", "location")
     metrics.set("failed_files", report.failed, "Files the last run could not delete (their rows were kept).")
+    metrics.set("retained_bytes", report.bytes_retained,
+                "Bytes the last run's deletes left as noncurrent versions (versioned bucket, without --purge-versions).")
     metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the sweep lock.")

@@ -41,6 +41,16 @@ Safety, batch by batch:
   likelier the wrong database than a bucket of garbage), and a location where no row has
   its bytes while many lack them (a wrong bucket or root) deletes no rows there.
 
+On a versioned S3 bucket (its state asked once, when the S3 pass starts;
+``services.versions``): a plain delete of an orphan adds a delete marker, and the bytes
+that stay as noncurrent versions are counted (``bytes_retained``) from the listing; with
+``purge_versions`` every version and marker of an orphan key is deleted instead.
+``orphans`` also takes, after the S3 pass and under the same trust verdict, the
+noncurrent versions of keys no row references that became noncurrent longer ago than the
+grace, and delete markers with no version left older than the grace
+(``gc_versions``; kind ``orphanVersions``). ``missing`` never deletes a row whose key
+still has a version: it is *restorable* (``apstorage restore``), counted apart.
+
 Object deletes reuse sweep's ``delete_keys`` (DeleteObjects in
 ``AP_S3_DELETE_BATCH_SIZE`` keys, a refused batch split in halves to find the bad key),
 ``workers`` batches at a time.
@@ -148,6 +158,14 @@ class GcReport:
     orphans: KindTally = field(default_factory=KindTally)
     missing: KindTally = field(default_factory=KindTally)
     pending: KindTally = field(default_factory=KindTally)
+    # versioned buckets: orphan keys' noncurrent versions and lone delete markers
+    orphan_versions: KindTally = field(default_factory=KindTally)
+    purge_versions: bool = False
+    versioning: dict | None = None  # Versioning.to_json(), when the run asked (an S3 pass)
+    versioned: bool = False
+    bytes_retained: int = 0  # bytes deleted orphans keep as noncurrent versions
+    restorable: list[dict] = field(default_factory=list)
+    restorable_count: int = 0  # rows without a current object but with a version: kept
     reported: list[dict] = field(default_factory=list)
     reported_count: int = 0
     items: list[dict] = field(default_factory=list)  # the first ITEMS_KEPT deleted, in order
@@ -164,18 +182,33 @@ class GcReport:
 
     @property
     def deleted(self) -> int:
-        return self.orphans.files + self.missing.files + self.pending.files
+        return self.orphans.files + self.missing.files + self.pending.files + self.orphan_versions.files
 
     @property
     def bytes(self) -> int:
-        return self.orphans.bytes + self.missing.bytes + self.pending.bytes
+        return self.orphans.bytes + self.missing.bytes + self.pending.bytes + self.orphan_versions.bytes
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.reported_count
 
     def kind(self, name: str) -> KindTally:
-        return {"orphans": self.orphans, "missing": self.missing, "pending": self.pending}[name]
+        return {"orphans": self.orphans, "missing": self.missing, "pending": self.pending,
+                "orphanVersions": self.orphan_versions}[name]
+
+    def restorable_row(self, row: sql.JudgedRow) -> None:
+        """A row whose current object is gone but whose key still has a version: never
+        deleted; ``apstorage restore`` brings it back."""
+        with self._lock:
+            if row.id in self._reported_ids:
+                return
+            self._reported_ids.add(row.id)
+            self.restorable_count += 1
+            if len(self.restorable) < KEPT:
+                self.restorable.append({
+                    "id": row.id, "type": row.type, "location": row.location, "key": row.key,
+                    "size": row.size, "created": iso_utc(row.created),
+                })
 
     def skip(self, reason: str, n: int = 1) -> None:
         if n:
@@ -206,6 +239,13 @@ class GcReport:
             "orphans": self.orphans.to_json(),
             "missing": self.missing.to_json(),
             "pending": self.pending.to_json(),
+            "orphanVersions": self.orphan_versions.to_json(),
+            "purgeVersions": self.purge_versions,
+            "versioning": self.versioning,
+            "versioned": self.versioned,
+            "bytesRetained": self.bytes_retained,
+            "restorable": self.restorable_count,
+            "restorableRows": list(self.restorable),
             "deleted": self.deleted,
             "bytes": self.bytes,
             "failed": self.failed,
@@ -241,6 +281,7 @@ def collect_garbage(
     now: datetime | None = None,
     on_progress: Callable[[str, int], None] | None = None,
     stop: threading.Event | None = None,
+    purge_versions: bool = False,
 ) -> GcReport:
     """Delete (or, with ``dry_run``, count exactly what would be deleted) orphans, rows
     without bytes and expired pending uploads. ``grace`` in seconds (at least 3600).
@@ -252,6 +293,8 @@ def collect_garbage(
     ``on_progress(event, n)``: ``("listed", n)`` objects listed, ``("deleted", n)``.
     ``stop`` (set by a signal handler): no new batch is started, the batches in flight
     finish and are counted, and the report says ``interrupted``.
+    ``purge_versions``: on a versioned bucket, orphans are deleted with every version and
+    delete marker of their keys (``bytes`` then counts every version's bytes).
     """
     kinds = tuple(dict.fromkeys(kinds))
     unknown = [k for k in kinds if k not in KINDS]
@@ -268,6 +311,7 @@ def collect_garbage(
     report = GcReport(
         kinds=kinds, dry_run=dry_run, grace=grace, started=started,
         cutoff=clock - timedelta(seconds=grace),
+        purge_versions=purge_versions,
     )
     t0 = time.monotonic()
     lock = None if dry_run else try_sweep_lock(storage.catalog)
@@ -290,17 +334,22 @@ class _Outcome:
 
     counts: dict[str, KindTally] = field(default_factory=dict)
     items: list[dict] = field(default_factory=list)  # at most ITEMS_KEPT
+    retained: int = 0  # bytes the deleted orphans keep as noncurrent versions
 
     def add(self, kind: str, location: str, size: int | None, *, key: str | None,
-            row_id: str | None = None) -> None:
+            row_id: str | None = None, version_id: str | None = None) -> None:
         self.counts.setdefault(kind, KindTally()).add(location, size)
         if len(self.items) < ITEMS_KEPT:
-            self.items.append({"kind": kind, "location": location, "key": key, "id": row_id, "size": size})
+            item = {"kind": kind, "location": location, "key": key, "id": row_id, "size": size}
+            if version_id is not None:
+                item["versionId"] = version_id
+            self.items.append(item)
 
     def merge(self, other: "_Outcome") -> None:
         for kind, tally in other.counts.items():
             self.counts.setdefault(kind, KindTally()).extend(tally)
         self.items.extend(other.items[: ITEMS_KEPT - len(self.items)])
+        self.retained += other.retained
 
 
 class _Collector:
@@ -324,6 +373,11 @@ class _Collector:
         self.abandoned: dict[str, str] = {}
         self.link_targets: set | None = None  # files links under the LOCAL root reach
         self.aliases: set[str] = set()  # collapsed forms of rows' non-canonical keys
+        self.versioning = None  # the bucket's Versioning, asked when the S3 pass starts
+        self.s3_mode = "plain"  # "plain", "retain" or "purge" (services.versions)
+        # keys whose orphan this run deleted with a marker (or, dry, would delete): the
+        # versions pass leaves them (their bytes were just counted). One per orphan.
+        self.marked: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------------------
     def session(self) -> sql.Session:
@@ -427,6 +481,7 @@ class _Collector:
                 self.sessions.clear()
 
     def _count(self, outcome: _Outcome) -> None:
+        self.report.bytes_retained += outcome.retained
         items = self.report.items
         items.extend(outcome.items[: ITEMS_KEPT - len(items)])
         for kind, tally in outcome.counts.items():
@@ -445,6 +500,8 @@ class _Collector:
                 )
             return
         store = self.storage.store(location)
+        if location is Location.S3:
+            self._ask_versioning()
         if location is Location.LOCAL:
             root = getattr(store, "root", None)
             if root is None or not root.is_dir():
@@ -469,6 +526,7 @@ class _Collector:
                 tally.close(finish=False)
                 return
             tally.close()
+            self._versions_pass(location, store, tally)
             return
         tally = _GcTally(self, location, store)
         try:
@@ -477,6 +535,60 @@ class _Collector:
             tally.close(finish=False)
             return
         tally.close()
+        self._versions_pass(location, store, tally)
+
+    # -- versioned buckets --------------------------------------------------------------------
+    def _ask_versioning(self) -> None:
+        from apstorage.services.versions import UNVERSIONED_PURGE_NOTE, ask_versioning
+
+        if self.versioning is not None:
+            return
+        self.versioning = ask_versioning(self.storage)
+        report = self.report
+        report.versioning = self.versioning.to_json()
+        report.versioned = self.versioning.versioned
+        if not self.versioning.versioned:
+            if report.purge_versions:
+                report.notes.append(UNVERSIONED_PURGE_NOTE)
+            return
+        self.s3_mode = "purge" if report.purge_versions else "retain"
+
+    def _versions_pass(self, location: Location, store: Store, tally: "_GcTally") -> None:
+        """After the S3 pass on a versioned bucket: orphan keys' old noncurrent versions
+        and lone delete markers (``gc_versions``), when orphans are judged and the pass
+        trusted the bucket (the same verdict its orphans had)."""
+        if location is not Location.S3 or self.s3_mode == "plain" or not self.judge_orphans:
+            return
+        if self.stopping or tally.orphans_refused or not tally._trusted():
+            return
+        from apstorage.services.gc_versions import orphan_versions
+
+        orphan_versions(self, store)
+
+    def _restorable(self, location: Location, store: Store | None, rows: list[sql.JudgedRow]) -> set[str]:
+        """Ids among ``rows`` (no current object) whose key still has a version with bytes
+        on a versioned bucket: counted apart as restorable, never deleted. A listing that
+        fails keeps the rows (a failure each)."""
+        if location is not Location.S3 or store is None or self.s3_mode == "plain" or not rows:
+            return set()
+        from apstorage.errors import BackendUnavailableError
+        from apstorage.stores.s3_versions import versions_of
+
+        keys = sorted({r.key for r in rows if r.key})
+        try:
+            listing = versions_of(store, keys)  # type: ignore[arg-type]
+        except BackendUnavailableError:
+            raise
+        except ApStorageError as exc:
+            for row in rows:
+                self.report.fail(location.value, row.key, f"versions could not be listed: {exc}", row.id)
+            return {r.id for r in rows}
+        out = set()
+        for row in rows:
+            if row.key and any(not e.delete_marker for e in listing.get(row.key, [])):
+                self.report.restorable_row(row)
+                out.add(row.id)
+        return out
 
     # -- orphans ----------------------------------------------------------------------------
     def _orphan_batch(self, location: Location, store: Store, infos: list[ObjectInfo]) -> _Outcome:
@@ -499,27 +611,66 @@ class _Collector:
             todo = todo[: self.take(len(todo))]  # --max-delete, dry or not
             if not todo:
                 return outcome
+            mode = self.s3_mode if location is Location.S3 else "plain"
             if report.dry_run:
+                sizes = self._dry_version_sizes(store, mode, todo, outcome)
+                if mode != "plain":  # the versions pass leaves them, as after a real run
+                    with self.sessions_lock:
+                        self.marked.update(i.key for i in todo)
                 for info in todo:
-                    outcome.add("orphans", location.value, info.size, key=info.key)
+                    outcome.add("orphans", location.value, sizes.get(info.key, info.size), key=info.key)
                 return outcome
             abandoned = self.abandoned.get(location.value)
             if abandoned:
                 for info in todo:
                     report.fail(location.value, info.key, f"not attempted: {abandoned}")
                 return outcome
+            keys = sorted(i.key for i in todo)
+            freed: dict[str, int] = {}
             try:
-                refused, whole = delete_keys(store, sorted(i.key for i in todo),
-                                             split=location is Location.S3)
+                if mode == "purge":
+                    from apstorage.services.versions import purge_keys
+
+                    purged = purge_keys(store, keys)  # type: ignore[arg-type]
+                    refused, whole, freed = purged.refused, purged.whole, purged.freed
+                else:
+                    retained = None
+                    if mode == "retain":
+                        from apstorage.services.versions import retained_sizes
+
+                        retained = retained_sizes(store, keys, self.versioning)  # type: ignore[arg-type]
+                    refused, whole = delete_keys(store, keys, split=location is Location.S3)
+                    if mode == "retain":
+                        outcome.retained += sum((retained or {}).get(i.key, i.size or 0)
+                                                for i in todo if i.key not in refused)
+                        with self.sessions_lock:
+                            self.marked.update(k for k in keys if k not in refused)
             except ApStorageError as exc:
                 refused, whole = {info.key: str(exc) for info in todo}, True
         for info in todo:
             if info.key in refused:
                 report.fail(location.value, info.key, refused[info.key])
             else:
-                outcome.add("orphans", location.value, info.size, key=info.key)
+                outcome.add("orphans", location.value, freed.get(info.key, info.size), key=info.key)
         self._judge_store(location, refused, whole)
         return outcome
+
+    def _dry_version_sizes(self, store: Store, mode: str, todo: list[ObjectInfo], outcome: _Outcome) -> dict[str, int]:
+        """A dry run on a versioned bucket lists the orphans' versions (read-only): with
+        purge, {key: bytes of every version} (what would be freed); else the bytes that
+        would stay are added to ``outcome.retained``."""
+        if mode == "plain":
+            return {}
+        from apstorage.services.versions import retained_sizes
+        from apstorage.stores.s3_versions import versions_of
+
+        keys = sorted(i.key for i in todo)
+        if mode == "retain":
+            retained = retained_sizes(store, keys, self.versioning) or {}  # type: ignore[arg-type]
+            outcome.retained += sum(retained.get(i.key, i.size or 0) for i in todo)
+            return {}
+        listing = versions_of(store, keys)  # type: ignore[arg-type]
+        return {k: sum(e.size for e in v if not e.delete_marker) for k, v in listing.items()}
 
     def _judge_store(self, location: Location, refused: dict[str, str], whole: bool) -> None:
         with self.sessions_lock:
@@ -575,6 +726,9 @@ class _Collector:
         present = self._present(location, store, candidates)
         for kind in list(chosen):
             chosen[kind] = [r for r in chosen[kind] if r.id not in present]
+        kept = self._restorable(location, store, [r for rows in chosen.values() for r in rows])
+        for kind in list(chosen):
+            chosen[kind] = [r for r in chosen[kind] if r.id not in kept]
         for row in chosen.pop("report", []):
             report.report_row(row, _loss(row))
         for kind, rows in chosen.items():

@@ -232,9 +232,22 @@ def _range(store: S3Store, folder: str, group: list[str], out: dict[str, list[Ob
 
 def _first_again(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
     """List the range's first key on its own too: moto's server drops the first entry at
-    or after a ``key-marker`` (AWS and SeaweedFS start right after it, as documented)."""
+    or after a ``key-marker`` (AWS and SeaweedFS start right after it, as documented).
+
+    Once a key with versions has been listed both ways with the same answer, the store
+    is known to honour the marker and later ranges skip this request (half the listing
+    requests of a sweep on a versioned bucket); a store that dropped an entry keeps it."""
+    exact = getattr(store, "_version_marker_exact", None)
+    if exact:
+        return
     out[key] = []
     _versions_of_one(store, key, out)
+    if exact is None and out[key]:
+        # The probe: the same key after a marker just below it, under a prefix no other
+        # key before it can match, so the first entry after the marker is this key's.
+        probe = {e.version_id for page in list_version_pages(store, key, key_marker=key[:-1])
+                 for e in page if e.key == key}
+        store._version_marker_exact = probe == {e.version_id for e in out[key]}  # type: ignore[attr-defined]
 
 
 def _versions_of_one(store: S3Store, key: str, out: dict[str, list[ObjectVersion]]) -> None:
@@ -252,12 +265,21 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
     because of Object Lock (retention or legal hold) carries ``OBJECT_LOCK_REASON``.
 
     An answer that cannot be matched to the request (an error for a version not sent)
-    refuses the whole batch: nothing is assumed deleted on a guess. A store that cannot be
-    reached raises BackendUnavailableError (exit 8)."""
-    from apstorage.stores.s3 import _add_content_md5, _reason
+    refuses the whole batch: nothing is assumed deleted on a guess. As ``S3Store.delete_many``
+    does for keys, a version whose key XML 1.0 cannot carry (control characters), and every
+    version of a batch the store refuses as MalformedXML or NotImplemented, is deleted by
+    its own DeleteObject naming the version. A store that cannot be reached raises
+    BackendUnavailableError (exit 8)."""
+    from apstorage.stores.s3 import _add_content_md5, _reason, _xml_unsafe
 
     pending = list(dict.fromkeys(versions))
     refused: dict[tuple[str, str], str] = {}
+    one_by_one = [item for item in pending if _xml_unsafe(item[0])]
+    pending = [item for item in pending if not _xml_unsafe(item[0])]
+    for item in one_by_one:
+        reason = _delete_one_version(store, *item)
+        if reason is not None:
+            refused[item] = reason
     if not pending:
         return refused
     client = store.client
@@ -276,6 +298,13 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             translated = store.translate(exc)
             if isinstance(translated, BackendUnavailableError):
                 raise translated from None
+            if _client_code(exc) in ("MalformedXML", "NotImplemented", "XNotImplemented") \
+                    or _client_status(exc) == 501:
+                for item in batch:
+                    reason = _delete_one_version(store, *item)
+                    if reason is not None:
+                        refused[item] = reason
+                continue
             reason = _reason(translated, _client_code(exc))
             refused.update({item: reason for item in batch})
             continue
@@ -287,8 +316,14 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             refused.update({item: reason for item in batch})
             continue
         sent = set(batch)
+        sent_keys: dict[str, list[tuple[str, str]]] = {}
+        for item in batch:
+            sent_keys.setdefault(item[0], []).append(item)
         errors = response.get("Errors", [])
-        if any((e.get("Key"), e.get("VersionId", "")) not in sent for e in errors):
+        # An error naming a key that was sent but no version id (moto's server answers so)
+        # stands for every version of that key in the request: all are kept as refused.
+        if any((e.get("Key"), e.get("VersionId", "")) not in sent
+               and (e.get("VersionId") or e.get("Key") not in sent_keys) for e in errors):
             reason = f"S3 at {store.where} answered DeleteObjects with errors for versions that were not sent"
             refused.update({item: reason for item in batch})
             continue
@@ -296,8 +331,79 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
             code = err.get("Code", "")
             if code in ("NoSuchVersion", "NoSuchKey", "NotFound"):
                 continue
-            refused[(err["Key"], err.get("VersionId", ""))] = refusal_reason(code, err.get("Message", ""))
+            reason = refusal_reason(code, err.get("Message", ""))
+            item = (err["Key"], err.get("VersionId", ""))
+            for one in ([item] if item in sent else sent_keys[err["Key"]]):
+                refused[one] = reason
     return refused
+
+
+def _delete_one_version(store: S3Store, key: str, version_id: str) -> str | None:
+    """DeleteObject of one version; None when it is gone (or already was), else the
+    reason. Unreachable: BackendUnavailableError."""
+    try:
+        store.client.delete_object(Bucket=store.bucket, Key=key, VersionId=version_id)
+    except ClientError as exc:
+        code = _client_code(exc)
+        if code in ("NoSuchVersion", "NoSuchKey", "NotFound") or _client_status(exc) == 404:
+            return None
+        translated = store.translate(exc, key)
+        if isinstance(translated, BackendUnavailableError):
+            raise translated from None
+        message = exc.response.get("Error", {}).get("Message", "") or ""
+        return refusal_reason(code, message) if code else str(translated)
+    except BotoCoreError as exc:
+        transport = store.transport_error(exc)
+        if transport is not None:
+            raise transport from None
+        return str(store.translate(exc, key))
+    return None
+
+
+def explain_refusals(
+    store: S3Store, refused: dict[tuple[str, str], str], *, limit: int = 100
+) -> dict[tuple[str, str], str]:
+    """``refused`` (as ``delete_versions`` returns it) with the reason of a version that
+    is under Object Lock made ``OBJECT_LOCK_REASON``, for stores that answer a locked
+    version with a bare AccessDenied (SeaweedFS 4.48 does: "Access Denied."). Up to
+    ``limit`` such versions are asked about (GetObjectLegalHold, GetObjectRetention: a
+    legal hold ON or a retain-until date in the future is a lock); an AccessDenied that is
+    not a lock (a missing s3:DeleteObjectVersion) keeps its own reason. Read-only; a store
+    without these APIs leaves the reasons as they were."""
+    from datetime import timezone
+
+    out = dict(refused)
+    asked = 0
+    for (key, vid), reason in refused.items():
+        if reason == OBJECT_LOCK_REASON or not reason.startswith("AccessDenied"):
+            continue
+        if asked >= limit:
+            break
+        asked += 1
+        if _locked(store, key, vid, timezone.utc):
+            out[(key, vid)] = OBJECT_LOCK_REASON
+    return out
+
+
+def _locked(store: S3Store, key: str, version_id: str, utc) -> bool:
+    params = {"Bucket": store.bucket, "Key": key}
+    if version_id and version_id != "null":
+        params["VersionId"] = version_id
+    client = store.client
+    try:
+        hold = client.get_object_legal_hold(**params).get("LegalHold") or {}
+        if str(hold.get("Status", "")).upper() == "ON":
+            return True
+    except (ClientError, BotoCoreError):
+        pass
+    try:
+        retention = client.get_object_retention(**params).get("Retention") or {}
+        until = retention.get("RetainUntilDate")
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=utc)
+        return until is not None and until > datetime.now(utc)
+    except (ClientError, BotoCoreError):
+        return False
 
 
 def copy_version(store: S3Store, key: str, version_id: str) -> tuple[str | None, str | None]:
@@ -426,6 +532,7 @@ __all__ = [
     "Versioning",
     "copy_version",
     "delete_versions",
+    "explain_refusals",
     "get_versioning",
     "head_version",
     "list_version_pages",

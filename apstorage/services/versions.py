@@ -1,0 +1,159 @@
+"""What `sweep-expired` and `gc` do on a versioned S3 bucket (DESIGN §6).
+
+On a bucket whose versioning is Enabled or Suspended, a plain DeleteObject removes no
+bytes: it adds a delete marker and the object stays as a *noncurrent version* until a
+lifecycle rule (``NoncurrentVersionExpiration``, which `apstorage lifecycle apply` adds)
+or a delete naming its version id removes it (AWS S3 user guide, "Deleting object
+versions from a versioning-enabled bucket"). So:
+
+- by default the commands delete as before and count the bytes that stay
+  (``retained_keys``: the sizes of every version the keys keep, from the listing);
+- with ``--purge-versions`` every version and delete marker of the keys being deleted
+  goes (``purge_keys``: ListObjectVersions of exactly those keys, then DeleteObjects naming
+  each version, every answer entry checked). A key is "deleted" only when none of its
+  versions was refused, so its row is deleted only after all its bytes are gone; a key
+  that has no version left (a run killed after its deletes) counts as deleted.
+
+The functions run in worker threads and take an ``S3Store``; what to delete is decided by
+the callers (never a key another row references).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from apstorage.errors import ApStorageError, BackendUnavailableError
+
+if TYPE_CHECKING:
+    from apstorage.stores.s3 import S3Store
+    from apstorage.stores.s3_versions import ObjectVersion, Versioning
+
+RETAIN_NOTE = (
+    "the bucket is versioned: deletes added delete markers and {size} stay as noncurrent "
+    "versions until a lifecycle rule (`apstorage lifecycle apply` adds one) or --purge-versions removes them"
+)
+UNVERSIONED_PURGE_NOTE = "--purge-versions: the bucket is not versioned; plain deletes already free the bytes"
+
+
+@dataclass
+class PurgeResult:
+    """What ``purge_keys`` did to a batch of keys.
+
+    ``refused``: {key: reason} of keys one of whose versions the store refused (the key
+    keeps its row); ``whole``: the store refused every key (not about a key: permissions, a
+    bucket gone); ``freed``: {key: bytes of the versions deleted} for the keys now gone
+    (delete markers count 0); ``versions``: versions deleted; ``markers``: delete markers
+    deleted."""
+
+    refused: dict[str, str] = field(default_factory=dict)
+    whole: bool = False
+    freed: dict[str, int] = field(default_factory=dict)
+    versions: int = 0
+    markers: int = 0
+
+
+def ask_versioning(storage) -> "Versioning":
+    """``storage.versioning()`` (one GetBucketVersioning per run); a refusal other than
+    the store being unreachable (a missing bucket, a store that cannot be opened) counts
+    as unversioned with a note, never an error: the deletes that follow report it."""
+    from apstorage.stores.s3_versions import Versioning
+
+    try:
+        return storage.versioning()
+    except BackendUnavailableError:
+        raise
+    except ApStorageError as exc:
+        return Versioning("", False, f"the versioning state could not be asked ({exc}); treated as unversioned")
+
+
+def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
+    """Delete every version and delete marker of ``keys`` (sorted, distinct). Versions
+    refused once are tried once more (a transient refusal); a bare AccessDenied on a
+    version under Object Lock is reported as ``OBJECT_LOCK_REASON``
+    (``s3_versions.explain_refusals``). A listing the store refuses refuses every key (no
+    version is deleted). Raises BackendUnavailableError when the store cannot be reached."""
+    from apstorage.stores import s3_versions as V
+
+    result = PurgeResult()
+    if not keys:
+        return result
+    try:
+        listing = V.versions_of(store, keys)
+    except BackendUnavailableError:
+        raise
+    except ApStorageError as exc:
+        result.refused = {k: f"versions could not be listed: {exc}" for k in keys}
+        result.whole = True
+        return result
+    from apstorage.stores.s3 import _xml_unsafe
+
+    for key in keys:
+        if not listing[key] and _xml_unsafe(key):
+            # SeaweedFS lists such a key under another name (U+FFFD for the control
+            # character) in ListObjectVersions: "no version" cannot be told from "not shown".
+            result.refused[key] = (
+                "the store's version listing does not show this key (it has a control character); "
+                "its versions cannot be told apart, so the row is kept"
+            )
+    pairs = [(k, e.version_id) for k in keys if k not in result.refused for e in listing[k]]
+    refused = V.delete_versions(store, pairs)
+    if refused:
+        again = [p for p, reason in refused.items() if reason != V.OBJECT_LOCK_REASON]
+        if again:
+            retried = V.delete_versions(store, again)
+            refused = {p: r for p, r in refused.items() if r == V.OBJECT_LOCK_REASON or p in retried}
+            refused.update(retried)
+        refused = V.explain_refusals(store, refused)
+    for (key, _), reason in sorted(refused.items()):
+        result.refused.setdefault(key, reason)
+    gone_pairs = set(pairs) - set(refused)
+    for key in keys:
+        entries = listing[key]
+        result.versions += sum(1 for e in entries if not e.delete_marker and (key, e.version_id) in gone_pairs)
+        result.markers += sum(1 for e in entries if e.delete_marker and (key, e.version_id) in gone_pairs)
+        if key not in result.refused:
+            result.freed[key] = sum(e.size for e in entries if not e.delete_marker)
+    result.whole = len(result.refused) == len(keys) and bool(pairs) and bool(refused)
+    return result
+
+
+def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versioning") -> dict[str, int] | None:
+    """{key: bytes that stay in the bucket after a plain delete of it}: every version the
+    listing shows, less, on a Suspended bucket, the current ``null`` version (which a
+    plain delete there does remove). None when the versions cannot be listed (the caller
+    falls back to the rows' sizes)."""
+    from apstorage.stores import s3_versions as V
+
+    try:
+        listing = V.versions_of(store, keys)
+    except BackendUnavailableError:
+        raise
+    except ApStorageError:
+        return None
+    # a key the listing does not show (a store that renames control characters there) is
+    # left out: the caller counts its row's size
+    return {k: _retained(entries, versioning) for k, entries in listing.items() if entries}
+
+
+def _retained(entries: "list[ObjectVersion]", versioning: "Versioning") -> int:
+    from apstorage.stores.s3_versions import SUSPENDED
+
+    total = 0
+    for e in entries:
+        if e.delete_marker:
+            continue
+        if versioning.status == SUSPENDED and e.is_latest and e.version_id == "null":
+            continue
+        total += e.size
+    return total
+
+
+__all__ = [
+    "PurgeResult",
+    "RETAIN_NOTE",
+    "UNVERSIONED_PURGE_NOTE",
+    "ask_versioning",
+    "purge_keys",
+    "retained_sizes",
+]
