@@ -468,12 +468,12 @@ class _Run:
             try:
                 self.store.delete(key)
                 continue
-            except Exception:  # noqa: BLE001 - checked below, reported, never hidden
+            except ApStorageError:  # checked below, reported, never hidden
                 pass
             try:
                 if self.store.stat(key) is None:
                     continue  # never written: nothing to remove
-            except Exception:  # noqa: BLE001 - cannot tell: report it as possibly there
+            except ApStorageError:  # cannot tell: report it as possibly there
                 pass
             leftover.append(f"s3://{self.bucket}/{key}")
         self.created.clear()

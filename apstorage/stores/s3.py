@@ -259,14 +259,22 @@ class S3Store(Store):
             self._abort_multipart(key)
             raise
         except Exception as exc:  # s3transfer wraps client errors in its own types
-            self._abort_multipart(key)
             cause = exc.__cause__ or exc.__context__
+            transfers = ("s3transfer", "boto3")
             if isinstance(cause, (ClientError, BotoCoreError)):
+                self._abort_multipart(key)
                 raise self.translate(cause, key) from None
-            if isinstance(exc, KeyError):  # an UploadPart answer without its ETag
+            if isinstance(exc, KeyError) and _raised_in(exc, transfers):  # an UploadPart answer without its ETag
                 detail = f"an answer lacked its {exc.args[0] if exc.args else 'ETag'}"
-            else:
+            elif type(exc).__module__.split(".")[0] in transfers:  # s3transfer's own (RetriesExceededError...)
                 detail = f"{type(exc).__name__}: {exc}"
+            else:
+                # A fault of the program (ours or a library's: ImportError, TypeError, a
+                # KeyError of our own...): raised as itself, for the CLI's internal-error
+                # path, never reported as the store's failure.
+                self._abort_multipart(key)
+                raise
+            self._abort_multipart(key)
             raise BackendUnavailableError(
                 f"S3 at {self.where} did not complete the multipart upload of {key!r} ({detail}); "
                 "the upload was aborted and nothing was recorded"
@@ -277,7 +285,7 @@ class S3Store(Store):
     def _abort_multipart(self, key: str) -> None:
         """Abort the multipart uploads of ``key`` a failed upload left open (best effort:
         s3transfer aborts its own on most failures, not when an answer lacks a field)."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ClientError, BotoCoreError, ApStorageError):
             page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
             for upload in page.get("Uploads", []):
                 if upload.get("Key") == key:
@@ -835,6 +843,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo.append(error if isinstance(error, BaseException) else None)
         linked = (getattr(item, "reason", None), item.__cause__, item.__context__, *getattr(item, "args", ()))
         todo.extend(link for link in linked if isinstance(link, BaseException))
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in one of ``packages`` (top-level
+    names): a KeyError raised inside s3transfer reading an answer is the store's doing, one
+    raised in our own code is a bug."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module.split(".")[0] in packages
 
 
 def _in_chain(exc: BaseException, kind: type | tuple[type, ...]) -> bool:

@@ -30,6 +30,7 @@ Who does what:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import selectors
@@ -267,7 +268,7 @@ class Session(URLLib3Session):
         endpoint.http_session = self
 
     def send(self, request: AWSPreparedRequest) -> Any:
-        with self.deadline(request.url):
+        with self.deadline(request.url), _unwrapping_program_faults():
             return super().send(request)
 
     def deadline(self, url: str, seconds: float | None = None) -> "_DeadlineScope":
@@ -280,7 +281,8 @@ class Session(URLLib3Session):
         ``MAX_ERROR_BODY`` of it otherwise."""
         prepared = AWSPreparedRequest(method, url, headers, body or None, stream_output=True)
         with self.deadline(url):
-            response = URLLib3Session.send(self, prepared)
+            with _unwrapping_program_faults():
+                response = URLLib3Session.send(self, prepared)
             raw = response.raw
             try:
                 cap = limit if 200 <= response.status_code < 300 else MAX_ERROR_BODY
@@ -290,6 +292,20 @@ class Session(URLLib3Session):
             finally:
                 raw.release_conn() if raw.isclosed() else raw.close()
         return Response(response.status_code, response.headers, data)
+
+
+@contextlib.contextmanager
+def _unwrapping_program_faults() -> Iterator[None]:
+    """botocore's ``URLLib3Session.send`` wraps ANY exception in ``HTTPClientError`` (which
+    reads as "closed the connection without answering"); a fault of the program inside it
+    (one of our connection hooks, a missing module) is raised again as itself."""
+    try:
+        yield
+    except HTTPClientError as exc:
+        inner = exc.kwargs.get("error")
+        if type(exc) is HTTPClientError and isinstance(inner, Exception) and not is_transport_error(inner):
+            raise inner from None
+        raise
 
 
 def _read_bounded(raw: Any, cap: int, url: str, *, whole: bool) -> bytes:
@@ -346,10 +362,13 @@ def read_guarded(raw: Any, size: int, url: str, seconds: float) -> bytes:
 
 
 def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = None) -> Exception:
-    """An I/O error from urllib3, ssl or the socket layer as the botocore exception
-    ``URLLib3Session.send`` would raise for it. A fault of the program itself
-    (ImportError, AttributeError, TypeError, NameError, AssertionError) is raised again
-    unchanged."""
+    """An I/O error from urllib3, ssl, http.client, httptools or the socket layer as the
+    botocore exception ``URLLib3Session.send`` would raise for it. Anything else — a fault
+    of the program itself (ImportError, AttributeError, TypeError, KeyError, ValueError...,
+    raised by our code or a library's) — is raised again unchanged: it must reach the CLI's
+    internal-error path, never read as "the store closed the connection"."""
+    if not is_transport_error(exc):
+        raise exc
     import ssl
 
     from urllib3 import exceptions as u3
@@ -368,13 +387,33 @@ def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = Non
         return ConnectTimeoutError(endpoint_url=url, error=exc)
     if isinstance(exc, (u3.ReadTimeoutError, TimeoutError, socket.timeout)):
         return ReadTimeoutError(endpoint_url=url, error=exc)
-    if isinstance(exc, (u3.ProtocolError, u3.HTTPError, OSError)):
-        return ConnectionClosedError(endpoint_url=url, error=exc)
-    if isinstance(exc, Exception) and not isinstance(exc, (ImportError, AttributeError, TypeError, NameError, AssertionError)):
-        return HTTPClientError(error=exc)
-    # A fault of this program (a missing module, a bug), not of the network: it must
-    # surface as what it is, never as "the store closed the connection".
-    raise exc
+    if _is_parser_error(exc):
+        return ProtocolViolationError(endpoint_url=url, detail=str(exc)[:200])
+    return ConnectionClosedError(endpoint_url=url, error=exc)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the network's doing (socket/OSError, ssl, urllib3, http.client,
+    an httptools parse error, or botocore's own transport exceptions), as opposed to a
+    fault of the program."""
+    import http.client
+    import ssl
+
+    from urllib3 import exceptions as u3
+
+    if isinstance(exc, BotoCoreError):
+        return True
+    return isinstance(exc, (OSError, ssl.SSLError, ssl.CertificateError, u3.HTTPError,
+                            http.client.HTTPException)) or _is_parser_error(exc)
+
+
+def _is_parser_error(exc: BaseException) -> bool:
+    import sys
+
+    httptools = sys.modules.get("httptools")  # only once the multiplexer has loaded it
+    # (a callback's failure, HttpParserCallbackError, is the program's, not the peer's)
+    return (httptools is not None and isinstance(exc, httptools.HttpParserError)
+            and not isinstance(exc, httptools.HttpParserCallbackError))
 
 
 # -- retries -----------------------------------------------------------------------------
@@ -634,8 +673,8 @@ class Multiplexer:
         def connect(slot: _Slot) -> None:
             try:
                 self._open(slot)
-            except Exception:  # noqa: BLE001 - send meets it again and reports it
-                slot.close()
+            except BotoCoreError:  # a network failure: send meets it again and reports it
+                slot.close()  # (a fault of the program is raised here, as itself)
 
         with ThreadPoolExecutor(min(PARALLEL_CONNECTS, len(cold)), thread_name_prefix="connect") as pool:
             list(pool.map(connect, cold))
@@ -747,6 +786,10 @@ class Multiplexer:
             raise ConnectionClosedError(endpoint_url=self.url, error=ConnectionError("closed before answering"))
         try:
             slot.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # One of our callbacks (``_Slot.on_*``) failed: a fault of the program, raised as
+            # itself, never read as the server breaking HTTP.
+            raise (exc.__context__ or exc) from None
         except httptools.HttpParserError as exc:
             if slot.done:
                 slot.extra = True
