@@ -1470,10 +1470,31 @@ def faulty_env(faulty_s3, bucket: str, tmp_path: Path) -> dict[str, str]:
             "AP_FILE_STORAGE_LOCATION": "S3", "AP_S3_TIMEOUT_SECONDS": "1"}
 
 
-@pytest.mark.parametrize("action, delay", [("stall", 30.0), ("trickle", 0.4)])
-def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or_trickles(
+# Every command against a peer that never answers (stall), one that trickles its answer
+# faster than the read timeout (trickle: bodies; trickle_head: the status line and headers
+# too, so a PutObject's answer trickles), and one that trickles slower than it (one byte
+# every 2 s, as the issue found). AP_S3_TIMEOUT_SECONDS=1: each must give up, exit 8, and
+# name the host. ``timeout=`` of subprocess.run is a hang guard, not a speed threshold;
+# the bound itself (2 x AP_S3_TIMEOUT_SECONDS, retries included) was measured by hand.
+FAULTS = [("stall", 30.0), ("trickle", 0.3), ("trickle_head", 0.3), ("trickle_head", 2.0)]
+COMMANDS = {
+    "put": ["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"],
+    "put multipart": ["put", "big.bin", "-t", "FLOW_RUN_LOG", "--project", "p"],
+    "get": ["get", "{id}", "-o", "-"],
+    "du --verify": ["du", "--verify"],
+    "sweep-expired": ["sweep-expired"],
+    "check-iam": ["check-iam"],
+    "migrate-to-s3": ["migrate-to-s3"],
+    "gc": ["gc"],
+}
+
+
+@pytest.mark.parametrize("action, delay", FAULTS, ids=[f"{a}-{d:g}s" for a, d in FAULTS])
+def test_every_command_gives_up_on_a_stalled_or_trickling_s3_with_exit_8_naming_the_host(
     faulty_s3, faulty_env: dict[str, str], tmp_path: Path, action: str, delay: float,
 ) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tests.s3_faults import Fault
 
     import io
@@ -1481,34 +1502,49 @@ def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or
 
     from apstorage.model import FileRow, Location, new_id
     from apstorage.services.context import Storage
+    from apstorage.stores.s3 import MULTIPART_THRESHOLD
 
     (tmp_path / "in.txt").write_bytes(b"stored before the fault")
+    (tmp_path / "big.bin").write_bytes(b"m" * (MULTIPART_THRESHOLD + 4096))
     stored = cli(faulty_env, "put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p", cwd=tmp_path)
     assert stored.returncode == 0, stored.stderr
     file_id = stored.stdout.strip()
     storage = Storage(settings_from(faulty_env))
-    try:  # an expired S3 row for sweep-expired
+    try:  # an expired S3 row for sweep-expired, a DB row for migrate-to-s3
         row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p", size=3,
                       created=datetime.now(timezone.utc) - timedelta(days=90))
         row = FileRow(**{**row.__dict__, "s3_key": row.key})
         storage.store(Location.S3).put(row.s3_key, io.BytesIO(b"old"), 3)
         storage.catalog.insert(row)
+        storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.DB, project_id="p",
+                                       size=5), b"hello")
     finally:
         storage.close()
     faulty_s3.add(Fault(action, delay=delay))
     host = urlsplit(faulty_s3.endpoint).netloc
-    word = "no complete answer" if action == "trickle" else "sent nothing"
-    commands = [["get", file_id, "-o", "-"], ["du", "--verify"], ["sweep-expired"]]
-    if action == "stall":  # (the stand-in trickles bodies; a PutObject answer has none)
-        commands.append(["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"])
-    from concurrent.futures import ThreadPoolExecutor
+    commands = {name: [a.format(id=file_id) for a in args] for name, args in COMMANDS.items()}
+    if action == "trickle":  # a PutObject answer has no body to trickle: trickle_head covers those
+        del commands["put"], commands["migrate-to-s3"]
+    run = lambda args: cli(faulty_env, *args, cwd=tmp_path, timeout=90)  # noqa: E731
+    gc = commands.pop("gc")  # it shares sweep-expired's run lock: after the others
+    with ThreadPoolExecutor(4) as pool:  # each waits out its own deadline
+        results = dict(zip(commands, pool.map(run, commands.values())))
+    results["gc"] = run(gc)
+    for name, result in results.items():
+        assert result.returncode == 8, (name, result.returncode, result.stderr[-2000:])
+        assert host in result.stderr, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, (name, result.stderr)
 
-    with ThreadPoolExecutor(len(commands)) as pool:  # each waits out its own timeouts: at once
-        results = list(pool.map(lambda args: cli(faulty_env, *args, cwd=tmp_path), commands))
-    for args, result in zip(commands, results):
-        assert result.returncode == 8, (args, result.stderr)
-        assert host in result.stderr and word in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
+
+def test_presign_upload_needs_no_network_even_when_s3_stalls(faulty_s3, faulty_env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    from tests.s3_faults import Fault
+
+    faulty_s3.add(Fault("stall", delay=30.0))
+    result = cli(faulty_env, "presign", "--upload", "-t", "FLOW_RUN_LOG", "--project", "p", "--name", "a.txt",
+                 "--size", "10", "--json", cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert faulty_s3.info.endpoint.split("//")[1] in result.stdout or "url" in result.stdout
 
 
 @pytest.mark.parametrize("action, words", [("reset", "reset the connection"),

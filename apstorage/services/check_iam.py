@@ -620,6 +620,10 @@ def run_checks(
                 result.permission = result.permission or PERMISSIONS[name]
                 result.seconds = time.perf_counter() - started
                 report.checks.append(result)
+                if report.unreachable is None and store.down_reason() is not None:
+                    # S3 stalled past an operation's deadline: the rest would fail at once,
+                    # and the run is an unreachable endpoint (exit 8), not failed checks.
+                    report.unreachable = store.down_reason()
                 if on_result is not None:
                     on_result(result)
                 if name == "list" and report.unreachable is None:

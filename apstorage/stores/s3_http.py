@@ -18,10 +18,16 @@ Who does what:
   per 10 KiB PUT for its send and receive against 0.007 ms for httptools' parse, on a path
   that costs 0.16 ms a request in all — it would have doubled the client's CPU.
 - **Deadlines.** A socket timeout bounds one read; a server that sends a byte every few
-  seconds never trips it. So every request also has a total deadline
-  (``Timeouts.request``): a watchdog thread shuts the socket down when it passes, and the
-  request fails with ``DeadlineExceededError`` (a botocore ``ReadTimeoutError``, so botocore
-  retries it like one).
+  seconds never trips it. So every *operation* — one S3 call with all its attempts and
+  retries (a botocore client call, from its ``before-call`` event to its ``after-call``;
+  ``_FastS3.request``; one object of ``put_many``; the first chunk of a streamed body) —
+  has a total deadline (``Timeouts.request``, 2 × AP_S3_TIMEOUT_SECONDS): each attempt's
+  deadline is what is left of it, a watchdog thread shuts the socket down when it passes,
+  no retry is started (or slept towards) past it, and the request fails with
+  ``DeadlineExceededError``. Once one operation's deadline has passed, the ``Session`` is
+  *down*: every later request of the run fails at once with the same error, so a command
+  (and the cleanup after a failed multipart upload) gives up within one deadline, not one
+  per request.
 - **Retries** (``RetryPolicy``): botocore's standard mode — its transient and throttling
   error codes, full-jitter exponential backoff with its base scales (0.05 s, 1 s when
   throttled) and 20 s cap — plus 429/503 counted as throttling, ``Retry-After`` honoured up to
@@ -77,16 +83,17 @@ class Timeouts:
 
     connect: float = 10
     read: float = 60
-    request: float = 180
+    request: float = 120
 
     @classmethod
     def from_read(cls, read: float) -> "Timeouts":
-        """AP_S3_TIMEOUT_SECONDS: connect = min(10, read), request = 3 x read."""
-        return cls(connect=min(10.0, read), read=read, request=3 * read)
+        """AP_S3_TIMEOUT_SECONDS: connect = min(10, read), request = 2 x read — the bound of
+        one operation, every attempt and retry included (README: "Timeouts")."""
+        return cls(connect=min(10.0, read), read=read, request=2 * read)
 
 
 class DeadlineExceededError(ReadTimeoutError):
-    fmt = 'No complete answer from endpoint "{endpoint_url}" within {seconds:g} s (a request deadline)'
+    fmt = 'No complete answer from endpoint "{endpoint_url}" within {seconds:g} s, retries included (a request deadline)'
 
 
 class BodyTooLargeError(HTTPClientError):
@@ -254,6 +261,7 @@ class Session(URLLib3Session):
         self._manager.pool_classes_by_scheme = self._pool_classes_by_scheme
         self.timeouts = timeouts
         self.endpoint_url = endpoint_url
+        self.down: str | None = None  # the URL of the request whose deadline passed
 
     def proxy_url(self, url: str) -> str | None:
         return self._proxy_config.proxy_url_for(url)
@@ -266,21 +274,74 @@ class Session(URLLib3Session):
         endpoint = client._endpoint
         endpoint.http_session.close()
         endpoint.http_session = self
+        # One deadline per client call, all its attempts included (see the module's doc).
+        events = client.meta.events
+        events.register("before-call.s3", self._begin_operation, unique_id="apstorage-operation-begin")
+        events.register("after-call.s3", self._end_operation, unique_id="apstorage-operation-end")
+        events.register("after-call-error.s3", self._end_operation, unique_id="apstorage-operation-error")
+        self._bound_retries(client)
+
+    def _begin_operation(self, **_: Any) -> None:
+        _current.operation = time.monotonic() + self.timeouts.request
+
+    def _end_operation(self, **_: Any) -> None:
+        _current.operation = None
+
+    def _bound_retries(self, client: Any) -> None:
+        """botocore's standard retry handler, unchanged, behind one more rule: no retry once
+        the Session is down, nor one whose backoff would end past the operation's deadline.
+        (botocore registers its handler as ``retry-config-s3``; the same handler is made
+        again with the client's own attempts and wrapped.)"""
+        from botocore.retries import standard
+
+        events = client.meta.events
+        attempts = client.meta.config.retries.get("total_max_attempts")
+        events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+        handler = standard.register_retry_handler(client, **({"max_attempts": attempts} if attempts else {}))
+        events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+
+        def needs_retry(**kwargs: Any) -> Any:
+            delay = handler.needs_retry(**kwargs)
+            if delay is None or delay is False or self.down is not None:
+                return False
+            at = getattr(_current, "operation", None)
+            if at is not None and time.monotonic() + delay >= at:
+                return False
+            return delay
+
+        events.register("needs-retry.s3", needs_retry, unique_id="apstorage-bounded-retry")
 
     def send(self, request: AWSPreparedRequest) -> Any:
-        with self.deadline(request.url), _unwrapping_program_faults():
+        with self.deadline(request.url, at=getattr(_current, "operation", None)), _unwrapping_program_faults():
             return super().send(request)
 
-    def deadline(self, url: str, seconds: float | None = None) -> "_DeadlineScope":
-        return _DeadlineScope(url, seconds if seconds is not None else self.timeouts.request)
+    def deadline(self, url: str, seconds: float | None = None, *, at: float | None = None) -> "_DeadlineScope":
+        """The scope of one attempt: its deadline is ``seconds`` (default the whole
+        operation's, ``Timeouts.request``) or what is left before ``at`` (monotonic), the
+        earlier. Raises ``DeadlineExceededError`` at once when the Session is down or no
+        time is left."""
+        limit = self.timeouts.request if seconds is None else seconds
+        if at is not None:
+            limit = min(limit, at - time.monotonic())
+        if self.down is not None or limit <= 0:
+            self.down = self.down or url
+            raise DeadlineExceededError(endpoint_url=url, seconds=self.timeouts.request)
+        return _DeadlineScope(url, limit, session=self)
+
+    def mark_down(self, url: str) -> None:
+        """An operation's deadline passed: every later request of this run fails at once."""
+        if self.down is None:
+            self.down = url
 
     def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int = MAX_LIST_PAGE
+        self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int = MAX_LIST_PAGE,
+        at: float | None = None,
     ) -> Response:
-        """One request; the body read whole if 2xx (up to ``limit`` bytes), at most
-        ``MAX_ERROR_BODY`` of it otherwise."""
+        """One request (one attempt); the body read whole if 2xx (up to ``limit`` bytes), at
+        most ``MAX_ERROR_BODY`` of it otherwise. ``at``: the operation's deadline
+        (monotonic), when it is one attempt of several."""
         prepared = AWSPreparedRequest(method, url, headers, body or None, stream_output=True)
-        with self.deadline(url):
+        with self.deadline(url, at=at):
             with _unwrapping_program_faults():
                 response = URLLib3Session.send(self, prepared)
             raw = response.raw
@@ -327,9 +388,10 @@ class _DeadlineScope:
     """``with``: the running thread's requests (its sockets) get a total deadline; on expiry
     the error raised inside is replaced by ``DeadlineExceededError``."""
 
-    def __init__(self, url: str, seconds: float) -> None:
+    def __init__(self, url: str, seconds: float, *, session: "Session | None" = None) -> None:
         self.url = url
         self.deadline = _Deadline(seconds)
+        self.session = session
 
     def watch(self, sock: socket.socket | None) -> None:
         self.deadline.watch(sock)
@@ -346,14 +408,22 @@ class _DeadlineScope:
             fired, self.deadline.fired = self.deadline.fired, True  # the watchdog drops it
             self.deadline.sockets.clear()
         if fired and (exc is None or isinstance(exc, Exception)):  # a cut-off read may return short
-            raise DeadlineExceededError(endpoint_url=self.url, seconds=self.deadline.seconds) from None
+            seconds = self.deadline.seconds
+            if self.session is not None:
+                self.session.mark_down(self.url)
+                seconds = self.session.timeouts.request
+            raise DeadlineExceededError(endpoint_url=self.url, seconds=seconds) from None
         return False
 
 
-def read_guarded(raw: Any, size: int, url: str, seconds: float) -> bytes:
+def read_guarded(raw: Any, size: int, url: str, seconds: float, session: "Session | None" = None) -> bytes:
     """``raw.read(size)`` of a streamed urllib3 response, bounded by ``seconds`` in total
-    (a body that trickles in fails rather than hanging)."""
-    with _DeadlineScope(url, seconds) as scope:
+    (a body that trickles in fails rather than hanging; the ``session`` is then down)."""
+    if seconds <= 0 or (session is not None and session.down is not None):
+        if session is not None:
+            session.mark_down(url)
+        raise DeadlineExceededError(endpoint_url=url, seconds=session.timeouts.request if session else seconds)
+    with _DeadlineScope(url, seconds, session=session) as scope:
         connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
         scope.watch(getattr(connection, "sock", None))
         fp = getattr(raw, "_fp", None)  # http.client's response: its socket when pooled conn is gone
@@ -684,12 +754,22 @@ class Multiplexer:
     # -- requests ------------------------------------------------------------------------
     def send(
         self, token: Any, method: str, target: str, headers: Mapping[str, str], body: bytes = b"",
-        *, limit: int = MAX_ERROR_BODY,
+        *, limit: int = MAX_ERROR_BODY, due: float | None = None,
     ) -> None:
         """Start a request on a free connection (the caller checks ``free`` first). A 2xx
-        answer's body may hold ``limit`` bytes; an error's is cut at ``MAX_ERROR_BODY``."""
+        answer's body may hold ``limit`` bytes; an error's is cut at ``MAX_ERROR_BODY``.
+        ``due``: the operation's deadline (monotonic; default ``Timeouts.request`` from now);
+        past it — or with the Session down — the request fails with
+        ``DeadlineExceededError`` (at once, if it already is)."""
         slot = self._idle.pop()
         connecting = False
+        now = time.monotonic()
+        due = now + self.timeouts.request if due is None else min(due, now + self.timeouts.request)
+        if self.session.down is not None or due <= now:
+            self.session.mark_down(self.url)
+            self._idle.append(slot)
+            self._done.append((token, DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request)))
+            return
         try:
             # An idle socket is watched by the selector while ``poll`` runs; one left idle
             # since (between batches) is checked here before it carries a request.
@@ -703,7 +783,7 @@ class Multiplexer:
             self._track(slot)
             now = time.monotonic()
             slot.start(token, limit)
-            slot.idle_at, slot.due = now, now + self.timeouts.request
+            slot.idle_at, slot.due = now, due
             if self._absolute:
                 target = f"{self.url}{target}"
                 headers = {**headers, **self._proxy_headers}
@@ -730,10 +810,14 @@ class Multiplexer:
                 view = view[sock.send(view) :]
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
                 wants_read = isinstance(exc, ssl.SSLWantReadError)  # TLS may need to read first
+                left = slot.due - time.monotonic()  # a peer taking the body slowly: the deadline holds
+                if left <= 0:
+                    self.session.mark_down(self.url)
+                    raise DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request) from None
                 ready = select.select(
-                    [sock] if wants_read else [], [] if wants_read else [sock], [], self.timeouts.read
+                    [sock] if wants_read else [], [] if wants_read else [sock], [], min(self.timeouts.read, left)
                 )
-                if not any(ready):
+                if not any(ready) and left > self.timeouts.read:
                     raise TimeoutError(f"{self.host} did not take the request within {self.timeouts.read:g} s")
 
     def _recv(self, slot: _Slot) -> bytes | None:
@@ -835,6 +919,7 @@ class Multiplexer:
                 self._next_sweep = now + SWEEP
                 for slot in list(self._busy):
                     if slot.due <= now:
+                        self.session.mark_down(self.url)
                         self._finish(
                             slot, DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request)
                         )
