@@ -978,6 +978,82 @@ def test_session_bounds_bodies(serve) -> None:
 
 
 # ======================================================================================
+# One deadline per operation, retries included; then the session is down
+
+
+def silent_counting(seen: list[str]) -> Callable[[Peer], None]:
+    def handler(peer: Peer) -> None:
+        request = peer.read_request()
+        if request is not None:
+            seen.append(f"{request.method} {request.target}")
+            peer.server.stopping.wait(SERVER_LIFETIME)  # until the test ends
+
+    return handler
+
+
+def slow_store(serve, tmp_path: Path, seen: list[str]) -> S3Store:
+    server = serve(silent_counting(seen))
+    env = {**fake_s3_env(tmp_path, f"http://{server.host}"), "AP_S3_TIMEOUT_SECONDS": "1"}
+    return S3Store(settings_from(env), workers=2)
+
+
+@pytest.mark.parametrize("path", ["botocore client (HeadObject)", "signed path (PutObject)", "multiplexer (put_many)"])
+def test_a_silent_server_costs_one_operation_deadline_then_nothing_more(serve, tmp_path: Path, path: str) -> None:
+    """AP_S3_TIMEOUT_SECONDS=1: an operation's attempts share one 2 s deadline (the read
+    timeout ends the first, the deadline the second: at most 2 requests, where botocore's
+    4 attempts or the signed path's 3 would each wait their own), and once it has passed,
+    the next operation of the run fails at once without a request."""
+    seen: list[str] = []
+    store = slow_store(serve, tmp_path, seen)
+
+    def operation(key: str) -> ApStorageError | None:
+        if path.startswith("botocore"):
+            try:
+                store.stat(key)
+            except ApStorageError as exc:
+                return exc
+            return None
+        if path.startswith("signed"):
+            try:
+                store.put_bytes(key, b"body")
+            except ApStorageError as exc:
+                return exc
+            return None
+        [(_, error)] = list(store.put_many([(key, key, b"body", None)], concurrency=2, expected=1))
+        return error
+
+    try:
+        first = operation("project/p/FLOW_RUN_LOG/first")
+        assert isinstance(first, BackendUnavailableError), first
+        assert "retries included" in first.message and "127.0.0.1" in first.message, first.message
+        assert 1 <= len(seen) <= 2, seen
+        assert store.down_reason() is not None
+        sent = len(seen)
+        second = operation("project/p/FLOW_RUN_LOG/second")
+        assert isinstance(second, BackendUnavailableError) and "retries included" in second.message
+        assert len(seen) == sent  # nothing more was sent
+    finally:
+        store.close()
+
+
+def test_multiplexer_fails_a_request_whose_operation_is_over_without_connecting(serve) -> None:
+    server = serve(echo)
+    mux = mux_for(server, 1)
+    try:
+        mux.send("late", "GET", "/x", {}, due=time.monotonic() - 1)
+        result = drain(mux, 1)["late"]
+        assert isinstance(result, DeadlineExceededError) and server.accepts == 0
+        assert mux.session.down is not None
+    finally:
+        mux.close()
+
+
+def test_timeouts_follow_ap_s3_timeout_seconds() -> None:
+    assert Timeouts.from_read(60) == Timeouts(connect=10, read=60, request=120)
+    assert Timeouts.from_read(2) == Timeouts(connect=2, read=2, request=4)
+
+
+# ======================================================================================
 # Retries: botocore's standard mode, throttling backed off longer
 
 
