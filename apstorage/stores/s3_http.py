@@ -690,7 +690,7 @@ class Multiplexer:
         return len(self._busy) + len(self._done)
 
     # -- connections ---------------------------------------------------------------------
-    def _open(self, slot: _Slot) -> None:
+    def _open(self, slot: _Slot, due: float | None = None) -> None:
         """Connect ``slot`` as botocore's session would (its pools: CA bundle, proxy,
         CONNECT tunnel, connect timeout). urllib3 has no public call that only connects,
         so this takes a new connection from the pool (``_new_conn``) and, for a tunnel,
@@ -700,7 +700,8 @@ class Multiplexer:
         pool = manager.connection_from_url(self.url)
         session._setup_ssl_cert(pool, self.url, session._verify)
         conn = pool._new_conn()
-        conn.timeout = self.timeouts.connect
+        # the connect timeout, or what is left of the operation's deadline if that is less
+        conn.timeout = self.timeouts.connect if due is None else max(0.001, min(self.timeouts.connect, due - time.monotonic()))
         try:
             if self.proxy_url and self.scheme == "https":
                 pool._prepare_proxy(conn)
@@ -778,7 +779,7 @@ class Multiplexer:
                 self._drop(slot)
             if slot.sock is None:
                 connecting = True
-                self._open(slot)
+                self._open(slot, due)
                 connecting = False
             self._track(slot)
             now = time.monotonic()
