@@ -49,6 +49,8 @@ ACTIONS = {
     "etag",               # forward; ETag becomes `value`
     "stall",              # read the request, answer nothing for `delay` s, then close
     "trickle",            # forward; send the answer one byte every `delay` s
+    "trickle_head",       # forward; send the whole answer, status line and headers too, one
+                          #   byte every `delay` s (a PutObject answer has no body to trickle)
     "reset",              # read the request, then close with a TCP RST
     "cut_body",           # forward; announce the full Content-Length, send half, close
     "truncate_listing",   # forward a ListObjectsV2; IsTruncated=true, no continuation token
@@ -393,8 +395,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif action == "truncate_listing" and answer.status == 200:
             answer.body = re.sub(rb"<IsTruncated>\w+</IsTruncated>", b"<IsTruncated>true</IsTruncated>", answer.body)
             answer.body = re.sub(rb"<NextContinuationToken>.*?</NextContinuationToken>", b"", answer.body, flags=re.S)
-        if action == "trickle":
-            self._trickle(answer, fault.delay)
+        if action in ("trickle", "trickle_head"):
+            self._trickle(answer, fault.delay, head=action == "trickle_head")
         elif action == "cut_body":
             self._send(answer, cut=True)
         else:
@@ -452,16 +454,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(answer.body)
 
-    def _trickle(self, answer: Answer, delay: float) -> None:
+    def _trickle(self, answer: Answer, delay: float, *, head: bool = False) -> None:
         self._head(answer)
-        self.end_headers()
-        self.wfile.flush()
+        data = answer.body if self.command != "HEAD" else b""
+        if head:  # the head http.server framed, then the body, all a byte at a time
+            self._headers_buffer.append(b"\r\n")
+            data = b"".join(self._headers_buffer) + data
+            self._headers_buffer = []
+        else:
+            self.end_headers()
+            self.wfile.flush()
         stopping = self.server.owner._stopping
-        for i in range(len(answer.body) if self.command != "HEAD" else 0):
+        for i in range(len(data)):
             if stopping.wait(delay):
                 break
             try:
-                self.wfile.write(answer.body[i : i + 1])
+                self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
             except OSError:
                 break

@@ -801,3 +801,160 @@ def test_sweep_and_gc_say_once_when_vacuum_would_return_much(local_env, storage_
     assert cleaned.stderr.count("VACUUM") == 1
     nothing = invoke(runner, "--missing")  # deleted nothing: no hint
     assert "VACUUM" not in nothing.stderr
+
+
+# -- the location guard and --trust (issue 22, item 3) ------------------------------------------
+
+
+def lifecycle_expired(storage: Storage, *, kept: int = 6, expired: int = 24) -> tuple[list[FileRow], list[FileRow]]:
+    """The storage guide's lifecycle (FLOW_RUN_LOG objects expire at 30 days) under a
+    catalog retention of 90 days: rows younger than 30 days have their object, older ones
+    have lost it to the rule."""
+    young = [seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=2 + i)) for i in range(kept)]
+    old = [seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=31 + 2 * i), data=None)
+           for i in range(expired)]
+    return young, old
+
+
+def test_most_s3_rows_expired_by_a_lifecycle_rule_refuse_with_exit_1_until_trusted(
+    full_env, storage_factory, set_env, runner,
+) -> None:
+    storage = storage_factory(full_env)
+    set_env(**full_env)
+    young, old = lifecycle_expired(storage)
+    bundle = seed(storage, "FLOW_BUNDLE", Location.S3, NOW - timedelta(days=60), data=None)  # kept by the platform
+    recent = seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(hours=3), data=None)  # within the grace
+    before = snapshot(storage)
+
+    refused = invoke(runner, "--missing")
+    assert refused.exit_code == 1, refused.stderr
+    assert "--trust S3" in refused.stderr and "AP_S3_BUCKET" in refused.stderr, refused.stderr
+    assert "sampled rows lack their bytes" in refused.stderr and "nothing to collect" not in refused.stderr
+    assert snapshot(storage) == before
+
+    data = json.loads(invoke(runner, "--missing", "--json").stdout)
+    assert data["deleted"] == 0 and data["trusted"] == []
+    [refusal] = data["refusals"]
+    assert refusal["location"] == "S3" and refusal["kind"] == "row" and refusal["trust"] == "--trust S3"
+    sampled = len(young) + len(old) + 2  # every row at S3 (the sample spreads over all of them)
+    assert refusal["sampled"] == sampled  # all created before the run: none left out
+    assert refusal["sampledWithBytes"] == len(young)
+    assert refusal["sampledWithoutBytes"] == refusal["sampled"] - len(young)
+    assert refusal["listedWithBytes"] == len(young) and refusal["listedWithoutBytes"] == len(old) + 2
+    assert snapshot(storage) == before
+
+    dry = invoke(runner, "--missing", "--trust", "s3", "--dry-run", "--json")  # any case
+    assert dry.exit_code == 1, dry.stderr  # the FLOW_BUNDLE row is reported, as the real run does
+    dry_data = json.loads(dry.stdout)
+    assert sorted(i["id"] for i in dry_data["items"]) == sorted(r.id for r in old)
+    assert dry_data["refusals"] == [] and dry_data["trusted"] == ["S3"] and dry_data["dryRun"] is True
+    assert snapshot(storage) == before
+
+    done = invoke(runner, "--missing", "--trust", "S3", "--json")
+    assert done.exit_code == 1  # FLOW_BUNDLE without its object: reported, never deleted
+    done_data = json.loads(done.stdout)
+    assert done_data["missing"]["files"] == len(old) and [r["id"] for r in done_data["reported"]] == [bundle.id]
+    assert not any(row_exists(storage, r.id) for r in old)
+    assert all(row_exists(storage, r.id) for r in [*young, bundle, recent])
+    assert set(every_row_has_its_bytes(storage)) == {bundle.id, recent.id}
+
+
+def test_a_wrong_bucket_is_still_refused_and_trust_is_per_location(full_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(full_env)
+    rows = [seed(storage, "FLOW_RUN_LOG", Location.S3, NOW - timedelta(days=40)) for _ in range(8)]
+    other = f"{full_env['AP_S3_BUCKET']}-other"
+    storage.store(Location.S3).client.create_bucket(Bucket=other)
+    set_env(**{**full_env, "AP_S3_BUCKET": other})
+    before = snapshot(storage)
+    for extra in ([], ["--trust", "LOCAL"]):  # trusting LOCAL says nothing about S3
+        result = invoke(runner, "--missing", *extra)
+        assert result.exit_code == 1, result.stderr
+        assert "--trust S3" in result.stderr and "8 of 8 sampled rows lack their bytes" in result.stderr
+        assert snapshot(storage) == before
+    assert all(row_exists(storage, r.id) for r in rows)
+
+
+@pytest.mark.parametrize("value", ["DB", "s4", "", "S3,LOCAL"])
+def test_trust_accepts_only_s3_or_local(local_env, set_env, runner, value) -> None:
+    set_env(**local_env)
+    result = invoke(runner, "--trust", value)
+    assert result.exit_code == 2 and "--trust" in result.stderr, result.stderr
+
+
+def test_trust_local_deletes_rows_without_files_however_many(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(2)]
+    gone = [seed(storage, "FLOW_STEP_FILE", Location.LOCAL, NOW - timedelta(days=40), data=None) for _ in range(20)]
+    assert invoke(runner, "--missing").exit_code == 1
+    assert all(row_exists(storage, r.id) for r in gone)
+    result = invoke(runner, "--missing", "--trust", "local", "--trust", "LOCAL")
+    assert result.exit_code == 0, result.stderr
+    assert not any(row_exists(storage, r.id) for r in gone) and all(row_exists(storage, r.id) for r in kept)
+
+
+SHAPES = {
+    "sequential": lambda i: f"a{i:019d}",
+    "zzz prefix": lambda i: f"zzzzzzzzzzzz{i:09d}",
+    "hex counter": lambda i: f"{i:021x}",
+}
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["small table", "spread points"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_the_sample_spreads_over_the_rows_whatever_their_ids(local_env, storage_factory, monkeypatch, shape,
+                                                              spread) -> None:
+    """Rows written by another tool with sequential or shared-prefix ids: the guard's
+    sample reaches across the whole location, not its first ids — by seeks at points
+    spread over the table (a large one) or at random (a small one, on Postgres)."""
+    from apstorage.catalog import gc as gc_sql
+    from apstorage.catalog.gc import sample_rows
+
+    if spread:  # the seeks a table of millions of rows gets, on this small one
+        monkeypatch.setattr(gc_sql, "SMALL_TABLE_BLOCKS", 0)
+    storage = storage_factory(local_env)
+    make = SHAPES[shape]
+    with storage.catalog.transaction() as cur:
+        p = storage.catalog.ph
+        created = storage.catalog._ts_in(NOW - timedelta(days=5))
+        cur.executemany(  # a long file name: a few rows a page, so the table has many pages
+            f'INSERT INTO "file" ("id", "projectId", "location", "type", "size", "compression", "created", "updated", '
+            f"\"fileName\") VALUES ({p}, 'proj1', {p}, 'FLOW_RUN_LOG', 1, 'NONE', {p}, {p}, {p})",
+            [(make(i), "LOCAL" if i % 3 else "DB", created, created, f"{i:0500d}") for i in range(3000)],
+        )
+    picked = sample_rows(storage.catalog, "LOCAL", 50)
+    order = sorted(make(i) for i in range(3000) if i % 3)
+    ranks = sorted(order.index(r.id) for r in picked)
+    assert len({r.id for r in picked}) == len(picked) >= 45, len(picked)
+    assert ranks[0] < len(order) // 10 and ranks[-1] > len(order) * 9 // 10, ranks
+    assert all(int(storage.catalog._execute(
+        f'SELECT count(*) FROM "file" WHERE "id" = {storage.catalog.ph} AND "location" = \'LOCAL\'', (r.id,)
+    )[0][0]) == 1 for r in picked)
+    for third in range(3):  # each third of the location's rows is in the sample
+        assert any(len(order) * third // 3 <= rank < len(order) * (third + 1) // 3 for rank in ranks), ranks
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_sequential_ids_whose_oldest_rows_lost_their_files_are_judged_fairly(local_env, storage_factory, shape) -> None:
+    """The lowest ids lost their files (the oldest rows, expired by a rule), most rows have
+    theirs: the location is the catalog's, and the old rows without files go — a sample of
+    the first ids alone would have refused forever."""
+    storage = storage_factory(local_env)
+    make = SHAPES[shape]
+    root = Path(storage.settings.local_storage_path)
+    lost, kept = [], []
+    for i in range(200):
+        row = FileRow(id=make(i), type="FLOW_RUN_LOG", location=Location.LOCAL, project_id="proj1", size=4,
+                      created=NOW - timedelta(days=60 - i * 0.2))
+        storage.catalog.insert(row)
+        if i < 60:
+            lost.append(row)
+        else:
+            path = root / row.key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"four")
+            kept.append(row)
+    report = collect_garbage(storage, kinds=["missing"])
+    assert report.refusals == [], report.notes
+    assert report.missing.files == len(lost)
+    assert not any(row_exists(storage, r.id) for r in lost) and all(row_exists(storage, r.id) for r in kept)

@@ -978,6 +978,82 @@ def test_session_bounds_bodies(serve) -> None:
 
 
 # ======================================================================================
+# One deadline per operation, retries included; then the session is down
+
+
+def silent_counting(seen: list[str]) -> Callable[[Peer], None]:
+    def handler(peer: Peer) -> None:
+        request = peer.read_request()
+        if request is not None:
+            seen.append(f"{request.method} {request.target}")
+            peer.server.stopping.wait(SERVER_LIFETIME)  # until the test ends
+
+    return handler
+
+
+def slow_store(serve, tmp_path: Path, seen: list[str]) -> S3Store:
+    server = serve(silent_counting(seen))
+    env = {**fake_s3_env(tmp_path, f"http://{server.host}"), "AP_S3_TIMEOUT_SECONDS": "1"}
+    return S3Store(settings_from(env), workers=2)
+
+
+@pytest.mark.parametrize("path", ["botocore client (HeadObject)", "signed path (PutObject)", "multiplexer (put_many)"])
+def test_a_silent_server_costs_one_operation_deadline_then_nothing_more(serve, tmp_path: Path, path: str) -> None:
+    """AP_S3_TIMEOUT_SECONDS=1: an operation's attempts share one 2 s deadline (the read
+    timeout ends the first, the deadline the second: at most 2 requests, where botocore's
+    4 attempts or the signed path's 3 would each wait their own), and once it has passed,
+    the next operation of the run fails at once without a request."""
+    seen: list[str] = []
+    store = slow_store(serve, tmp_path, seen)
+
+    def operation(key: str) -> ApStorageError | None:
+        if path.startswith("botocore"):
+            try:
+                store.stat(key)
+            except ApStorageError as exc:
+                return exc
+            return None
+        if path.startswith("signed"):
+            try:
+                store.put_bytes(key, b"body")
+            except ApStorageError as exc:
+                return exc
+            return None
+        [(_, error)] = list(store.put_many([(key, key, b"body", None)], concurrency=2, expected=1))
+        return error
+
+    try:
+        first = operation("project/p/FLOW_RUN_LOG/first")
+        assert isinstance(first, BackendUnavailableError), first
+        assert "retries included" in first.message and "127.0.0.1" in first.message, first.message
+        assert 1 <= len(seen) <= 2, seen
+        assert store.down_reason() is not None
+        sent = len(seen)
+        second = operation("project/p/FLOW_RUN_LOG/second")
+        assert isinstance(second, BackendUnavailableError) and "retries included" in second.message
+        assert len(seen) == sent  # nothing more was sent
+    finally:
+        store.close()
+
+
+def test_multiplexer_fails_a_request_whose_operation_is_over_without_connecting(serve) -> None:
+    server = serve(echo)
+    mux = mux_for(server, 1)
+    try:
+        mux.send("late", "GET", "/x", {}, due=time.monotonic() - 1)
+        result = drain(mux, 1)["late"]
+        assert isinstance(result, DeadlineExceededError) and server.accepts == 0
+        assert mux.session.down is not None
+    finally:
+        mux.close()
+
+
+def test_timeouts_follow_ap_s3_timeout_seconds() -> None:
+    assert Timeouts.from_read(60) == Timeouts(connect=10, read=60, request=120)
+    assert Timeouts.from_read(2) == Timeouts(connect=2, read=2, request=4)
+
+
+# ======================================================================================
 # Retries: botocore's standard mode, throttling backed off longer
 
 
@@ -1470,10 +1546,31 @@ def faulty_env(faulty_s3, bucket: str, tmp_path: Path) -> dict[str, str]:
             "AP_FILE_STORAGE_LOCATION": "S3", "AP_S3_TIMEOUT_SECONDS": "1"}
 
 
-@pytest.mark.parametrize("action, delay", [("stall", 30.0), ("trickle", 0.4)])
-def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or_trickles(
+# Every command against a peer that never answers (stall), one that trickles its answer
+# faster than the read timeout (trickle: bodies; trickle_head: the status line and headers
+# too, so a PutObject's answer trickles), and one that trickles slower than it (one byte
+# every 2 s, as the issue found). AP_S3_TIMEOUT_SECONDS=1: each must give up, exit 8, and
+# name the host. ``timeout=`` of subprocess.run is a hang guard, not a speed threshold;
+# the bound itself (2 x AP_S3_TIMEOUT_SECONDS, retries included) was measured by hand.
+FAULTS = [("stall", 30.0), ("trickle", 0.3), ("trickle_head", 0.3), ("trickle_head", 2.0)]
+COMMANDS = {
+    "put": ["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"],
+    "put multipart": ["put", "big.bin", "-t", "FLOW_RUN_LOG", "--project", "p"],
+    "get": ["get", "{id}", "-o", "-"],
+    "du --verify": ["du", "--verify"],
+    "sweep-expired": ["sweep-expired"],
+    "check-iam": ["check-iam"],
+    "migrate-to-s3": ["migrate-to-s3"],
+    "gc": ["gc"],
+}
+
+
+@pytest.mark.parametrize("action, delay", FAULTS, ids=[f"{a}-{d:g}s" for a, d in FAULTS])
+def test_every_command_gives_up_on_a_stalled_or_trickling_s3_with_exit_8_naming_the_host(
     faulty_s3, faulty_env: dict[str, str], tmp_path: Path, action: str, delay: float,
 ) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tests.s3_faults import Fault
 
     import io
@@ -1481,34 +1578,52 @@ def test_put_get_du_and_sweep_fail_with_exit_8_naming_the_host_when_s3_stalls_or
 
     from apstorage.model import FileRow, Location, new_id
     from apstorage.services.context import Storage
+    from apstorage.stores.s3 import MULTIPART_THRESHOLD
 
     (tmp_path / "in.txt").write_bytes(b"stored before the fault")
+    (tmp_path / "big.bin").write_bytes(b"m" * (MULTIPART_THRESHOLD + 4096))
     stored = cli(faulty_env, "put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p", cwd=tmp_path)
     assert stored.returncode == 0, stored.stderr
     file_id = stored.stdout.strip()
     storage = Storage(settings_from(faulty_env))
-    try:  # an expired S3 row for sweep-expired
+    try:  # an expired S3 row for sweep-expired, a DB row for migrate-to-s3
         row = FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.S3, project_id="p", size=3,
                       created=datetime.now(timezone.utc) - timedelta(days=90))
         row = FileRow(**{**row.__dict__, "s3_key": row.key})
         storage.store(Location.S3).put(row.s3_key, io.BytesIO(b"old"), 3)
         storage.catalog.insert(row)
+        storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.DB, project_id="p",
+                                       size=5), b"hello")
     finally:
         storage.close()
     faulty_s3.add(Fault(action, delay=delay))
     host = urlsplit(faulty_s3.endpoint).netloc
-    word = "no complete answer" if action == "trickle" else "sent nothing"
-    commands = [["get", file_id, "-o", "-"], ["du", "--verify"], ["sweep-expired"]]
-    if action == "stall":  # (the stand-in trickles bodies; a PutObject answer has none)
-        commands.append(["put", "in.txt", "-t", "FLOW_RUN_LOG", "--project", "p"])
-    from concurrent.futures import ThreadPoolExecutor
+    commands = {name: [a.format(id=file_id) for a in args] for name, args in COMMANDS.items()}
+    if action == "trickle":  # a PutObject answer has no body to trickle: trickle_head covers those
+        del commands["put"], commands["migrate-to-s3"]
+    run = lambda args: cli(faulty_env, *args, cwd=tmp_path, timeout=90)  # noqa: E731
+    gc = commands.pop("gc")  # it shares sweep-expired's run lock: after the others
+    with ThreadPoolExecutor(4) as pool:  # each waits out its own deadline
+        results = dict(zip(commands, pool.map(run, commands.values())))
+    results["gc"] = run(gc)
+    for name, result in results.items():
+        assert result.returncode == 8, (name, result.returncode, result.stderr[-2000:])
+        assert host in result.stderr, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, (name, result.stderr)
 
-    with ThreadPoolExecutor(len(commands)) as pool:  # each waits out its own timeouts: at once
-        results = list(pool.map(lambda args: cli(faulty_env, *args, cwd=tmp_path), commands))
-    for args, result in zip(commands, results):
-        assert result.returncode == 8, (args, result.stderr)
-        assert host in result.stderr and word in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
+
+def test_presign_upload_needs_no_network_even_when_s3_stalls(faulty_s3, faulty_env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    from tests.s3_faults import Fault
+
+    faulty_s3.add(Fault("stall", delay=30.0))
+    result = cli(faulty_env, "presign", "--upload", "-t", "FLOW_RUN_LOG", "--project", "p", "--name", "a.txt",
+                 "--size", "10", "--json", cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    answer = json.loads(result.stdout)
+    assert urlsplit(answer["url"]).netloc == urlsplit(faulty_s3.endpoint).netloc, answer
 
 
 @pytest.mark.parametrize("action, words", [("reset", "reset the connection"),

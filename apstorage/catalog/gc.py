@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from apstorage.catalog.du import KEY_SQL, storable
+from apstorage.catalog.du import KEY_SQL, KeyedRow, _keyed, _upload_expiry, storable
 from apstorage.errors import ApStorageError
 from apstorage.model import PENDING_UPLOAD_KEY
 
@@ -31,6 +31,7 @@ SQLITE_MAX_VARS = 500
 _ID = '"id"'
 _S3KEY = '"s3Key"'
 DB_PAGE = 1000
+SMALL_TABLE_BLOCKS = 512  # 4 MiB of table at most: a full pass is cheap, spread points too few
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,71 @@ def iter_db_rows_without_data(catalog: Catalog, created_before: datetime, *, pag
         if len(rows) < page:
             return
         last = rows[-1][0]
+
+
+def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
+    """Up to ``n`` distinct rows at ``location`` spread over the whole table, whatever
+    their ids look like (rows written by other tools need not have random ids: sequential,
+    all sharing a prefix, ``zzz...``): the physical position of a row (Postgres' ``ctid``
+    block, SQLite's ``rowid``: insertion order, so old and new rows alike) is cut into
+    ``n`` even spans and the first row of the location at or after each point is taken,
+    one index (or TID range) seek per point — cheap on 10^7 rows. When most points land
+    on the same rows (the location's rows fill only part of the table), the points are
+    spread again over the span those rows were found in. Postgres before 14 (no TID range
+    scan), or a table of at most ``SMALL_TABLE_BLOCKS`` pages (too few to spread points
+    over): ``ORDER BY random()``, one pass over the location's rows."""
+    if n < 1:
+        return []
+    columns = f'"id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)}'
+    p = catalog.ph
+    if catalog.dialect == "postgres":
+        version, blocks = catalog._execute(
+            "SELECT current_setting('server_version_num')::int, "
+            "pg_relation_size('\"file\"') / current_setting('block_size')::int"
+        )[0]
+        if version < 140000 or blocks <= SMALL_TABLE_BLOCKS:
+            rows = catalog._execute(
+                f'SELECT {columns} FROM "file" WHERE "location" = {p} ORDER BY random() LIMIT {int(n)}', (location,)
+            )
+            return [_keyed(catalog, t) for t in rows]
+        lo, hi = 0, int(blocks)
+
+        def seek(point: int) -> tuple | None:
+            found = catalog._execute(
+                f'SELECT {columns}, ("ctid"::text::point)[0]::bigint FROM "file" '
+                f'WHERE "ctid" >= {p}::tid AND "location" = {p} LIMIT 1',
+                (f"({point},0)", location),
+            )
+            return found[0] if found else None
+    else:
+        bounds = catalog._execute('SELECT min("rowid"), max("rowid") FROM "file"')[0]
+        if bounds[0] is None:
+            return []
+        lo, hi = int(bounds[0]), int(bounds[1]) + 1
+
+        def seek(point: int) -> tuple | None:
+            found = catalog._execute(
+                f'SELECT {columns}, "rowid" FROM "file" WHERE "rowid" >= {p} AND "location" = {p} '
+                'ORDER BY "rowid" LIMIT 1',
+                (point, location),
+            )
+            return found[0] if found else None
+
+    def spread(start: int, end: int) -> dict[str, tuple]:
+        picked: dict[str, tuple] = {}
+        for k in range(n):
+            found = seek(start + (end - start) * k // n)
+            if found is not None:
+                picked.setdefault(found[0], found)
+        return picked
+
+    picked = spread(lo, hi)
+    if picked and len(picked) < n // 2:
+        positions = [int(t[-1]) for t in picked.values()]
+        again = spread(min(positions), max(positions) + 1)
+        if len(again) > len(picked):
+            picked = again
+    return [_keyed(catalog, t[:-1]) for t in picked.values()][:n]
 
 
 class Session:
@@ -244,4 +310,5 @@ __all__ = [
     "has_rows",
     "iter_db_rows_without_data",
     "odd_keys",
+    "sample_rows",
 ]

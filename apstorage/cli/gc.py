@@ -4,7 +4,7 @@ pending uploads."""
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -53,6 +53,13 @@ def gc_cmd(
         "lone delete markers.",
     ),
     verbose: bool = VERBOSE_OPTION,
+    trust: Optional[List[str]] = typer.Option(
+        None, "--trust", metavar="LOCATION",
+        help="S3 or LOCAL (repeatable): the configured bucket or root is this catalog's, so "
+        "rows without bytes older than the grace are deleted however many there are (a "
+        "lifecycle rule that expires objects before the catalog's retention leaves most old "
+        "rows without their object) and orphans are judged there.",
+    ),
     quiet: bool = QUIET_OPTION,
     metrics_file: Optional[str] = METRICS_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
@@ -68,10 +75,11 @@ def gc_cmd(
     from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
     from apstorage.services.du import vacuum_hint
-    from apstorage.services.gc import collect_garbage, parse_grace, parse_kinds
+    from apstorage.services.gc import collect_garbage, parse_grace, parse_kinds, parse_trust
 
     kinds = parse_kinds(orphans, missing, pending)
     grace_seconds = parse_grace(grace)
+    trusted = parse_trust(trust)
     out = Output(json_out, quiet=quiet)
     with record_metrics(metrics_file, "gc") as metrics, stop_on_signals() as interrupt:
         with Storage(workers=workers) as storage:
@@ -86,6 +94,7 @@ def gc_cmd(
                     storage, kinds=kinds, grace=grace_seconds, max_delete=max_delete,
                     dry_run=dry_run, workers=workers, on_progress=progress, stop=interrupt.event,
                     purge_versions=purge_versions,
+                    trust=trusted,
                 )
             hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
         if metrics is not None:
@@ -148,6 +157,8 @@ def _fill_metrics(metrics, report) -> None:
                 "Rows without a current object but with a noncurrent version (kept; apstorage restore).")
     metrics.set("reported_rows", report.reported_count, "Rows with missing bytes reported, never deleted (permanent data).")
     metrics.set("lock_held", 1 if report.lock_held else 0, "1 when the last run found another holding the run lock.")
+    metrics.set("refused_locations", len({r["location"] for r in report.refusals}),
+                "Locations the guard held back (most rows without bytes there; --trust LOCATION takes them).")
     metrics.set("interrupted", 1 if report.interrupted else 0, "1 when the last run was stopped by a signal.")
 
 
@@ -185,8 +196,12 @@ def _grace(seconds: int) -> str:
 def _messages(out: Output, report, max_delete: int | None) -> None:
     if report.max_delete_reached:
         out.info(f"stopped at --max-delete {max_delete:,}; more may remain")
+    refused = {r["message"] for r in report.refusals}  # held back: the run exits 1
     for note in report.notes:
-        out.warn(note)
+        if note in refused:
+            out.error(note)
+        else:
+            out.warn(note)
     for row in report.reported[:SHOWN]:
         out.error(f"{row['type']} {printable(row['id'])} ({row['location']} {printable(row['key'] or '-')}): {row['reason']}")
     if report.reported_count > SHOWN:
@@ -217,6 +232,6 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
             ) + _versioned_tail(report),
             failed=bool(report.failed or report.reported_count),
         )
-    else:
+    elif not report.refusals:
         out.note(f"nothing to collect (nothing older than {_grace(report.grace)})")
 

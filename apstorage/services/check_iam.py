@@ -469,12 +469,12 @@ class _Run:
             try:
                 self.store.delete(key)
                 continue
-            except Exception:  # noqa: BLE001 - checked below, reported, never hidden
+            except ApStorageError:  # checked below, reported, never hidden
                 pass
             try:
                 if self.store.stat(key) is None:
                     continue  # never written: nothing to remove
-            except Exception:  # noqa: BLE001 - cannot tell: report it as possibly there
+            except ApStorageError:  # cannot tell: report it as possibly there
                 pass
             leftover.append(f"s3://{self.bucket}/{key}")
         self.created.clear()
@@ -621,6 +621,10 @@ def run_checks(
                 result.permission = result.permission or PERMISSIONS[name]
                 result.seconds = time.perf_counter() - started
                 report.checks.append(result)
+                if report.unreachable is None and store.down_reason() is not None:
+                    # S3 stalled past an operation's deadline: the rest would fail at once,
+                    # and the run is an unreachable endpoint (exit 8), not failed checks.
+                    report.unreachable = store.down_reason()
                 if on_result is not None:
                     on_result(result)
                 if name == "list" and report.unreachable is None:

@@ -98,6 +98,28 @@ PROBE_ROWS = 50  # rows looked up once per location to see whether its store is 
 # -- request and report -------------------------------------------------------------------
 
 
+TRUSTABLE = ("S3", "LOCAL")
+
+
+def parse_trust(values: Iterable[str] | None) -> tuple[str, ...]:
+    """``--trust LOCATION`` (repeatable, any case): the locations whose configured bucket
+    or root the operator vouches for as this catalog's. UsageError (exit 2) naming --trust
+    for anything but S3 or LOCAL."""
+    chosen: list[str] = []
+    for value in values or ():
+        name = str(value).strip().upper()
+        if name not in TRUSTABLE:
+            from apstorage.text import printable
+
+            raise UsageError(
+                f"--trust {printable(str(value))}: not a location gc can trust; accepted: S3, LOCAL",
+                hint="--trust S3 says AP_S3_BUCKET is this catalog's bucket; --trust LOCAL the same of AP_LOCAL_STORAGE_PATH",
+            )
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
 def parse_kinds(orphans: bool = False, missing: bool = False, pending: bool = False) -> tuple[str, ...]:
     chosen = tuple(k for k, on in zip(KINDS, (orphans, missing, pending)) if on)
     return chosen or KINDS
@@ -173,6 +195,8 @@ class GcReport:
     failed: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    trusted: tuple[str, ...] = ()  # --trust: locations judged as trusted, whatever the guard says
+    refusals: list[dict] = field(default_factory=list)  # the location guard held these back
     lock_held: bool = False
     max_delete_reached: bool = False
     interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
@@ -190,7 +214,7 @@ class GcReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.reported_count
+        return not self.failed and not self.reported_count and not self.refusals
 
     def kind(self, name: str) -> KindTally:
         return {"orphans": self.orphans, "missing": self.missing, "pending": self.pending,
@@ -256,6 +280,8 @@ class GcReport:
             "itemsTruncated": self.deleted > len(self.items),
             "skipped": dict(sorted(self.skipped.items())),
             "notes": list(self.notes),
+            "trusted": list(self.trusted),
+            "refusals": list(self.refusals),
             "dryRun": self.dry_run,
             "lockHeld": self.lock_held,
             "maxDeleteReached": self.max_delete_reached,
@@ -282,9 +308,17 @@ def collect_garbage(
     on_progress: Callable[[str, int], None] | None = None,
     stop: threading.Event | None = None,
     purge_versions: bool = False,
+    trust: Iterable[str] = (),
 ) -> GcReport:
     """Delete (or, with ``dry_run``, count exactly what would be deleted) orphans, rows
     without bytes and expired pending uploads. ``grace`` in seconds (at least 3600).
+
+    ``trust`` (``--trust``: "S3", "LOCAL"): the configured bucket or root of each named
+    location is this catalog's, so the location guard is not consulted there — rows
+    without bytes older than the grace (execution data only) are deleted however many
+    there are, and orphans are judged as at any trusted location. Without it, a location
+    where most rows lack their bytes is held back: ``report.refusals`` says so (counts,
+    and the ``--trust`` that would take them) and ``report.ok`` is False (exit 1).
 
     ``now`` is the clock ages are judged by (default: when the run starts). It is for
     the library's callers — tests and ``bench/gc.py``, which cannot make an object in a
@@ -310,7 +344,7 @@ def collect_garbage(
     clock = now or started
     report = GcReport(
         kinds=kinds, dry_run=dry_run, grace=grace, started=started,
-        cutoff=clock - timedelta(seconds=grace),
+        cutoff=clock - timedelta(seconds=grace), trusted=parse_trust(trust),
         purge_versions=purge_versions,
     )
     t0 = time.monotonic()
@@ -417,16 +451,13 @@ class _Collector:
         report), or asked to stop."""
         return self.stopping or (self.budget is not None and self.budget <= 0)
 
-    def sample_found(self, location: Location, store: Store) -> bool | None:
-        """Whether at least half of up to PROBE_ROWS rows at ``location`` (in id
-        order: a random sample, ids being random) have their bytes in ``store``. Rows that
-        may rightly have none yet (a pending upload, a row newer than the run) are not
-        asked about (None when no row could be). One file of the catalog in a stale copy
-        of the root or bucket is not enough."""
+    def sample_found(self, location: Location, store: Store) -> tuple[int, int]:
+        """(rows asked, rows found with their bytes) among up to PROBE_ROWS rows at
+        ``location`` spread over the whole table (``catalog.gc.sample_rows``: whatever the
+        ids look like). Rows that may rightly have no bytes yet (a pending upload, a row
+        newer than the run) and rows the store would not answer about are not counted."""
         asked = found = 0
-        for row in du_sql.iter_rows_by_id(self.catalog, location.value, page=PROBE_ROWS):
-            if asked >= PROBE_ROWS:
-                break
+        for row in sql.sample_rows(self.catalog, location.value, PROBE_ROWS):
             if row.key is None or row.upload_expires is not None:
                 continue
             if row.created is not None and row.created >= self.report.started:
@@ -437,7 +468,7 @@ class _Collector:
                 continue
             asked += 1
             found += info is not None
-        return None if asked == 0 else 2 * found >= asked
+        return asked, found
 
     def wants(self, kind: str) -> bool:
         return kind in self.report.kinds
@@ -851,8 +882,9 @@ class _GcTally:
         self.missing = 0  # rows found without
         self.rows_refused = False
         self.orphans_refused = False
+        self.trusted = location.value in collector.report.trusted  # --trust
         self.probed = False  # the catalog's sample was looked up in this store
-        self.sample: bool | None = None  # its verdict (sample_found)
+        self.sampled = self.sampled_found = 0  # its counts (sample_found)
 
     # the interface du's merge and lookups call ------------------------------------------------
     def listed(self, info: ObjectInfo) -> None:
@@ -864,12 +896,15 @@ class _GcTally:
         of a sample of the location's rows have their bytes there (looked up once), and the
         merge so far has not found more rows without their bytes than with them. A location where most rows lack their bytes is more likely a wrong
         AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH (or a stale copy of the right one) than lost
-        data."""
+        data. Under ``--trust`` for this location: always."""
+        if self.trusted:
+            return True
         if not self.probed:
-            self.sample, self.probed = self.c.sample_found(self.location, self.store), True
+            self.sampled, self.sampled_found = self.c.sample_found(self.location, self.store)
+            self.probed = True
         # No row could be sampled (only pending uploads, rows newer than the run): the
         # merge decides alone.
-        found = self.matched > 0 if self.sample is None else self.sample
+        found = self.matched > 0 if not self.sampled else 2 * self.sampled_found >= self.sampled
         return found and self.missing <= max(self.matched, PROBE_ROWS)
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
@@ -935,13 +970,30 @@ class _GcTally:
         self.orphans_refused = True
         n, self.orphan_batch = len(self.orphan_batch), []
         self._note_refusal(f"{n:,} or more objects no row references, and too few of the catalog's "
-                           "rows have their bytes there", "orphan")
+                           "rows have their bytes there", "orphan", n)
 
-    def _note_refusal(self, what: str, kind: str) -> None:
-        self.c.report.notes.append(
-            f"{self.where}: {what}; the configuration looks wrong (AP_S3_BUCKET / "
-            f"AP_LOCAL_STORAGE_PATH), so no {self.where} {kind} was deleted"
+    def _note_refusal(self, what: str, kind: str, held: int) -> None:
+        """Say why nothing of ``kind`` was deleted here, with the counts the guard went
+        by, and the ``--trust`` that takes them (report.refusals, exit 1)."""
+        variable = "AP_S3_BUCKET" if self.location is Location.S3 else "AP_LOCAL_STORAGE_PATH"
+        flag = f"--trust {self.where}"
+        sample = (f"{self.sampled - self.sampled_found:,} of {self.sampled:,} sampled rows lack their bytes "
+                  f"({self.sampled_found:,} have them)" if self.sampled else "no row could be sampled")
+        message = (
+            f"{self.where}: {what}; {sample}, and the listing met {self.missing:,} rows without "
+            f"bytes and {self.matched:,} with. Either the configuration looks wrong ({variable} "
+            f"is not this catalog's) or the bytes were removed on purpose (a lifecycle rule "
+            f"expiring objects before the catalog's retention): no {self.where} {kind} was deleted. "
+            f"If {variable} is this catalog's, run again with {flag}"
         )
+        self.c.report.refusals.append({
+            "location": self.where, "kind": kind, "held": held,
+            "sampled": self.sampled, "sampledWithBytes": self.sampled_found,
+            "sampledWithoutBytes": self.sampled - self.sampled_found,
+            "listedWithBytes": self.matched, "listedWithoutBytes": self.missing,
+            "trust": flag, "message": message,
+        })
+        self.c.report.notes.append(message)
 
     def _submit_one(self, batch: list[ObjectInfo]) -> None:
         """Hand one batch to the pool; --max-delete is drawn there, after the batch's
@@ -980,8 +1032,7 @@ class _GcTally:
     def _refuse_rows(self) -> None:
         self.rows_refused = True
         n, self.held = len(self.held), []
-        self._note_refusal(f"{self.missing:,} rows lack their bytes and only {self.matched:,} were "
-                           f"found with theirs ({n:,} held)", "row")
+        self._note_refusal(f"{n:,} rows without bytes were held back", "row", n)
 
     def close(self, *, finish: bool = True, keep: bool = True) -> None:
         """End of the pass: deal with what is queued (``finish``), wait for the batches
@@ -1015,6 +1066,8 @@ class _GcTally:
 
 __all__ = [
     "DEFAULT_GRACE",
+    "TRUSTABLE",
+    "parse_trust",
     "GcReport",
     "KINDS",
     "MIN_GRACE",

@@ -581,7 +581,7 @@ def _upload_group(
     for job, future in futures:
         try:
             yield job, future.result()
-        except Exception as exc:  # noqa: BLE001 - reported per file
+        except (ApStorageError, OSError) as exc:  # reported per file; a bug is raised as itself
             yield job, exc
 
 

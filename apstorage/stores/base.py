@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Iterable, Iterator
 
+from apstorage.errors import ApStorageError
 from apstorage.model import Location
 
 CHUNK = 1024 * 1024
@@ -60,7 +61,7 @@ class Store(ABC):
         for key in keys:
             try:
                 self.delete(key)
-            except Exception as exc:  # noqa: BLE001 - reported per key, never swallowed
+            except (ApStorageError, OSError) as exc:  # reported per key; a bug is raised as itself
                 failed[key] = str(exc)
         return failed
 

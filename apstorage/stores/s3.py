@@ -216,8 +216,8 @@ class S3Store(Store):
             return BackendUnavailableError(f"cannot connect to S3 at {host}: {_cause(exc)}")
         if isinstance(exc, DeadlineExceededError):
             return BackendUnavailableError(
-                f"S3 at {host} sent no complete answer within {seconds.request:g} s "
-                "(it stalled or trickled; AP_S3_TIMEOUT_SECONDS x 3)"
+                f"S3 at {host} sent no complete answer within {seconds.request:g} s, retries included "
+                "(it stalled or trickled; the bound is 2 x AP_S3_TIMEOUT_SECONDS)"
             )
         if isinstance(exc, ReadTimeoutError):
             return BackendUnavailableError(
@@ -234,6 +234,15 @@ class S3Store(Store):
                 return BackendUnavailableError(f"S3 at {host} reset the connection")
             return BackendUnavailableError(f"S3 at {host} closed the connection without answering")
         return None
+
+    def down_reason(self) -> str | None:
+        """Why S3 is given up on for the rest of this run (an operation's deadline passed:
+        every later request fails at once), or None."""
+        session = self._session
+        if session is None or session.down is None:
+            return None
+        error = self.transport_error(DeadlineExceededError(endpoint_url=session.down, seconds=self.timeouts.request))
+        return error.message if error is not None else None
 
     @property
     def host(self) -> str:
@@ -259,14 +268,22 @@ class S3Store(Store):
             self._abort_multipart(key)
             raise
         except Exception as exc:  # s3transfer wraps client errors in its own types
-            self._abort_multipart(key)
             cause = exc.__cause__ or exc.__context__
+            transfers = ("s3transfer", "boto3")
             if isinstance(cause, (ClientError, BotoCoreError)):
+                self._abort_multipart(key)
                 raise self.translate(cause, key) from None
-            if isinstance(exc, KeyError):  # an UploadPart answer without its ETag
+            if isinstance(exc, KeyError) and _raised_in(exc, transfers):  # an UploadPart answer without its ETag
                 detail = f"an answer lacked its {exc.args[0] if exc.args else 'ETag'}"
-            else:
+            elif type(exc).__module__.split(".")[0] in transfers:  # s3transfer's own (RetriesExceededError...)
                 detail = f"{type(exc).__name__}: {exc}"
+            else:
+                # A fault of the program (ours or a library's: ImportError, TypeError, a
+                # KeyError of our own...): raised as itself, for the CLI's internal-error
+                # path, never reported as the store's failure.
+                self._abort_multipart(key)
+                raise
+            self._abort_multipart(key)
             raise BackendUnavailableError(
                 f"S3 at {self.where} did not complete the multipart upload of {key!r} ({detail}); "
                 "the upload was aborted and nothing was recorded"
@@ -277,7 +294,7 @@ class S3Store(Store):
     def _abort_multipart(self, key: str) -> None:
         """Abort the multipart uploads of ``key`` a failed upload left open (best effort:
         s3transfer aborts its own on most failures, not when an answer lacks a field)."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ClientError, BotoCoreError, ApStorageError):
             page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
             for upload in page.get("Uploads", []):
                 if upload.get("Key") == key:
@@ -404,22 +421,28 @@ class S3Store(Store):
         return self._fast
 
     def open(self, key: str) -> Iterator[bytes]:
+        started = time.monotonic()
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
             raise self.translate(exc, key) from None
-        return self._iter_body(response["Body"], key)
+        return self._iter_body(response["Body"], key, started)
 
-    def _iter_body(self, body: Any, key: str) -> Iterator[bytes]:
-        """The object's bytes; each chunk must arrive within the request deadline (a body
-        that trickles in fails with exit 8, it does not hang), and all of it must arrive."""
+    def _iter_body(self, body: Any, key: str, started: float | None = None) -> Iterator[bytes]:
+        """The object's bytes. The GetObject and the first chunk (1 MiB) share the
+        operation's deadline (``Timeouts.request`` from ``started``); each later chunk
+        must arrive within a deadline of its own (a body that trickles in fails with exit 8,
+        it does not hang), and all of it must arrive."""
         raw = body._raw_stream  # urllib3's response (botocore's StreamingBody keeps no public handle)
         expected = body._content_length
         received = 0
+        session = self.session
+        first = self.timeouts.request if started is None else started + self.timeouts.request - time.monotonic()
         try:
             with body:
                 while True:
-                    chunk = read_guarded(raw, CHUNK, self.session.endpoint_url, self.timeouts.request)
+                    seconds = first if received == 0 else self.timeouts.request
+                    chunk = read_guarded(raw, CHUNK, session.endpoint_url, seconds, session)
                     if not chunk:
                         break
                     received += len(chunk)
@@ -837,6 +860,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(link for link in linked if isinstance(link, BaseException))
 
 
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in one of ``packages`` (top-level
+    names): a KeyError raised inside s3transfer reading an answer is the store's doing, one
+    raised in our own code is a bug."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module.split(".")[0] in packages
+
+
 def _in_chain(exc: BaseException, kind: type | tuple[type, ...]) -> bool:
     return any(isinstance(item, kind) for item in _chain(exc))
 
@@ -916,7 +952,7 @@ class _FastS3:
 
     def __init__(self, store: S3Store) -> None:
         self.store = store
-        self.retry = RetryPolicy()
+        self.retry = RetryPolicy(budget=store.timeouts.request)  # retries within the operation's deadline
         s = store.settings
         if store.endpoint and not s.s3_use_irsa:
             # A custom endpoint is always addressed path-style (DESIGN §2), so the object
@@ -986,6 +1022,8 @@ class _FastS3:
         return None, error, retry_after(result.headers), self.retry.is_throttle(result.status, code)
 
     def _retryable(self, error: Exception) -> bool:
+        if self.session.down is not None:  # an operation's deadline passed: no more attempts this run
+            return False
         if isinstance(error, ClientError):
             status = error.response["ResponseMetadata"]["HTTPStatusCode"]
             return self.retry.is_retryable(status, error.response["Error"]["Code"])
@@ -1007,6 +1045,7 @@ class _FastS3:
         ApStorageError."""
         url = self.origin + path + ("?" + canonical_query(query) if query else "")
         started = time.monotonic()
+        at = started + self.session.timeouts.request  # every attempt within one deadline
         attempt = 0
         while True:
             attempt += 1
@@ -1014,7 +1053,7 @@ class _FastS3:
             if unsigned:  # headers SigV4 leaves out (botocore's blacklist: Expect...)
                 signed.update(unsigned)
             try:
-                result: Response | Exception = self.session.request(method, url, signed, body, limit=limit)
+                result: Response | Exception = self.session.request(method, url, signed, body, limit=limit, at=at)
             except BotoCoreError as exc:
                 result = exc
             if accept and isinstance(result, Response) and result.status in accept:
@@ -1084,7 +1123,8 @@ class _FastS3:
                     break
                 _, key, body, headers = item
                 path = self._object_path(key)
-                mux.send((item, attempt + 1, started), "PUT", path, self._sign("PUT", path, headers, body), body)
+                mux.send((item, attempt + 1, started), "PUT", path, self._sign("PUT", path, headers, body), body,
+                         due=started + self.session.timeouts.request)
             if not mux.in_flight:
                 if exhausted and not retries:
                     return

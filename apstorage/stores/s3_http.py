@@ -18,10 +18,16 @@ Who does what:
   per 10 KiB PUT for its send and receive against 0.007 ms for httptools' parse, on a path
   that costs 0.16 ms a request in all — it would have doubled the client's CPU.
 - **Deadlines.** A socket timeout bounds one read; a server that sends a byte every few
-  seconds never trips it. So every request also has a total deadline
-  (``Timeouts.request``): a watchdog thread shuts the socket down when it passes, and the
-  request fails with ``DeadlineExceededError`` (a botocore ``ReadTimeoutError``, so botocore
-  retries it like one).
+  seconds never trips it. So every *operation* — one S3 call with all its attempts and
+  retries (a botocore client call, from its ``before-call`` event to its ``after-call``;
+  ``_FastS3.request``; one object of ``put_many``; the first chunk of a streamed body) —
+  has a total deadline (``Timeouts.request``, 2 × AP_S3_TIMEOUT_SECONDS): each attempt's
+  deadline is what is left of it, a watchdog thread shuts the socket down when it passes,
+  no retry is started (or slept towards) past it, and the request fails with
+  ``DeadlineExceededError``. Once one operation's deadline has passed, the ``Session`` is
+  *down*: every later request of the run fails at once with the same error, so a command
+  (and the cleanup after a failed multipart upload) gives up within one deadline, not one
+  per request.
 - **Retries** (``RetryPolicy``): botocore's standard mode — its transient and throttling
   error codes, full-jitter exponential backoff with its base scales (0.05 s, 1 s when
   throttled) and 20 s cap — plus 429/503 counted as throttling, ``Retry-After`` honoured up to
@@ -30,6 +36,7 @@ Who does what:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import selectors
@@ -76,16 +83,17 @@ class Timeouts:
 
     connect: float = 10
     read: float = 60
-    request: float = 180
+    request: float = 120
 
     @classmethod
     def from_read(cls, read: float) -> "Timeouts":
-        """AP_S3_TIMEOUT_SECONDS: connect = min(10, read), request = 3 x read."""
-        return cls(connect=min(10.0, read), read=read, request=3 * read)
+        """AP_S3_TIMEOUT_SECONDS: connect = min(10, read), request = 2 x read — the bound of
+        one operation, every attempt and retry included (README: "Timeouts")."""
+        return cls(connect=min(10.0, read), read=read, request=2 * read)
 
 
 class DeadlineExceededError(ReadTimeoutError):
-    fmt = 'No complete answer from endpoint "{endpoint_url}" within {seconds:g} s (a request deadline)'
+    fmt = 'No complete answer from endpoint "{endpoint_url}" within {seconds:g} s, retries included (a request deadline)'
 
 
 class BodyTooLargeError(HTTPClientError):
@@ -253,6 +261,7 @@ class Session(URLLib3Session):
         self._manager.pool_classes_by_scheme = self._pool_classes_by_scheme
         self.timeouts = timeouts
         self.endpoint_url = endpoint_url
+        self.down: str | None = None  # the URL of the request whose deadline passed
 
     def proxy_url(self, url: str) -> str | None:
         return self._proxy_config.proxy_url_for(url)
@@ -265,22 +274,76 @@ class Session(URLLib3Session):
         endpoint = client._endpoint
         endpoint.http_session.close()
         endpoint.http_session = self
+        # One deadline per client call, all its attempts included (see the module's doc).
+        events = client.meta.events
+        events.register("before-call.s3", self._begin_operation, unique_id="apstorage-operation-begin")
+        events.register("after-call.s3", self._end_operation, unique_id="apstorage-operation-end")
+        events.register("after-call-error.s3", self._end_operation, unique_id="apstorage-operation-error")
+        self._bound_retries(client)
+
+    def _begin_operation(self, **_: Any) -> None:
+        _current.operation = time.monotonic() + self.timeouts.request
+
+    def _end_operation(self, **_: Any) -> None:
+        _current.operation = None
+
+    def _bound_retries(self, client: Any) -> None:
+        """botocore's standard retry handler, unchanged, behind one more rule: no retry once
+        the Session is down, nor one whose backoff would end past the operation's deadline.
+        (botocore registers its handler as ``retry-config-s3``; the same handler is made
+        again with the client's own attempts and wrapped.)"""
+        from botocore.retries import standard
+
+        events = client.meta.events
+        attempts = client.meta.config.retries.get("total_max_attempts")
+        events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+        handler = standard.register_retry_handler(client, **({"max_attempts": attempts} if attempts else {}))
+        events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+
+        def needs_retry(**kwargs: Any) -> Any:
+            delay = handler.needs_retry(**kwargs)
+            if delay is None or delay is False or self.down is not None:
+                return False
+            at = getattr(_current, "operation", None)
+            if at is not None and time.monotonic() + delay >= at:
+                return False
+            return delay
+
+        events.register("needs-retry.s3", needs_retry, unique_id="apstorage-bounded-retry")
 
     def send(self, request: AWSPreparedRequest) -> Any:
-        with self.deadline(request.url):
+        with self.deadline(request.url, at=getattr(_current, "operation", None)), _unwrapping_program_faults():
             return super().send(request)
 
-    def deadline(self, url: str, seconds: float | None = None) -> "_DeadlineScope":
-        return _DeadlineScope(url, seconds if seconds is not None else self.timeouts.request)
+    def deadline(self, url: str, seconds: float | None = None, *, at: float | None = None) -> "_DeadlineScope":
+        """The scope of one attempt: its deadline is ``seconds`` (default the whole
+        operation's, ``Timeouts.request``) or what is left before ``at`` (monotonic), the
+        earlier. Raises ``DeadlineExceededError`` at once when the Session is down or no
+        time is left."""
+        limit = self.timeouts.request if seconds is None else seconds
+        if at is not None:
+            limit = min(limit, at - time.monotonic())
+        if self.down is not None or limit <= 0:
+            self.down = self.down or url
+            raise DeadlineExceededError(endpoint_url=url, seconds=self.timeouts.request)
+        return _DeadlineScope(url, limit, session=self)
+
+    def mark_down(self, url: str) -> None:
+        """An operation's deadline passed: every later request of this run fails at once."""
+        if self.down is None:
+            self.down = url
 
     def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int = MAX_LIST_PAGE
+        self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int = MAX_LIST_PAGE,
+        at: float | None = None,
     ) -> Response:
-        """One request; the body read whole if 2xx (up to ``limit`` bytes), at most
-        ``MAX_ERROR_BODY`` of it otherwise."""
+        """One request (one attempt); the body read whole if 2xx (up to ``limit`` bytes), at
+        most ``MAX_ERROR_BODY`` of it otherwise. ``at``: the operation's deadline
+        (monotonic), when it is one attempt of several."""
         prepared = AWSPreparedRequest(method, url, headers, body or None, stream_output=True)
-        with self.deadline(url):
-            response = URLLib3Session.send(self, prepared)
+        with self.deadline(url, at=at):
+            with _unwrapping_program_faults():
+                response = URLLib3Session.send(self, prepared)
             raw = response.raw
             try:
                 cap = limit if 200 <= response.status_code < 300 else MAX_ERROR_BODY
@@ -290,6 +353,20 @@ class Session(URLLib3Session):
             finally:
                 raw.release_conn() if raw.isclosed() else raw.close()
         return Response(response.status_code, response.headers, data)
+
+
+@contextlib.contextmanager
+def _unwrapping_program_faults() -> Iterator[None]:
+    """botocore's ``URLLib3Session.send`` wraps ANY exception in ``HTTPClientError`` (which
+    reads as "closed the connection without answering"); a fault of the program inside it
+    (one of our connection hooks, a missing module) is raised again as itself."""
+    try:
+        yield
+    except HTTPClientError as exc:
+        inner = exc.kwargs.get("error")
+        if type(exc) is HTTPClientError and isinstance(inner, Exception) and not is_transport_error(inner):
+            raise inner from None
+        raise
 
 
 def _read_bounded(raw: Any, cap: int, url: str, *, whole: bool) -> bytes:
@@ -311,9 +388,10 @@ class _DeadlineScope:
     """``with``: the running thread's requests (its sockets) get a total deadline; on expiry
     the error raised inside is replaced by ``DeadlineExceededError``."""
 
-    def __init__(self, url: str, seconds: float) -> None:
+    def __init__(self, url: str, seconds: float, *, session: "Session | None" = None) -> None:
         self.url = url
         self.deadline = _Deadline(seconds)
+        self.session = session
 
     def watch(self, sock: socket.socket | None) -> None:
         self.deadline.watch(sock)
@@ -330,14 +408,22 @@ class _DeadlineScope:
             fired, self.deadline.fired = self.deadline.fired, True  # the watchdog drops it
             self.deadline.sockets.clear()
         if fired and (exc is None or isinstance(exc, Exception)):  # a cut-off read may return short
-            raise DeadlineExceededError(endpoint_url=self.url, seconds=self.deadline.seconds) from None
+            seconds = self.deadline.seconds
+            if self.session is not None:
+                self.session.mark_down(self.url)
+                seconds = self.session.timeouts.request
+            raise DeadlineExceededError(endpoint_url=self.url, seconds=seconds) from None
         return False
 
 
-def read_guarded(raw: Any, size: int, url: str, seconds: float) -> bytes:
+def read_guarded(raw: Any, size: int, url: str, seconds: float, session: "Session | None" = None) -> bytes:
     """``raw.read(size)`` of a streamed urllib3 response, bounded by ``seconds`` in total
-    (a body that trickles in fails rather than hanging)."""
-    with _DeadlineScope(url, seconds) as scope:
+    (a body that trickles in fails rather than hanging; the ``session`` is then down)."""
+    if seconds <= 0 or (session is not None and session.down is not None):
+        if session is not None:
+            session.mark_down(url)
+        raise DeadlineExceededError(endpoint_url=url, seconds=session.timeouts.request if session else seconds)
+    with _DeadlineScope(url, seconds, session=session) as scope:
         connection = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
         scope.watch(getattr(connection, "sock", None))
         fp = getattr(raw, "_fp", None)  # http.client's response: its socket when pooled conn is gone
@@ -346,10 +432,13 @@ def read_guarded(raw: Any, size: int, url: str, seconds: float) -> bytes:
 
 
 def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = None) -> Exception:
-    """An I/O error from urllib3, ssl or the socket layer as the botocore exception
-    ``URLLib3Session.send`` would raise for it. A fault of the program itself
-    (ImportError, AttributeError, TypeError, NameError, AssertionError) is raised again
-    unchanged."""
+    """An I/O error from urllib3, ssl, http.client, httptools or the socket layer as the
+    botocore exception ``URLLib3Session.send`` would raise for it. Anything else — a fault
+    of the program itself (ImportError, AttributeError, TypeError, KeyError, ValueError...,
+    raised by our code or a library's) — is raised again unchanged: it must reach the CLI's
+    internal-error path, never read as "the store closed the connection"."""
+    if not is_transport_error(exc):
+        raise exc
     import ssl
 
     from urllib3 import exceptions as u3
@@ -368,13 +457,33 @@ def _as_botocore_error(exc: BaseException, url: str, proxy_url: str | None = Non
         return ConnectTimeoutError(endpoint_url=url, error=exc)
     if isinstance(exc, (u3.ReadTimeoutError, TimeoutError, socket.timeout)):
         return ReadTimeoutError(endpoint_url=url, error=exc)
-    if isinstance(exc, (u3.ProtocolError, u3.HTTPError, OSError)):
-        return ConnectionClosedError(endpoint_url=url, error=exc)
-    if isinstance(exc, Exception) and not isinstance(exc, (ImportError, AttributeError, TypeError, NameError, AssertionError)):
-        return HTTPClientError(error=exc)
-    # A fault of this program (a missing module, a bug), not of the network: it must
-    # surface as what it is, never as "the store closed the connection".
-    raise exc
+    if _is_parser_error(exc):
+        return ProtocolViolationError(endpoint_url=url, detail=str(exc)[:200])
+    return ConnectionClosedError(endpoint_url=url, error=exc)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the network's doing (socket/OSError, ssl, urllib3, http.client,
+    an httptools parse error, or botocore's own transport exceptions), as opposed to a
+    fault of the program."""
+    import http.client
+    import ssl
+
+    from urllib3 import exceptions as u3
+
+    if isinstance(exc, BotoCoreError):
+        return True
+    return isinstance(exc, (OSError, ssl.SSLError, ssl.CertificateError, u3.HTTPError,
+                            http.client.HTTPException)) or _is_parser_error(exc)
+
+
+def _is_parser_error(exc: BaseException) -> bool:
+    import sys
+
+    httptools = sys.modules.get("httptools")  # only once the multiplexer has loaded it
+    # (a callback's failure, HttpParserCallbackError, is the program's, not the peer's)
+    return (httptools is not None and isinstance(exc, httptools.HttpParserError)
+            and not isinstance(exc, httptools.HttpParserCallbackError))
 
 
 # -- retries -----------------------------------------------------------------------------
@@ -581,7 +690,7 @@ class Multiplexer:
         return len(self._busy) + len(self._done)
 
     # -- connections ---------------------------------------------------------------------
-    def _open(self, slot: _Slot) -> None:
+    def _open(self, slot: _Slot, due: float | None = None) -> None:
         """Connect ``slot`` as botocore's session would (its pools: CA bundle, proxy,
         CONNECT tunnel, connect timeout). urllib3 has no public call that only connects,
         so this takes a new connection from the pool (``_new_conn``) and, for a tunnel,
@@ -591,7 +700,8 @@ class Multiplexer:
         pool = manager.connection_from_url(self.url)
         session._setup_ssl_cert(pool, self.url, session._verify)
         conn = pool._new_conn()
-        conn.timeout = self.timeouts.connect
+        # the connect timeout, or what is left of the operation's deadline if that is less
+        conn.timeout = self.timeouts.connect if due is None else max(0.001, min(self.timeouts.connect, due - time.monotonic()))
         try:
             if self.proxy_url and self.scheme == "https":
                 pool._prepare_proxy(conn)
@@ -634,8 +744,8 @@ class Multiplexer:
         def connect(slot: _Slot) -> None:
             try:
                 self._open(slot)
-            except Exception:  # noqa: BLE001 - send meets it again and reports it
-                slot.close()
+            except BotoCoreError:  # a network failure: send meets it again and reports it
+                slot.close()  # (a fault of the program is raised here, as itself)
 
         with ThreadPoolExecutor(min(PARALLEL_CONNECTS, len(cold)), thread_name_prefix="connect") as pool:
             list(pool.map(connect, cold))
@@ -645,12 +755,22 @@ class Multiplexer:
     # -- requests ------------------------------------------------------------------------
     def send(
         self, token: Any, method: str, target: str, headers: Mapping[str, str], body: bytes = b"",
-        *, limit: int = MAX_ERROR_BODY,
+        *, limit: int = MAX_ERROR_BODY, due: float | None = None,
     ) -> None:
         """Start a request on a free connection (the caller checks ``free`` first). A 2xx
-        answer's body may hold ``limit`` bytes; an error's is cut at ``MAX_ERROR_BODY``."""
+        answer's body may hold ``limit`` bytes; an error's is cut at ``MAX_ERROR_BODY``.
+        ``due``: the operation's deadline (monotonic; default ``Timeouts.request`` from now);
+        past it — or with the Session down — the request fails with
+        ``DeadlineExceededError`` (at once, if it already is)."""
         slot = self._idle.pop()
         connecting = False
+        now = time.monotonic()
+        due = now + self.timeouts.request if due is None else min(due, now + self.timeouts.request)
+        if self.session.down is not None or due <= now:
+            self.session.mark_down(self.url)
+            self._idle.append(slot)
+            self._done.append((token, DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request)))
+            return
         try:
             # An idle socket is watched by the selector while ``poll`` runs; one left idle
             # since (between batches) is checked here before it carries a request.
@@ -659,12 +779,12 @@ class Multiplexer:
                 self._drop(slot)
             if slot.sock is None:
                 connecting = True
-                self._open(slot)
+                self._open(slot, due)
                 connecting = False
             self._track(slot)
             now = time.monotonic()
             slot.start(token, limit)
-            slot.idle_at, slot.due = now, now + self.timeouts.request
+            slot.idle_at, slot.due = now, due
             if self._absolute:
                 target = f"{self.url}{target}"
                 headers = {**headers, **self._proxy_headers}
@@ -691,10 +811,14 @@ class Multiplexer:
                 view = view[sock.send(view) :]
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
                 wants_read = isinstance(exc, ssl.SSLWantReadError)  # TLS may need to read first
+                left = slot.due - time.monotonic()  # a peer taking the body slowly: the deadline holds
+                if left <= 0:
+                    self.session.mark_down(self.url)
+                    raise DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request) from None
                 ready = select.select(
-                    [sock] if wants_read else [], [] if wants_read else [sock], [], self.timeouts.read
+                    [sock] if wants_read else [], [] if wants_read else [sock], [], min(self.timeouts.read, left)
                 )
-                if not any(ready):
+                if not any(ready) and left > self.timeouts.read:
                     raise TimeoutError(f"{self.host} did not take the request within {self.timeouts.read:g} s")
 
     def _recv(self, slot: _Slot) -> bytes | None:
@@ -747,6 +871,10 @@ class Multiplexer:
             raise ConnectionClosedError(endpoint_url=self.url, error=ConnectionError("closed before answering"))
         try:
             slot.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # One of our callbacks (``_Slot.on_*``) failed: a fault of the program, raised as
+            # itself, never read as the server breaking HTTP.
+            raise (exc.__context__ or exc) from None
         except httptools.HttpParserError as exc:
             if slot.done:
                 slot.extra = True
@@ -792,6 +920,7 @@ class Multiplexer:
                 self._next_sweep = now + SWEEP
                 for slot in list(self._busy):
                     if slot.due <= now:
+                        self.session.mark_down(self.url)
                         self._finish(
                             slot, DeadlineExceededError(endpoint_url=self.url, seconds=self.timeouts.request)
                         )
