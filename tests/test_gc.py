@@ -512,6 +512,27 @@ def test_wrong_configuration_deletes_nothing(local_env, storage_factory, tmp_pat
     assert any("configuration looks wrong" in note for note in report.notes)
 
 
+def test_a_fresh_install_with_no_rows_and_no_objects_gives_a_silent_cron_gc(full_env, set_env, runner) -> None:
+    """An empty catalog with empty stores is a fresh install, not a wrong configuration:
+    gc (as cron runs it, stderr not a terminal) prints nothing and exits 0; a dry run
+    answers with one line."""
+    set_env(**full_env)
+    result = invoke(runner)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    dry = invoke(runner, "--dry-run")
+    assert dry.exit_code == 0 and dry.stdout == ""
+    assert dry.stderr.strip().startswith("gc would delete nothing") and len(dry.stderr.strip().splitlines()) == 1
+
+
+def test_an_empty_catalog_beside_a_store_with_objects_warns_once(full_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(full_env)
+    key = orphan(storage, Location.S3, age=2 * DAY)
+    set_env(**full_env)
+    result = invoke(runner, "--orphans")
+    assert result.exit_code == 0 and object_exists(storage, Location.S3, key)
+    assert result.stderr.count("the catalog has no rows at all") == 1
+
+
 @pytest.mark.parametrize("absent", [1, 4])
 def test_a_few_rows_under_a_wrong_root_are_not_deleted(local_env, storage_factory, tmp_path, absent) -> None:
     """However few the rows, a location where none has its bytes points at a wrong

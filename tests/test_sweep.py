@@ -167,6 +167,18 @@ def test_dry_run_counts_and_sizes_by_type_and_changes_nothing(full_env, set_env,
         assert row_exists(storage, row.id) and bytes_exist(storage, row)
 
 
+def test_a_dry_run_with_nothing_expired_says_so_in_one_line(full_env, set_env, storage_factory, runner) -> None:
+    """A cron run with nothing to do prints nothing; a dry run, asked by a person, answers."""
+    storage = storage_factory(full_env)
+    seed(storage, "FLOW_RUN_LOG", Location.DB, FRESH)
+    set_env(**full_env)
+    quiet = invoke(runner)
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+    dry = invoke(runner, "--dry-run")
+    assert dry.exit_code == 0 and dry.stdout == ""
+    assert dry.stderr.strip().splitlines() == ["sweep-expired would delete nothing (nothing older than 30 days)"]
+
+
 @pytest.mark.parametrize(
     "args",
     [

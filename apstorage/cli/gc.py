@@ -12,7 +12,7 @@ from apstorage.cli.app import (
     DRY_RUN_OPTION, JSON_OPTION, METRICS_OPTION, QUIET_OPTION, VERBOSE_OPTION, app, handle_errors,
 )
 from apstorage.cli.output import Output, human_size, new_table, record_metrics, summary_line
-from apstorage.text import printable  # keys and ids come from a catalog or a server
+from apstorage.text import plural, printable  # keys and ids come from a catalog or a server
 
 SHOWN = 20  # failures and reported rows printed without --json
 
@@ -205,10 +205,10 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
     for row in report.reported[:SHOWN]:
         out.error(f"{row['type']} {printable(row['id'])} ({row['location']} {printable(row['key'] or '-')}): {row['reason']}")
     if report.reported_count > SHOWN:
-        out.error(f"... and {report.reported_count - SHOWN} more rows with missing bytes (see --json)")
+        out.error(f"... and {plural(report.reported_count - SHOWN, 'more row')} with missing bytes (see --json)")
     if report.restorable_count:
         out.warn(
-            f"{report.restorable_count:,} rows have no current object but a noncurrent version: "
+            f"{plural(report.restorable_count, 'row')} {'has' if report.restorable_count == 1 else 'have'} no current object but a noncurrent version: "
             "restorable, never deleted by gc; `apstorage restore ID...` (or `restore --all-missing`) "
             "brings them back"
         )
@@ -232,6 +232,10 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
             ) + _versioned_tail(report),
             failed=bool(report.failed or report.reported_count),
         )
-    elif not report.refusals:
+    elif report.refusals:
+        pass
+    elif report.dry_run:
+        out.info(f"gc would delete nothing (nothing to collect older than {_grace(report.grace)})")
+    else:
         out.note(f"nothing to collect (nothing older than {_grace(report.grace)})")
 

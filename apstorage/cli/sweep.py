@@ -148,6 +148,9 @@ def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
             ) + versioned_tail(report),
             failed=bool(report.failed),
         )
+    elif report.dry_run:
+        # A dry run is asked by a person or a script that wants the answer: always one line.
+        out.info(f"sweep-expired would delete nothing (nothing older than {plural(report.retention_days, 'day')})")
     else:
         out.note(f"nothing expired (nothing older than {plural(report.retention_days, 'day')})")
 

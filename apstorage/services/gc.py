@@ -470,6 +470,24 @@ class _Collector:
             found += info is not None
         return asked, found
 
+    def _stores_hold_objects(self) -> bool:
+        """Whether the configured S3 bucket (under the platform's prefixes) or LOCAL root
+        holds at least one object: one listing request per prefix at most. A store that
+        cannot be asked counts as holding objects (the note is then shown)."""
+        settings = self.storage.settings
+        try:
+            if settings.s3_bucket:
+                store = self.storage.store(Location.S3)
+                if any(store.list_page(prefix, max_keys=1) for prefix in du_service.MANAGED_PREFIXES):
+                    return True
+            store = self.storage.store(Location.LOCAL)
+            root = getattr(store, "root", None)
+            if root is not None and root.is_dir() and next(iter(store.list()), None) is not None:
+                return True
+        except (ApStorageError, OSError):
+            return True
+        return False
+
     def wants(self, kind: str) -> bool:
         return kind in self.report.kinds
 
@@ -479,10 +497,12 @@ class _Collector:
         self.judge_orphans = self.wants("orphans")
         if self.judge_orphans and not sql.has_rows(self.catalog):
             self.judge_orphans = False
-            report.notes.append(
-                "the catalog has no rows at all: no object is judged an orphan (check "
-                "AP_POSTGRES_* / AP_DB_TYPE point at the platform's database)"
-            )
+            # A fresh install (no rows, no objects) is not a mistake: a cron gc stays silent.
+            if self._stores_hold_objects():
+                report.notes.append(
+                    "the catalog has no rows at all: no object is judged an orphan (check "
+                    "AP_POSTGRES_* / AP_DB_TYPE point at the platform's database)"
+                )
         self.by_s3_key = sql.odd_keys(self.catalog)
         # Keys a store may list under another name (a//b, a\b as a/b): those names are
         # referenced too (one scan of the table for the rare keys that have one).
@@ -977,10 +997,12 @@ class _GcTally:
         by, and the ``--trust`` that takes them (report.refusals, exit 1)."""
         variable = "AP_S3_BUCKET" if self.location is Location.S3 else "AP_LOCAL_STORAGE_PATH"
         flag = f"--trust {self.where}"
-        sample = (f"{self.sampled - self.sampled_found:,} of {self.sampled:,} sampled rows lack their bytes "
-                  f"({self.sampled_found:,} have them)" if self.sampled else "no row could be sampled")
+        lack = self.sampled - self.sampled_found
+        sample = (f"{lack:,} of {plural(self.sampled, 'sampled row')} {'lacks its' if lack == 1 else 'lack their'} bytes "
+                  f"({self.sampled_found:,} {'has them' if self.sampled_found == 1 else 'have them'})"
+                  if self.sampled else "no row could be sampled")
         message = (
-            f"{self.where}: {what}; {sample}, and the listing met {self.missing:,} rows without "
+            f"{self.where}: {what}; {sample}, and the listing met {plural(self.missing, 'row')} without "
             f"bytes and {self.matched:,} with. Either the configuration looks wrong ({variable} "
             f"is not this catalog's) or the bytes were removed on purpose (a lifecycle rule "
             f"expiring objects before the catalog's retention): no {self.where} {kind} was deleted. "
@@ -1032,7 +1054,7 @@ class _GcTally:
     def _refuse_rows(self) -> None:
         self.rows_refused = True
         n, self.held = len(self.held), []
-        self._note_refusal(f"{n:,} rows without bytes were held back", "row", n)
+        self._note_refusal(f"{plural(n, 'row')} without bytes {'was' if n == 1 else 'were'} held back", "row", n)
 
     def close(self, *, finish: bool = True, keep: bool = True) -> None:
         """End of the pass: deal with what is queued (``finish``), wait for the batches
