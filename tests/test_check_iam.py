@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apstorage.cli import app
-from apstorage.services.check_iam import CHECKS, run_checks
+from apstorage.services.check_iam import CHECKS, VERSION_CHECKS, run_checks
 from tests import servers
 from tests.conftest import READONLY_IDENTITY, settings_from
 
@@ -47,7 +47,11 @@ def test_full_credentials_pass_every_check_and_leave_nothing(runner, set_env, s3
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["leftover"] == []
     assert [c["name"] for c in report["checks"]] == list(CHECKS)
-    assert all(c["ok"] is True and c["status"] == "passed" for c in report["checks"]), report
+    # the bucket is not versioned: the three version checks are skipped (test_check_iam_versions.py)
+    assert all(c["ok"] is True and c["status"] == "passed" for c in report["checks"]
+               if c["name"] not in VERSION_CHECKS), report
+    assert {c["name"]: c["detail"] for c in report["checks"] if c["status"] == "skipped"} \
+        == dict.fromkeys(VERSION_CHECKS, "bucket is not versioned")
     checks = by_name(report)
     assert checks["list"]["permission"] == "s3:ListBucket"
     assert checks["delete"]["permission"] == "s3:DeleteObject"
@@ -60,8 +64,9 @@ def test_full_credentials_pass_every_check_and_leave_nothing(runner, set_env, s3
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == list(CHECKS)
-    assert suite.get("tests") == "8" and suite.get("failures") == "0"
+    assert suite.get("tests") == str(len(CHECKS)) and suite.get("failures") == "0"
     assert all(c.find("failure") is None for c in cases)
+    assert suite.get("skipped") == str(len(VERSION_CHECKS))
 
 
 def test_read_only_identity_fails_at_put_naming_the_permission(runner, set_env, s3_env, seaweed, tmp_path) -> None:
@@ -90,7 +95,7 @@ def test_read_only_identity_fails_at_put_naming_the_permission(runner, set_env, 
     assert list(cases) == list(CHECKS)
     assert "s3:PutObject" in cases["put"].find("failure").text
     assert cases["get"].find("skipped") is not None
-    assert root.get("failures") == "3" and root.get("skipped") == "2"
+    assert root.get("failures") == "3" and root.get("skipped") == str(2 + len(VERSION_CHECKS))
 
     human = invoke(runner, "check-iam")
     assert human.exit_code == 1
@@ -199,7 +204,9 @@ def test_skip_leaves_checks_out_and_refuses_unknown_names(runner, set_env, s3_en
     result = invoke(runner, "check-iam", "--skip", "clock, anonymous-denied,presign-get", "--json")
     assert result.exit_code == 0, result.output
     checks = by_name(json.loads(result.stdout))
-    assert {n for n, c in checks.items() if c["status"] == "skipped"} == {"clock", "anonymous-denied", "presign-get"}
+    assert {n for n, c in checks.items() if c["status"] == "skipped"} \
+        == {"clock", "anonymous-denied", "presign-get", *VERSION_CHECKS}
+    assert all(checks[n]["detail"] == "skipped (--skip)" for n in ("clock", "anonymous-denied", "presign-get"))
     bad = invoke(runner, "check-iam", "--skip", "list,teleport")
     assert bad.exit_code == 2 and "teleport" in bad.stderr
 
@@ -224,7 +231,7 @@ def test_an_unreachable_endpoint_is_exit_8(runner, set_env, tmp_path) -> None:
     assert report["checks"][0]["status"] == "failed" and f"127.0.0.1:{port}" in report["checks"][0]["detail"]
     assert all(c["status"] == "skipped" for c in report["checks"][1:])
     assert f"127.0.0.1:{port}" in result.stderr and "secret-value-123" not in result.output
-    assert len(ET.parse(junit).getroot().findall("./testsuite/testcase")) == 8
+    assert len(ET.parse(junit).getroot().findall("./testsuite/testcase")) == len(CHECKS)
 
 
 def test_a_missing_bucket_stops_the_run_even_when_list_is_skipped(runner, set_env, s3_env, seaweed) -> None:

@@ -1,8 +1,7 @@
 """`lifecycle apply` / `lifecycle show`, and the retention tag `put` writes.
 
-Against a real SeaweedFS (the `bucket`/`s3_env` fixtures), against moto's in-process
-`mock_aws`, and, for a store that has no lifecycle support at all, against a tiny HTTP
-server that answers every lifecycle request with S3's 501 NotImplemented (what such
+Against a real SeaweedFS (the `bucket`/`s3_env` fixtures), against moto's server, and,
+for a store that has no lifecycle support at all, against a tiny HTTP server that answers every lifecycle request with S3's 501 NotImplemented (what such
 stores return; SeaweedFS 4.48 itself does so only for Transition rules, tested too).
 """
 
@@ -13,6 +12,7 @@ import http.server
 import io
 import json
 import re
+import secrets
 import threading
 from typing import Any, Iterator
 
@@ -191,6 +191,9 @@ def test_bucket_without_configuration(runner, bucket, s3_env, set_env) -> None:
     set_env(**s3_env)
     shown = run_json(runner, "lifecycle", "show")
     assert shown.pop("retentionCheck")["level"] == "note"  # the defaults, 30 and 30
+    assert shown.pop("versioning")["status"] == "Unversioned"  # tests/test_lifecycle_versions.py
+    assert (shown.pop("versionsKeptForever"), shown.pop("deleteMarkersKept"), shown.pop("missingVersionRules")) \
+        == (False, False, [])
     assert shown == {"bucket": bucket, "configured": False, "rules": [], "missing": OURS,
                      "minimumExpiryDays": 31, "problems": []}
     human = invoke(runner, "lifecycle", "show")
@@ -305,18 +308,27 @@ def test_store_without_lifecycle_is_exit_6(runner, set_env, no_lifecycle_endpoin
 
 
 @pytest.fixture
-def moto_bucket(set_env) -> Iterator[str]:
-    from moto import mock_aws
-
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="moto-bucket")
-        set_env(AP_S3_BUCKET="moto-bucket", AP_S3_REGION="us-east-1",
-                AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
-        yield "moto-bucket"
+def moto_env(moto) -> dict[str, str]:
+    """A fresh bucket on moto's server (the session's): lifecycle asks the versioning
+    state over apstorage's own signed HTTP path, which the in-process mock cannot see."""
+    bucket = f"moto-{secrets.token_hex(5)}"
+    moto.client().create_bucket(Bucket=bucket)
+    return moto.ap_env(bucket)
 
 
-def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
-    client = boto3.client("s3", region_name="us-east-1")
+@pytest.fixture
+def moto_bucket(set_env, moto_env) -> str:
+    set_env(**moto_env)
+    return moto_env["AP_S3_BUCKET"]
+
+
+@pytest.fixture
+def moto_client(moto):
+    return moto.client()
+
+
+def test_moto_merge_apply_twice_and_replace(runner, moto_bucket, moto_client) -> None:
+    client = moto_client
     transition = {"ID": "team-glacier", "Filter": {"Prefix": "archive/"}, "Status": "Enabled",
                   "Transitions": [{"Days": 60, "StorageClass": "GLACIER"}]}
     foreign = [*FOREIGN, transition]
@@ -348,24 +360,22 @@ def test_moto_merge_apply_twice_and_replace(runner, moto_bucket) -> None:
     assert [r["ID"] for r in rules_of(client, moto_bucket)] == OURS
 
 
-def test_moto_missing_bucket_and_empty_configuration(runner, moto_bucket, set_env) -> None:
+def test_moto_missing_bucket_and_empty_configuration(runner, moto_bucket, moto_env, set_env) -> None:
     shown = run_json(runner, "lifecycle", "show")
     assert shown["configured"] is False and shown["missing"] == OURS
-    set_env(AP_S3_BUCKET="absent-bucket", AP_S3_REGION="us-east-1",
-            AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
+    set_env(**dict(moto_env, AP_S3_BUCKET="absent-bucket"))
     result = invoke(runner, "lifecycle", "apply")
     assert result.exit_code == 4 and "absent-bucket" in result.stderr
 
 
-def test_an_updated_rule_shows_old_and_new_expiry_and_counts_are_in_the_right_number(runner, moto_bucket, set_env) -> None:
+def test_an_updated_rule_shows_old_and_new_expiry_and_counts_are_in_the_right_number(runner, moto_bucket, moto_env, set_env) -> None:
     """issue 22, item 5: `31 → 15 days` in the table, before/after in --json (the id lists
     unchanged), and never `1 days` (one plural helper for every count)."""
-    base = dict(AP_S3_BUCKET=moto_bucket, AP_S3_REGION="us-east-1",
-                AP_S3_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AP_S3_SECRET_ACCESS_KEY="fake-secret")
+    base = moto_env
     first = invoke(runner, "lifecycle", "apply")
     assert first.exit_code == 0
     assert "abort incomplete multipart uploads after 1 day " in first.stdout + " "
-    assert "wrote 2 rules to moto-bucket (2 added)" in first.stderr
+    assert f"wrote 2 rules to {moto_bucket} (2 added)" in first.stderr
     set_env(**base, AP_EXECUTION_DATA_RETENTION_DAYS="14", AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
     dry = invoke(runner, "lifecycle", "apply", "--dry-run")
     assert dry.exit_code == 0 and "expire after 31 → 15 days" in dry.stdout

@@ -29,8 +29,8 @@ def check_iam(
     ),
     skip: Optional[str] = typer.Option(
         None, "--skip", metavar="NAME,..",
-        help="Checks to leave out: list, put, get, presign-get, presign-put, anonymous-denied, "
-        "delete, clock.",
+        help="Checks to leave out: list, put, get, list-versions, get-version, presign-get, "
+        "presign-put, anonymous-denied, delete, delete-versions, clock.",
     ),
     metrics_file: Optional[str] = METRICS_OPTION,
     json_out: bool = JSON_OPTION,
@@ -39,9 +39,14 @@ def check_iam(
 
     Exit 1 if any check fails.
 
-    Runs list, put, get, presign-get, presign-put, anonymous-denied, delete and clock in
-    order, each naming the IAM permission it exercises, with a hint for each failure.
-    Probe objects are removed even when a check fails or the run is interrupted.
+    Runs list, put, get, list-versions, get-version, presign-get, presign-put,
+    anonymous-denied, delete, delete-versions and clock in order, each naming the IAM
+    permission it exercises, with a hint for each failure. The three version checks
+    (s3:ListBucketVersions, s3:GetObjectVersion, s3:DeleteObjectVersion: what
+    --purge-versions and restore need) run on a versioned bucket only; elsewhere they are
+    skipped ("bucket is not versioned"). Probe objects are removed even when a check fails
+    or the run is interrupted; on a versioned bucket every version and delete marker of
+    them.
     Exit 0 all passed, 1 some failed, 3 configuration missing, 4 bucket missing (the run
     stops after list and writes nothing), 8 endpoint unreachable.
     """
@@ -89,7 +94,10 @@ def _show(out: Output, report, json_out: bool, check: dict[str, str] | None = No
     out.result({**report.to_json(), "retentionCheck": check}, render)
     show_retention_check(out, check)
     for key in report.leftover:
-        out.warn(f"probe object left behind (these credentials could not delete it): {key}")
+        if key.endswith(")"):  # a version or delete marker, with what happened to it
+            out.warn(f"probe left behind: {key}")
+        else:
+            out.warn(f"probe object left behind (these credentials could not delete it): {key}")
     for warning in report.warnings:
         out.warn(warning)
     failed = [c.name for c in report.failed]

@@ -40,6 +40,11 @@ def apply_cmd(
     replace: bool = typer.Option(
         False, "--replace", help="Remove rules apstorage did not create (default: keep them)."
     ),
+    noncurrent_days: int = typer.Option(
+        7, "--noncurrent-days", min=1, max=36500, metavar="N",
+        help="On a versioned bucket: days a deleted (noncurrent) version of execution data "
+        "is kept, so `apstorage restore` can bring it back, before the bucket removes it.",
+    ),
     dry_run: bool = DRY_RUN_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -50,6 +55,12 @@ def apply_cmd(
     apstorage-abort-incomplete-multipart (incomplete multipart uploads are aborted after
     1 day). Rules with other IDs are kept unchanged unless --replace. Shows the diff;
     writes only when something changed.
+
+    On a versioned bucket (versioning Enabled or Suspended), where a delete only adds a
+    delete marker, two more: apstorage-expire-noncurrent-execution-data (noncurrent
+    versions of tagged objects expire --noncurrent-days after they became noncurrent)
+    and apstorage-remove-expired-delete-markers (a delete marker with no version left is
+    removed). An unversioned bucket gets the first two only.
 
     The expiry is never shorter than the catalog's retention
     (AP_EXECUTION_DATA_RETENTION_DAYS) + 1 day: a shorter one is refused (exit 2), since
@@ -67,6 +78,7 @@ def apply_cmd(
             grace_days=grace_days,
             replace=replace,
             dry_run=dry_run,
+            noncurrent_days=noncurrent_days,
         )
 
     def render(console) -> None:
@@ -90,8 +102,19 @@ def apply_cmd(
     out.result(plan.to_json(), render)
     for rule_id, problem in plan.problems:
         out.warn(f"rule {rule_id!r} {problem}")
+    versioning = plan.versioning
+    if versioning is not None and versioning.note and versioning.supported:
+        # refused or unreadable: the bucket may be versioned, the versioned rules were not planned
+        out.warn(f"{versioning.note}; the noncurrent-version rules were not considered")
     if json_out:
         return
+    if plan.versioned:
+        assert versioning is not None
+        out.info(
+            f"bucket {plan.bucket} is versioned ({versioning.status}): noncurrent versions of execution "
+            f"data are kept {plural(plan.noncurrent_days, 'day')} (restorable), then removed; "
+            "expired delete markers are removed"
+        )
     counts = ", ".join(
         f"{len(ids)} {name}"
         for name, ids in (("added", plan.added), ("updated", plan.updated),
@@ -115,6 +138,10 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
     (sooner than AP_EXECUTION_DATA_RETENTION_DAYS + 1 day, or objects that never expire
     by age) is flagged "too short", with a warning line on stderr. A retention not longer
     than AP_PAUSED_FLOW_TIMEOUT_DAYS is said in one more line (a note when equal).
+
+    Shows the bucket's versioning state; a versioned bucket on which no rule expires
+    noncurrent versions of execution data is warned about (its deleted bytes are kept
+    forever: run lifecycle apply).
     """
     from apstorage.services.context import Storage
     from apstorage.services.lifecycle import show_lifecycle
@@ -127,6 +154,7 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
     def render(console) -> None:
         from rich.text import Text
 
+        console.print(f"versioning: {_versioning_words(view.versioning)}", markup=False)
         if not view.rules:
             console.print(f"bucket {view.bucket} has no lifecycle rules", markup=False)
             return
@@ -146,11 +174,27 @@ def show_cmd(json_out: bool = JSON_OPTION) -> None:
     out.result({**data, "retentionCheck": check}, render)
     for rule_id, problem in view.problems:
         out.warn(f"rule {rule_id!r} {problem}")
+    if view.versions_kept_forever:
+        status = view.versioning.status if view.versioning is not None else ""
+        out.warn(
+            f"bucket {view.bucket} is versioned ({status}) and no lifecycle rule expires noncurrent "
+            "versions of execution data: every deleted object keeps its bytes forever; "
+            f"run `apstorage lifecycle apply` (adds {', '.join(data['missingVersionRules']) or 'the noncurrent-version rules'})"
+        )
     if not json_out and view.missing:
         out.info(
             f"missing apstorage rules: {', '.join(view.missing)}; run `apstorage lifecycle apply`"
         )
     show_retention_check(out, check)
+
+
+def _versioning_words(versioning) -> str:
+    """``Enabled``, ``Suspended``, ``not enabled``, or what the store answered."""
+    if versioning is None or (not versioning.status and not versioning.note):
+        return "not enabled"
+    if versioning.status:
+        return versioning.status
+    return f"unknown ({versioning.note})"
 
 
 def old_to_new(old: str, new: str) -> str:

@@ -5,8 +5,19 @@ CI can gate on the result: list, put (with the execution-data tag), get, a pre-s
 and PUT fetched with no credentials, an unsigned GET that must be refused, delete (one
 and a DeleteObjects batch of one, then a 404), and the server's clock.
 
+On a versioned bucket (GetBucketVersioning: Enabled or Suspended, asked once) three more
+exercise what `sweep-expired --purge-versions`, `gc` and `restore` need: list-versions
+(ListObjectVersions of the probes: s3:ListBucketVersions), get-version (GetObject with the
+probe's versionId: s3:GetObjectVersion, as restore's CopyObject from a version needs),
+delete-versions (DeleteObject naming a version, then DeleteObjects naming the others:
+s3:DeleteObjectVersion), after which the listing must show none of the probes' versions
+or delete markers. On an unversioned bucket (or a store without the versioning API) they
+are skipped, "bucket is not versioned".
+
 Probe objects are always removed, also when a check fails or the run is interrupted
-(Ctrl-C or SIGTERM); a probe the credentials cannot delete is reported, never hidden.
+(Ctrl-C or SIGTERM); on a versioned bucket that means every version and delete marker of
+every probe key (all share one key prefix, listed once). A probe, version or delete
+marker the credentials cannot delete is reported, never hidden.
 Raw HTTP (pre-signed and unsigned requests, the Date header) goes through the store's own
 HTTP session unsigned: those requests carry no credentials at all, and follow the same
 proxy rule, timeouts and error messages as every other request.
@@ -42,12 +53,16 @@ CHECKS = (
     "list",
     "put",
     "get",
+    "list-versions",
+    "get-version",
     "presign-get",
     "presign-put",
     "anonymous-denied",
     "delete",
+    "delete-versions",
     "clock",
 )
+VERSION_CHECKS = ("list-versions", "get-version", "delete-versions")
 PERMISSIONS = {
     "list": "s3:ListBucket",
     "put": "s3:PutObject, s3:PutObjectTagging",
@@ -56,6 +71,9 @@ PERMISSIONS = {
     "presign-put": "s3:PutObject (pre-signed)",
     "anonymous-denied": "no public s3:GetObject",
     "delete": "s3:DeleteObject",
+    "list-versions": "s3:ListBucketVersions",
+    "get-version": "s3:GetObjectVersion",
+    "delete-versions": "s3:DeleteObjectVersion",
     "clock": "-",
 }
 MAX_SKEW = 300  # seconds: SigV4 requests further off than 5 minutes are refused
@@ -212,14 +230,21 @@ class _Run:
         self.bucket = store.bucket
         self.prefix = prefix
         token = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
-        self.probe = safe_relative_key(f"{prefix}apstorage-check-iam-{token}.probe")
-        self.probe2 = safe_relative_key(f"{prefix}apstorage-check-iam-{token}-presigned.probe")
+        # every key this run may write (or put a delete marker on) starts with the stem
+        self.stem = safe_relative_key(f"{prefix}apstorage-check-iam-{token}")
+        self.probe = f"{self.stem}.probe"
+        self.probe2 = f"{self.stem}-presigned.probe"
+        self.absent = f"{self.stem}-absent.probe"  # never written; deleting it makes a marker
         self.payload = b"apstorage check-iam probe\n" + secrets.token_bytes(64)
         self.payload2 = b"apstorage check-iam pre-signed probe\n" + secrets.token_bytes(64)
         self.created: set[str] = set()  # keys that may exist and must be removed
         self.readable: set[str] = set()  # keys known to hold their payload
         self.put_outcome = "not run"
         self.warnings: list[str] = []
+        self.payloads = {self.probe: self.payload, self.probe2: self.payload2}
+        self.touched = False  # a request that may leave a version or marker was sent
+        self._versioning: Any = None
+        self.listed: list[Any] | None = None  # the probes' versions and markers (list-versions)
 
     def arn(self, objects: bool = True) -> str:
         return f"arn:aws:s3:::{self.bucket}/{self.prefix}*" if objects else f"arn:aws:s3:::{self.bucket}"
@@ -236,6 +261,7 @@ class _Run:
     def check_put(self) -> CheckResult:
         tag = "&".join(f"{k}={v}" for k, v in RETENTION_TAG.items())
         self.created.add(self.probe)
+        self.touched = True
         try:
             self.store.put(self.probe, io.BytesIO(self.payload), len(self.payload), tags=RETENTION_TAG)
         except PermissionDeniedError as exc:
@@ -301,6 +327,7 @@ class _Run:
 
     def check_presign_put(self) -> CheckResult:
         self.created.add(self.probe2)
+        self.touched = True
         try:
             url, headers = self.store.presign_put(
                 self.probe2, PRESIGN_EXPIRES, content_length=len(self.payload2), tags=RETENTION_TAG
@@ -357,7 +384,8 @@ class _Run:
         )
 
     def check_delete(self) -> CheckResult:
-        absent = f"{self.prefix}apstorage-check-iam-absent-{secrets.token_hex(6)}"
+        absent = self.absent
+        self.touched = True  # on a versioned bucket every delete leaves a delete marker
         first = self.probe if self.probe in self.created else absent
         second = self.probe2 if self.probe2 in self.created else first
         problems: list[str] = []
@@ -392,6 +420,202 @@ class _Run:
             self.created.add(first)
             return CheckResult("delete", FAILED, f"DeleteObject answered success but s3://{self.bucket}/{first} is still there")
         return CheckResult("delete", PASSED, "DeleteObject and a DeleteObjects batch of one succeeded; HEAD then gives 404")
+
+    # -- versioned buckets ------------------------------------------------------------------
+    def versioning(self) -> Any:
+        """The bucket's versioning state, asked once (GetBucketVersioning). A store without
+        the API counts as unversioned; a refusal too, with a note naming the permission.
+        BackendUnavailableError when the store cannot be reached."""
+        if self._versioning is None:
+            from apstorage.stores.s3_versions import Versioning, get_versioning
+
+            try:
+                self._versioning = get_versioning(self.store)
+            except BackendUnavailableError:
+                raise
+            except ApStorageError as exc:
+                self._versioning = Versioning("", True, f"the versioning state could not be asked ({exc}); treated as unversioned")
+            if self._versioning.note and self._versioning.supported:
+                self.warnings.append(
+                    f"{self._versioning.note}: list-versions, get-version and delete-versions were "
+                    "not run; sweep-expired, gc and restore need s3:GetBucketVersioning to tell a versioned bucket"
+                )
+        return self._versioning
+
+    def not_versioned(self, name: str) -> CheckResult | None:
+        """The skip of a versioned check on a bucket that is not versioned, or None."""
+        state = self.versioning()
+        if state.versioned:
+            return None
+        if state.note and state.supported:
+            return CheckResult(name, SKIPPED, f"the versioning state is unknown: {state.note}")
+        detail = "bucket is not versioned"
+        if state.note:
+            detail += f" ({state.note})"
+        return CheckResult(name, SKIPPED, detail)
+
+    def list_probe_versions(self) -> list[Any]:
+        """Every version and delete marker under the probes' stem (one ListObjectVersions
+        page or a few). Raises what the listing raises."""
+        from apstorage.stores.s3_versions import list_versions
+
+        return [e for e in list_versions(self.store, self.stem) if e.key.startswith(self.stem)]
+
+    def check_list_versions(self) -> CheckResult:
+        skipped = self.not_versioned("list-versions")
+        if skipped:
+            return skipped
+        try:
+            entries = self.list_probe_versions()
+        except ApStorageError as exc:
+            return self.failure("list-versions", exc, "s3:ListBucketVersions", objects=False)
+        self.listed = entries
+        versions = sum(1 for e in entries if not e.delete_marker)
+        markers = len(entries) - versions
+        detail = (
+            f"ListObjectVersions under {self.stem!r}: {plural(versions, 'version')} and "
+            f"{plural(markers, 'delete marker')} of the probes"
+        )
+        if self.put_outcome == "ok" and not any(e.key == self.probe and not e.delete_marker for e in entries):
+            return CheckResult("list-versions", FAILED, detail + f"; none of s3://{self.bucket}/{self.probe}, which was written")
+        return CheckResult("list-versions", PASSED, detail)
+
+    def probe_versions(self) -> list[tuple[str, str]]:
+        """(key, versionId) of probe versions holding a known payload: from list-versions,
+        else the current version's id from a HEAD (a probe not deleted yet)."""
+        if self.listed is not None:
+            return [(e.key, e.version_id) for e in self.listed if not e.delete_marker and e.key in self.payloads]
+        from apstorage.stores.s3_versions import head_version
+
+        found = []
+        for key in (self.probe, self.probe2):
+            if key not in self.readable:
+                continue
+            try:
+                head = head_version(self.store, key)
+            except ApStorageError:
+                continue
+            if head and head.get("versionId"):
+                found.append((key, head["versionId"]))
+        return found
+
+    def check_get_version(self) -> CheckResult:
+        skipped = self.not_versioned("get-version")
+        if skipped:
+            return skipped
+        from apstorage.stores.s3_versions import get_version
+
+        known = self.probe_versions()
+        if not known:
+            reason = "put failed" if self.put_outcome != "ok" else "its version id is not known (list-versions failed or was skipped)"
+            if self.put_outcome == "not run":
+                reason = "put was skipped"
+            return CheckResult("get-version", SKIPPED, f"no probe version to read ({reason})")
+        key, version_id = known[0]
+        try:
+            data = get_version(self.store, key, version_id)
+        except ApStorageError as exc:
+            return self.failure("get-version", exc, "s3:GetObjectVersion")
+        if data != self.payloads[key]:
+            return CheckResult("get-version", FAILED, f"GetObject of version {version_id} read {len(data)} bytes that differ from the probe")
+        return CheckResult(
+            "get-version", PASSED,
+            f"GetObject with versionId {version_id} read the probe back, {len(data)} bytes, identical",
+        )
+
+    def check_delete_versions(self) -> CheckResult:
+        skipped = self.not_versioned("delete-versions")
+        if skipped:
+            return skipped
+        from apstorage.stores.s3_versions import delete_version, delete_versions
+
+        listed = True
+        try:
+            entries = [(e.key, e.version_id, e.delete_marker) for e in self.list_probe_versions()]
+        except ApStorageError:
+            listed = False
+            entries = [(k, v, False) for k, v in self.probe_versions()]
+        if not entries:
+            if not listed:
+                return CheckResult("delete-versions", SKIPPED, "no probe version id known (the versions cannot be listed)")
+            if self.put_outcome == "ok" or self.probe2 in self.readable:
+                return CheckResult(
+                    "delete-versions", SKIPPED,
+                    "no version or delete marker of the probes is left to delete (the plain deletes left none)",
+                )
+            return CheckResult("delete-versions", SKIPPED, "no probe version or delete marker to delete (nothing was written)")
+        versions = sum(1 for e in entries if not e[2])
+        markers = len(entries) - versions
+        (key, vid, _), rest = entries[0], entries[1:]
+        refused: dict[tuple[str, str], str] = {}
+        reason = delete_version(self.store, key, vid)
+        if reason is not None:
+            refused[(key, vid)] = f"DeleteObject (versionId): {reason}"
+        if rest:
+            for item, why in delete_versions(self.store, [(k, v) for k, v, _ in rest]).items():
+                refused[item] = f"DeleteObjects (naming versions): {why}"
+        if refused:
+            text = "; ".join(sorted(set(refused.values())))
+            hint = _credential_hint(text) or _cause_hint(text)
+            if hint is None and ("AccessDenied" in text or "refused access" in text):
+                hint = f"grant s3:DeleteObjectVersion on {self.arn()}"
+            what = "s3:DeleteObjectVersion refused. " if hint and hint.startswith("grant") else "delete of versions failed. "
+            return CheckResult(
+                "delete-versions", FAILED,
+                f"{what}{len(refused)} of {plural(len(entries), 'version and marker', 'versions and markers')} kept: {text}",
+                hint=hint,
+            )
+        if not listed:
+            return CheckResult(
+                "delete-versions", PASSED,
+                f"deleted {plural(versions, 'version')} of the probes by version id (the versions cannot be "
+                "listed, so what is left cannot be confirmed)",
+            )
+        try:
+            left = self.list_probe_versions()
+        except ApStorageError as exc:
+            return CheckResult("delete-versions", FAILED, f"deleted, but the listing could not confirm it: {exc}")
+        if left:
+            return CheckResult(
+                "delete-versions", FAILED,
+                f"the deletes were answered as done, but ListObjectVersions still shows "
+                f"{plural(len(left), 'entry', 'entries')} under {self.stem!r} "
+                f"({', '.join(sorted({'delete marker ' + e.version_id if e.delete_marker else 'version ' + e.version_id for e in left}))}): "
+                "the store did not remove them; this is not a permission problem",
+            )
+        self.created.clear()
+        self.readable.clear()
+        return CheckResult(
+            "delete-versions", PASSED,
+            f"deleted {plural(versions, 'version')} and {plural(markers, 'delete marker')} of the probes by "
+            "version id (DeleteObject, then DeleteObjects naming versions); ListObjectVersions then shows none",
+        )
+
+    def purge_probe_versions(self) -> tuple[bool, list[str]]:
+        """Cleanup on a versioned bucket: delete every version and delete marker under the
+        probes' stem by version id. Returns (whether the listing says what is left, what is
+        still there or why that is not known)."""
+        from apstorage.stores.s3_versions import delete_versions
+
+        where = f"s3://{self.bucket}/{self.stem}*"
+        try:
+            entries = self.list_probe_versions()
+        except ApStorageError as exc:
+            return False, [f"{where} (its versions could not be listed: {exc})"]
+        if not entries:
+            return True, []
+        try:
+            refused = delete_versions(self.store, [(e.key, e.version_id) for e in entries])
+            entries = self.list_probe_versions()
+        except ApStorageError as exc:
+            return False, [f"{where} (its versions could not be deleted: {exc})"]
+        out = []
+        for e in entries:
+            what = f"{'delete marker' if e.delete_marker else 'version'} {e.version_id}"
+            why = refused.get((e.key, e.version_id))
+            why = f"refused: {why}" if why else "still listed after a delete the store answered as done"
+            out.append(f"s3://{self.bucket}/{e.key} ({what}: {why})")
+        return True, out
 
     def check_clock(self) -> CheckResult:
         url = self.store.unsigned_url(f"{self.prefix}apstorage-check-iam-clock")
@@ -478,6 +702,16 @@ class _Run:
                 pass
             leftover.append(f"s3://{self.bucket}/{key}")
         self.created.clear()
+        if self.touched:
+            try:
+                versioned = self.versioning().versioned
+            except ApStorageError:
+                versioned = False  # unreachable: nothing more can be done or known
+            if versioned:
+                known, left = self.purge_probe_versions()
+                # the version listing, when it answered, is the whole truth about the probes
+                leftover = left if known else leftover + left
+            self.touched = False
         return leftover
 
 
@@ -593,6 +827,9 @@ def run_checks(
         "presign-put": run.check_presign_put,
         "anonymous-denied": run.check_anonymous,
         "delete": run.check_delete,
+        "list-versions": run.check_list_versions,
+        "get-version": run.check_get_version,
+        "delete-versions": run.check_delete_versions,
         "clock": run.check_clock,
     }
     try:
@@ -730,6 +967,7 @@ def write_junit(report: CheckReport, path: str) -> None:
 
 __all__ = [
     "CHECKS",
+    "VERSION_CHECKS",
     "PERMISSIONS",
     "CheckReport",
     "CheckResult",

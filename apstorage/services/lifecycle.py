@@ -13,6 +13,26 @@ differs from what is there. apstorage's rules:
 - ``apstorage-abort-incomplete-multipart``: the whole bucket; incomplete multipart uploads
   are aborted one day after they started.
 
+On a versioned bucket (versioning Enabled or Suspended: GetBucketVersioning, asked once) a
+delete, the sweep's or the expiry rule's, only adds a delete marker and the bytes stay as a
+noncurrent version (AWS S3 user guide, "How S3 Versioning works"), so two more rules:
+
+- ``apstorage-expire-noncurrent-execution-data``: ``NoncurrentVersionExpiration`` of the
+  same tagged objects ``--noncurrent-days`` days (default 7, at least 1) after they became
+  noncurrent: that long a swept row's bytes can still be brought back (`apstorage restore`).
+- ``apstorage-remove-expired-delete-markers``: ``Expiration {ExpiredObjectDeleteMarker:
+  true}``, removing a delete marker once no version of its key is left. It is a rule of its
+  own with no tag filter: S3 refuses ``ExpiredObjectDeleteMarker`` next to ``Days`` or
+  ``Date`` in one Expiration (S3 API reference, LifecycleExpiration), and a rule that
+  removes expired delete markers cannot use a tag-based filter (S3 user guide, "Lifecycle
+  configuration elements"; delete markers carry no tags, so a tag never matches one). A
+  filter holds one prefix, and the platform's keys live under both ``project/`` and
+  ``platform/``, so it covers the whole bucket (``Prefix ""``, as the abort rule does): a
+  delete marker with no version left hides nothing, so removing one anywhere loses no data.
+
+An unversioned bucket (or a store without the versioning API) gets exactly the two rules
+above, and the same output.
+
 Never sooner than the catalog (DESIGN §1, Retention): the catalog keeps execution data for
 up to ``AP_EXECUTION_DATA_RETENTION_DAYS`` (a project's own retention is clamped to it), so
 `apply` refuses (exit 2) an expiry shorter than that plus ``MIN_GRACE_DAYS``: the bucket
@@ -40,11 +60,17 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from apstorage.services.context import Storage
     from apstorage.stores.s3 import S3Store
+    from apstorage.stores.s3_versions import Versioning
 
 EXPIRE_RULE_ID = "apstorage-expire-execution-data"
 ABORT_RULE_ID = "apstorage-abort-incomplete-multipart"
-OUR_RULE_IDS = (EXPIRE_RULE_ID, ABORT_RULE_ID)
+NONCURRENT_RULE_ID = "apstorage-expire-noncurrent-execution-data"
+MARKERS_RULE_ID = "apstorage-remove-expired-delete-markers"
+BASE_RULE_IDS = (EXPIRE_RULE_ID, ABORT_RULE_ID)  # every bucket
+VERSIONED_RULE_IDS = (NONCURRENT_RULE_ID, MARKERS_RULE_ID)  # versioned buckets only
+OUR_RULE_IDS = BASE_RULE_IDS + VERSIONED_RULE_IDS
 DEFAULT_GRACE_DAYS = 1
+DEFAULT_NONCURRENT_DAYS = 7
 MIN_GRACE_DAYS = 1  # days between the catalog's retention and the bucket's expiry, at least
 ABORT_AFTER_DAYS = 1
 # Where apstorage puts objects (model.object_key); a rule prefix reaching these reaches ours.
@@ -77,6 +103,68 @@ def our_rules(retention_days: int, grace_days: int = DEFAULT_GRACE_DAYS) -> list
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_AFTER_DAYS},
         },
     ]
+
+
+def check_noncurrent_days(noncurrent_days: Any) -> int:
+    """``--noncurrent-days``: a whole number of days, at least 1 (S3 requires a positive
+    NoncurrentDays); anything else is a UsageError (exit 2) naming the flag."""
+    if isinstance(noncurrent_days, bool) or not isinstance(noncurrent_days, int):
+        raise UsageError(f"--noncurrent-days must be a whole number of days (got {noncurrent_days!r}); nothing was written")
+    if noncurrent_days < 1:
+        raise UsageError(f"--noncurrent-days must be at least 1 (got {noncurrent_days}); nothing was written")
+    return noncurrent_days
+
+
+def versioned_rules(noncurrent_days: int = DEFAULT_NONCURRENT_DAYS) -> list[dict[str, Any]]:
+    """The rules a versioned bucket gets besides ``our_rules``, as boto3 dicts: noncurrent
+    versions of tagged execution data expire ``noncurrent_days`` days after they became
+    noncurrent; expired delete markers (no version left) are removed (see the module
+    docstring for why the second rule has no tag filter)."""
+    days = check_noncurrent_days(noncurrent_days)
+    ((tag_key, tag_value),) = RETENTION_TAG.items()
+    return [
+        {
+            "ID": NONCURRENT_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Tag": {"Key": tag_key, "Value": tag_value}},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": days},
+        },
+        {
+            "ID": MARKERS_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "Expiration": {"ExpiredObjectDeleteMarker": True},
+        },
+    ]
+
+
+def _reaches_execution_data(rule: dict[str, Any]) -> bool:
+    """Whether an enabled rule's filter takes in apstorage's tagged execution data."""
+    if rule.get("Status") != "Enabled":
+        return False
+    prefix, tags = _rule_scope(rule)
+    if not any(root.startswith(prefix) or prefix.startswith(root) for root in KEY_ROOTS):
+        return False
+    return set(tags.items()) <= set(RETENTION_TAG.items())
+
+
+def expires_noncurrent(rules: list[dict[str, Any]]) -> bool:
+    """Whether some enabled rule (ours or not) expires noncurrent versions of apstorage's
+    execution data (``NoncurrentVersionExpiration`` with NoncurrentDays)."""
+    return any(
+        "NoncurrentDays" in (rule.get("NoncurrentVersionExpiration") or {}) and _reaches_execution_data(rule)
+        for rule in rules
+    )
+
+
+def removes_expired_markers(rules: list[dict[str, Any]]) -> bool:
+    """Whether some enabled rule removes expired delete markers under apstorage's keys (a
+    rule with a tag filter never matches a delete marker, which has no tags)."""
+    return any(
+        (rule.get("Expiration") or {}).get("ExpiredObjectDeleteMarker") is True
+        and _reaches_execution_data(rule) and not _rule_scope(rule)[1]
+        for rule in rules
+    )
 
 
 def minimum_expiry_days(settings: Settings) -> int:
@@ -219,6 +307,12 @@ class LifecyclePlan:
     dry_run: bool = False
     written: bool = False
     problems: list[tuple[str, str]] = field(default_factory=list)  # rules kept that expire too soon
+    versioning: Versioning | None = None  # the bucket's state, as asked before planning
+    noncurrent_days: int = DEFAULT_NONCURRENT_DAYS
+
+    @property
+    def versioned(self) -> bool:
+        return self.versioning is not None and self.versioning.versioned
 
     def ids(self, change: str) -> list[str]:
         return [c.id for c in self.changes if c.change == change]
@@ -244,7 +338,10 @@ class LifecyclePlan:
         return any(c.change != KEPT for c in self.changes)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The plan; on a versioned bucket also ``"versioning"`` (``Versioning.to_json``)
+        and ``"noncurrentDays"``. An unversioned bucket's document is what it was before
+        versioning was known (no key added)."""
+        out = {
             "added": self.added,
             "updated": self.updated,
             "kept": self.kept,
@@ -260,6 +357,11 @@ class LifecyclePlan:
             "problems": [{"id": rule_id, "problem": problem} for rule_id, problem in self.problems],
             "changes": [c.to_json() for c in self.changes],
         }
+        if self.versioned:
+            assert self.versioning is not None
+            out["versioning"] = self.versioning.to_json()
+            out["noncurrentDays"] = self.noncurrent_days
+        return out
 
 
 def plan_merge(
@@ -321,17 +423,27 @@ def apply_lifecycle(
     grace_days: int = DEFAULT_GRACE_DAYS,
     replace: bool = False,
     dry_run: bool = False,
+    noncurrent_days: int = DEFAULT_NONCURRENT_DAYS,
 ) -> LifecyclePlan:
     """Merge apstorage's rules into the bucket's lifecycle configuration; write only when
     something changed, and never with ``dry_run``. An expiry shorter than the catalog's
-    retention + grace is refused before the bucket is read (exit 2)."""
+    retention + grace, or ``noncurrent_days`` below 1, is refused before the bucket is
+    read (UsageError, exit 2). On a versioned bucket (``Versioning.versioned``: Enabled or
+    Suspended) the desired rules include ``versioned_rules(noncurrent_days)``; the state
+    is asked after the configuration is read (a store without lifecycle support fails
+    first, as before: NotSupportedError, exit 6)."""
+    from apstorage.services.versions import ask_versioning
     from apstorage.stores.s3_lifecycle import get_lifecycle, put_lifecycle
 
     retention = retention_days if retention_days is not None else storage.settings.execution_data_retention_days
     desired = our_rules(retention, grace_days)
+    extra = versioned_rules(noncurrent_days)  # validates --noncurrent-days before any request
     check_expiry(retention, grace_days, storage.settings)
     with _bucket_store(storage) as store:
         config = get_lifecycle(store)
+        versioning = ask_versioning(storage)
+        if versioning.versioned:
+            desired = desired + extra
         rules, changes = plan_merge(config.rules, desired, replace=replace)
         plan = LifecyclePlan(
             bucket=store.bucket,
@@ -343,6 +455,8 @@ def apply_lifecycle(
             grace_days=grace_days,
             dry_run=dry_run,
             problems=rule_problems(rules, minimum_expiry_days(storage.settings)),
+            versioning=versioning,
+            noncurrent_days=noncurrent_days,
         )
         if plan.changed and not dry_run:
             put_lifecycle(
@@ -361,6 +475,11 @@ class LifecycleView:
     rules: list[dict[str, Any]] = field(default_factory=list)
     exists: bool = True
     minimum_expiry_days: int = 0
+    versioning: Versioning | None = None
+
+    @property
+    def versioned(self) -> bool:
+        return self.versioning is not None and self.versioning.versioned
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -368,10 +487,34 @@ class LifecycleView:
 
     @property
     def missing(self) -> list[str]:
+        """apstorage's rules the bucket lacks: the two every bucket gets, and on a
+        versioned bucket the two versioned ones."""
         present = {r.get("ID") for r in self.rules}
-        return [rule_id for rule_id in OUR_RULE_IDS if rule_id not in present]
+        wanted = OUR_RULE_IDS if self.versioned else BASE_RULE_IDS
+        return [rule_id for rule_id in wanted if rule_id not in present]
+
+    @property
+    def versions_kept_forever(self) -> bool:
+        """A versioned bucket on which no enabled rule expires the noncurrent versions of
+        execution data: every deleted (or overwritten) object keeps its bytes forever."""
+        return self.versioned and not expires_noncurrent(self.rules)
+
+    @property
+    def markers_kept(self) -> bool:
+        """A versioned bucket on which no enabled rule removes expired delete markers."""
+        return self.versioned and not removes_expired_markers(self.rules)
+
+    def _versioning_json(self) -> dict[str, Any]:
+        if self.versioning is not None:
+            return self.versioning.to_json()
+        return {"status": "Unversioned", "versioned": False, "supported": True, "note": None}
 
     def to_json(self) -> dict[str, Any]:
+        """The rules and checks; ``"versioning"`` (``Versioning.to_json``; ``status``
+        ``Unversioned`` when never enabled or not supported), ``"versionsKeptForever"``,
+        ``"deleteMarkersKept"`` and ``"missingVersionRules"`` (ids of the versioned rules
+        missing; empty on an unversioned bucket)."""
+        present = {r.get("ID") for r in self.rules}
         return {
             "bucket": self.bucket,
             "configured": self.exists,
@@ -391,10 +534,19 @@ class LifecycleView:
             "missing": self.missing,
             "minimumExpiryDays": self.minimum_expiry_days,
             "problems": [{"id": rule_id, "problem": problem} for rule_id, problem in self.problems],
+            "versioning": self._versioning_json(),
+            "versionsKeptForever": self.versions_kept_forever,
+            "deleteMarkersKept": self.markers_kept,
+            "missingVersionRules": [
+                rule_id for rule_id in VERSIONED_RULE_IDS if self.versioned and rule_id not in present
+            ],
         }
 
 
 def show_lifecycle(storage: Storage) -> LifecycleView:
+    """The bucket's rules and versioning state (one GetBucketLifecycleConfiguration, then
+    one GetBucketVersioning; a store without lifecycle support: NotSupportedError, exit 6)."""
+    from apstorage.services.versions import ask_versioning
     from apstorage.stores.s3_lifecycle import get_lifecycle
 
     with _bucket_store(storage) as store:
@@ -402,6 +554,7 @@ def show_lifecycle(storage: Storage) -> LifecycleView:
         return LifecycleView(
             store.bucket, store.where, config.rules, config.exists,
             minimum_expiry_days=minimum_expiry_days(storage.settings),
+            versioning=ask_versioning(storage),
         )
 
 
@@ -476,8 +629,17 @@ def describe_actions(rule: dict[str, Any]) -> str:
 
 __all__ = [
     "ABORT_RULE_ID",
+    "BASE_RULE_IDS",
+    "DEFAULT_NONCURRENT_DAYS",
     "EXPIRE_RULE_ID",
+    "MARKERS_RULE_ID",
+    "NONCURRENT_RULE_ID",
     "OUR_RULE_IDS",
+    "VERSIONED_RULE_IDS",
+    "check_noncurrent_days",
+    "expires_noncurrent",
+    "removes_expired_markers",
+    "versioned_rules",
     "LifecyclePlan",
     "LifecycleView",
     "RuleChange",

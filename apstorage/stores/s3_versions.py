@@ -338,6 +338,28 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
     return refused
 
 
+def delete_version(store: S3Store, key: str, version_id: str) -> str | None:
+    """DeleteObject of exactly one version (or delete marker) of ``key``: None when it is
+    gone (or already was), else the store's reason (``refusal_reason``). Needs
+    s3:DeleteObjectVersion. Unreachable: BackendUnavailableError (exit 8)."""
+    return _delete_one_version(store, key, version_id)
+
+
+def get_version(store: S3Store, key: str, version_id: str, *, limit: int = 1024 * 1024) -> bytes:
+    """The bytes of one version of ``key`` (GetObject with ``versionId``; needs
+    s3:GetObjectVersion), at most ``limit`` bytes (a probe's size; larger versions are not
+    read here). Errors translated as everywhere (404 → exit 4, 403 → 5, unreachable → 8)."""
+    try:
+        response = store.client.get_object(Bucket=store.bucket, Key=key, VersionId=version_id)
+        body = response["Body"]
+        try:
+            return body.read(limit)
+        finally:
+            body.close()
+    except (ClientError, BotoCoreError) as exc:
+        raise store.translate(exc, key) from None
+
+
 def _delete_one_version(store: S3Store, key: str, version_id: str) -> str | None:
     """DeleteObject of one version; None when it is gone (or already was), else the
     reason. Unreachable: BackendUnavailableError."""
@@ -531,8 +553,10 @@ __all__ = [
     "ObjectVersion",
     "Versioning",
     "copy_version",
+    "delete_version",
     "delete_versions",
     "explain_refusals",
+    "get_version",
     "get_versioning",
     "head_version",
     "list_version_pages",
