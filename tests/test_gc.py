@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apstorage.catalog import du as du_sql
-from apstorage.catalog.sweep import try_sweep_lock
+from apstorage.catalog.locks import try_gc_lock
 from apstorage.cli import app
 from apstorage.errors import NotFoundError
 from apstorage.model import PENDING_UPLOAD_KEY, FileRow, Location, iso_utc, new_id
@@ -471,7 +471,7 @@ def test_cli_lock_held_exits_0_and_says_so(local_env, storage_factory, set_env, 
     set_env(**local_env)
     key = orphan(storage, Location.LOCAL, age=2 * DAY)
     seed(storage, "FLOW_RUN_LOG", Location.DB, NOW)
-    lock = try_sweep_lock(storage.catalog)  # what a running sweep-expired holds
+    lock = try_gc_lock(storage.catalog)  # what a running gc holds (and, on SQLite, a sweep)
     assert lock is not None
     try:
         result = invoke(runner)

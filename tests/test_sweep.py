@@ -349,16 +349,19 @@ def test_a_projects_shorter_retention_wins_clamped_to_the_pause_timeout(catalog_
 # -- cron safety -----------------------------------------------------------------------------
 
 
-def test_a_held_lock_makes_the_run_exit_0_and_do_nothing(catalog_env, set_env, storage_factory, runner) -> None:
-    set_env(**catalog_env)
-    storage = storage_factory(catalog_env)
+def test_a_held_sqlite_lock_makes_the_run_exit_0_and_do_nothing(make_env, set_env, storage_factory, runner) -> None:
+    """SQLite runs one sweep at a time (Postgres runs share the work: test_sweep_shared.py)."""
+    env = make_env()
+    set_env(**env)
+    storage = storage_factory(env)
     row = seed(storage, "FLOW_RUN_LOG", Location.DB, OLD)
     lock = sweep_sql.try_sweep_lock(storage.catalog)
     assert lock is not None
     try:
-        assert sweep_sql.try_sweep_lock(storage_factory(catalog_env).catalog) is None
+        assert sweep_sql.try_sweep_lock(storage_factory(env).catalog) is None
         result = invoke(runner)
         assert result.exit_code == 0 and "holds the sweep lock" in result.stderr
+        assert "SQLite" in result.stderr
         assert json.loads(invoke(runner, "--json").stdout)["lockHeld"] is True
         assert row_exists(storage, row.id)
     finally:

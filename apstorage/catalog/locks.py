@@ -4,6 +4,11 @@ Postgres: a session advisory lock keyed by the name and the ``file`` table's oid
 catalogs in other schemas of the same database do not block each other), held on a
 dedicated connection for the whole run; it also dies with the process.
 SQLite: an exclusive, non-blocking ``flock`` on ``<database>.<name>.lock``.
+
+Who takes which: on SQLite one ``sweep-expired`` or ``gc`` at a time (both take
+"sweep-expired"), one ``migrate-to-s3`` ("migrate"). On Postgres ``sweep-expired`` and
+``migrate-to-s3`` take none (their batches are claimed with ``FOR UPDATE SKIP LOCKED``, so
+runs share the work) and ``gc`` takes "gc": one gc at a time, beside any sweeps.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ def try_run_lock(catalog: Catalog, name: str) -> RunLock | None:
     if catalog.dialect == "postgres":
         return _pg_lock(catalog, name)
     return _file_lock(catalog, name)
+
+
+def try_gc_lock(catalog: Catalog) -> RunLock | None:
+    """gc's run lock: "gc" on Postgres (gc's passes are not shared, but sweeps may run
+    beside it: their claims never touch a row gc is judging without the row lock
+    deciding), the sweep's lock file on SQLite (one run at a time there)."""
+    return try_run_lock(catalog, "gc" if catalog.dialect == "postgres" else "sweep-expired")
 
 
 def _pg_lock(catalog: Any, name: str) -> RunLock | None:

@@ -1,5 +1,13 @@
 """The SQL of `sweep-expired`: expired rows by keyset pages, projects' own retention, the
-delete of exactly the rows whose bytes are gone, and the sweep lock.
+delete of exactly the rows whose bytes are gone, the claims that let several runs share one
+Postgres catalog, and SQLite's sweep lock.
+
+Postgres: a run claims each batch with ``FOR UPDATE SKIP LOCKED`` (``claim_expired``) in a
+transaction of its own, on a connection of its own (``open_claim_lane``), held open while
+the batch's bytes are deleted and then its rows (``delete_rows(..., cur=)``). Rows another
+run holds are skipped, so N runs delete disjoint parts; a run killed mid-batch loses its
+connection, Postgres rolls the transaction back and its rows are claimable again. SQLite
+runs one sweep at a time (``try_sweep_lock``: a lock file beside the database).
 
 Every selection is an equality on ``"type"`` (and ``"projectId"``) plus a range on
 ``"created"``, so the (``type``, ``created``) and (``projectId``, ``type``, ``created``)
@@ -9,9 +17,10 @@ OFFSET, so memory and per-page cost stay flat whatever the table size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from apstorage.catalog.locks import RunLock, try_run_lock
 from apstorage.model import EXPIRING_TYPES, LEGACY_TYPES
@@ -121,6 +130,65 @@ def select_expired(
     return [ExpiredRow(*t) for t in catalog._execute(sql, params)]
 
 
+def claim_expired(
+    cur: Any,
+    catalog: Catalog,
+    stored_type: str,
+    cutoff: datetime,
+    *,
+    limit: int,
+    after: tuple[Any, str] | None = None,
+    project_id: str | None = None,
+    not_before: datetime | None = None,
+) -> list[ExpiredRow]:
+    """Postgres: ``select_expired``'s page, locked ``FOR UPDATE SKIP LOCKED`` in the
+    transaction of ``cur`` (a lane's: ``open_claim_lane``). Rows other transactions hold
+    are passed over, not waited for, and do not count against ``limit``: fewer than
+    ``limit`` rows means the scope has no more unclaimed rows after ``after``. The rows
+    stay locked until that transaction ends."""
+    if catalog.dialect != "postgres":
+        raise ValueError("claims are a Postgres catalog's; SQLite runs one sweep at a time")
+    if stored_type not in {n for names in _STORED_NAMES.values() for n in names}:
+        raise ValueError(f"{stored_type!r} is not an expiring execution-data type")
+    by_project = project_id is not None
+    sql = expired_page_sql(catalog, by_project=by_project, after=after is not None, limit=limit)
+    params = expired_page_params(
+        catalog, stored_type, cutoff, project_id=project_id, not_before=not_before, after=after
+    )
+    try:
+        cur.execute(sql + " FOR UPDATE SKIP LOCKED", params)
+        return [ExpiredRow(*t) for t in cur.fetchall()]
+    except Exception as exc:  # psycopg.Error: the documented exit code
+        raise _translated(catalog, exc) from None
+
+
+def _translated(catalog: Catalog, exc: Exception) -> Exception:
+    import psycopg
+
+    return catalog._translate(exc) if isinstance(exc, psycopg.Error) else exc  # type: ignore[attr-defined]
+
+
+# Claims run the same statement again and again on a lane's session; psycopg prepares it
+# after 5 runs and Postgres may then switch to a generic plan, which cannot see the
+# cutoff. Every claim is planned for its own values (measured in README "Sweeping from
+# several hosts").
+CLAIM_SESSION_SQL = "SET plan_cache_mode = force_custom_plan"
+
+
+def open_claim_lane(catalog: Catalog) -> Catalog:
+    """Postgres: a new catalog (its own connection) for claims, set up by
+    ``CLAIM_SESSION_SQL``. The caller closes it. Raises what ``open_catalog`` raises."""
+    from apstorage.catalog import open_catalog
+
+    lane = open_catalog(catalog.settings)  # type: ignore[attr-defined]
+    try:
+        lane._execute(CLAIM_SESSION_SQL)
+    except BaseException:
+        lane.close()
+        raise
+    return lane
+
+
 def count_expired(
     catalog: Catalog,
     stored_type: str,
@@ -177,13 +245,16 @@ def projects_below(
 # -- delete ------------------------------------------------------------------------------------
 
 
-def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]]) -> set[str]:
+def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]], *, cur: Any = None) -> set[str]:
     """Delete these rows in one short transaction, each only if it still records the
     location its bytes were deleted from (a row moved meanwhile keeps its new bytes).
-    Returns the ids actually deleted (a concurrent delete is not counted twice)."""
+    Returns the ids actually deleted (a concurrent delete is not counted twice).
+
+    ``cur``: a cursor of the caller's transaction (a claim's, which holds these rows): the
+    deletes happen there and take effect when it commits."""
     deleted: set[str] = set()
     p = catalog.ph
-    with catalog.transaction() as cur:
+    with _scope(catalog, cur) as cur:
         for location, ids in ids_by_location.items():
             if not ids:
                 continue
@@ -206,19 +277,23 @@ def delete_rows(catalog: Catalog, ids_by_location: dict[str, list[str]]) -> set[
 
 
 def delete_rows_sharing_bytes(
-    catalog: Catalog, keys: dict[str, list[tuple[str, str]]], batch_ids: list[str]
+    catalog: Catalog, keys: dict[str, list[tuple[str, str]]], batch_ids: list[str], *, cur: Any = None
 ) -> tuple[set[str], set[str]]:
     """Of ``keys`` ({key: [(row id, location), ...]} of one batch), find in one transaction
     the keys some row outside the batch still references, and delete the batch's rows at
     those keys there and then — their bytes stay, for the other row. Returns (the ids
     deleted, the keys kept). The other keys' bytes may go; their rows are deleted later
-    (``delete_rows``), once the bytes are."""
+    (``delete_rows``), once the bytes are. ``cur``: as for ``delete_rows``.
+
+    Under concurrent runs a row another run is deleting still counts as a reference until
+    that run commits, so two runs holding the two rows of one key both keep its bytes (an
+    orphan for ``gc --orphans``), never delete them under a row that stays."""
     from apstorage.catalog.refs import rows_referencing
 
     if not keys:
         return set(), set()
     deleted: set[str] = set()
-    with catalog.transaction() as cur:
+    with _scope(catalog, cur) as cur:
         held = rows_referencing(cur, catalog, list(keys), exclude=batch_ids)
         for key in held:
             for file_id, location in keys[key]:
@@ -231,18 +306,44 @@ def delete_rows_sharing_bytes(
     return deleted, set(held)
 
 
-# -- the sweep lock ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _scope(catalog: Catalog, cur: Any) -> Iterator[Any]:
+    """The caller's transaction (``cur``), or a short one of our own. Driver errors come
+    out as the documented ApStorageError."""
+    if cur is None:
+        with catalog.transaction() as own:
+            yield own
+        return
+    try:
+        yield cur
+    except Exception as exc:
+        raise _translated(catalog, exc) from None
+
+
+# -- the sweep lock (SQLite) -------------------------------------------------------------------
 
 SweepLock = RunLock
 
 
+def sweep_is_shared(catalog: Catalog) -> bool:
+    """True where runs share the work by claims (Postgres); False where one sweep runs at
+    a time under ``try_sweep_lock`` (SQLite)."""
+    return catalog.dialect == "postgres"
+
+
 def try_sweep_lock(catalog: Catalog) -> RunLock | None:
-    """Take the sweep lock without waiting; None when another run holds it (locks.py)."""
+    """Take the sweep lock without waiting; None when another run holds it (locks.py).
+    SQLite's sweeps (and gc) take it; Postgres sweeps claim batches instead
+    (``claim_expired``), and only ``gc`` takes a run lock there."""
     return try_run_lock(catalog, "sweep-expired")
 
 
 __all__ = [
+    "CLAIM_SESSION_SQL",
     "ExpiredRow",
+    "claim_expired",
+    "open_claim_lane",
+    "sweep_is_shared",
     "count_expired",
     "SweepLock",
     "delete_rows",

@@ -115,7 +115,8 @@ def _show(out: Output, report, max_delete: int | None, hint: str | None) -> None
     json_out = out.json_mode
 
     if report.lock_held:
-        out.info("another gc or sweep-expired run holds the run lock; this run did nothing")
+        where = "" if report.lock_holders == "gc" else " (SQLite runs one gc or sweep at a time)"
+        out.info(f"another {report.lock_holders} run holds the run lock{where}; this run did nothing")
         if json_out:
             out.result(data)
         return

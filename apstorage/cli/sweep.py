@@ -65,8 +65,9 @@ def sweep_expired_cmd(
     than the pause timeout is warned about on every run (equal, the platform's defaults,
     is not). A file its
     store refuses to delete keeps its row and makes the run exit 1. Safe in cron: one
-    summary line when it deleted or failed something, nothing when nothing had expired;
-    a run that finds another one holding the sweep lock exits 0 and says so. Ctrl-C (or
+    summary line when it deleted or failed something, nothing when nothing had expired.
+    On Postgres several runs (hosts) at once share the work, each batch claimed by one
+    run; on SQLite a run that finds another one holding the sweep lock exits 0 and says so. Ctrl-C (or
     SIGTERM) finishes the batches in flight, prints what was done and exits 130.
     """
     from apstorage.cli.interrupt import stop_on_signals
@@ -123,7 +124,8 @@ def sweep_expired_cmd(
 def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
     data = {**report.to_json(), "seconds": round(seconds, 3)}
     if report.lock_held:
-        out.info("another sweep-expired run holds the sweep lock; this run did nothing")
+        out.info("another sweep-expired run holds the sweep lock of this SQLite catalog (SQLite runs one "
+                 "sweep at a time; on Postgres runs share the work); this run did nothing")
         if out.json_mode:
             out.result(data)
         return

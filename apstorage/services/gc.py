@@ -35,8 +35,11 @@ Safety, batch by batch:
 - a row judged missing is asked for again (HEAD / stat) and then deleted only if it still
   records the location it was judged at, was created before the run, and — at DB —
   still has no data (``migrate-to-s3`` moving it meanwhile keeps it);
-- the same run lock as ``sweep-expired``: a second gc or a sweep holding it makes this
-  run return at once with ``lock_held``;
+- a run lock (``locks.try_gc_lock``): on Postgres gc's own, so a second gc returns at
+  once with ``lock_held`` while sweeps may run beside it (a row a sweep has claimed is
+  locked: gc's delete of it waits for that sweep's commit and then finds it gone, or
+  deletes it, bytes already gone, if that sweep died); on SQLite the sweep's lock, so a
+  sweep or a second gc makes this run return with ``lock_held``;
 - guards against a wrong configuration: an empty catalog judges no orphans (it is far
   likelier the wrong database than a bucket of garbage), and a location where no row has
   its bytes while many lack them (a wrong bucket or root) deletes no rows there.
@@ -69,7 +72,7 @@ from typing import Callable, Iterable
 from apstorage.catalog import du as du_sql
 from apstorage.catalog import gc as sql
 from apstorage.catalog.du import KeyedRow
-from apstorage.catalog.sweep import try_sweep_lock
+from apstorage.catalog.locks import try_gc_lock
 from apstorage.errors import ApStorageError, ConfigError, UsageError
 from apstorage.model import Location, expires, follows_storage_location, iso_utc
 from apstorage.services import du as du_service
@@ -198,6 +201,7 @@ class GcReport:
     trusted: tuple[str, ...] = ()  # --trust: locations judged as trusted, whatever the guard says
     refusals: list[dict] = field(default_factory=list)  # the location guard held these back
     lock_held: bool = False
+    lock_holders: str = "gc"  # who holds the lock a run found held: "gc" (Postgres), "gc or sweep-expired" (SQLite)
     max_delete_reached: bool = False
     interrupted: bool = False  # stopped early by ``stop``; the rest is left for the next run
     seconds: float = 0.0
@@ -348,9 +352,10 @@ def collect_garbage(
         purge_versions=purge_versions,
     )
     t0 = time.monotonic()
-    lock = None if dry_run else try_sweep_lock(storage.catalog)
+    lock = None if dry_run else try_gc_lock(storage.catalog)
     if not dry_run and lock is None:
         report.lock_held = True
+        report.lock_holders = "gc" if storage.catalog.dialect == "postgres" else "gc or sweep-expired"
         return report
     try:
         _Collector(storage, report, clock=clock, workers=workers, max_delete=max_delete, stop=stop,

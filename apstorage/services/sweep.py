@@ -40,9 +40,21 @@ reported) instead of hammering a store that refuses everything.
 
 Byte deletes of several batches run concurrently (``workers``) while the main thread
 selects the next page and deletes rows; nothing holds more than ``workers`` batches, so
-memory stays flat whatever the table size. Only one sweep runs at a time per catalog
-(a Postgres advisory lock, or a lock file beside the SQLite database); a second one
-returns at once with ``lock_held``.
+memory stays flat whatever the table size.
+
+Several runs at once (DESIGN: one catalog, many hosts). On Postgres there is no run lock:
+each page is *claimed* — selected ``FOR UPDATE SKIP LOCKED`` (``catalog.sweep.claim_expired``)
+in a transaction on a connection of its own (a *lane*), which stays open while the page's
+bytes are deleted and then its rows, and commits after. Rows another run holds are passed
+over, so N runs (on one host or many) each delete a disjoint part and each reports only
+what it deleted; a row is deleted only by the run that deleted its bytes. A run killed
+mid-batch (kill -9, a host lost) loses its connections, Postgres rolls its open claims
+back, and their rows are claimable again by the next run — those whose bytes it had
+already deleted are then expired rows with no bytes, deleted as such (a missing object
+counts as deleted). A claim covers ``ceil(workers / MAX_LANES)`` batches (``workers``
+with ``purge_versions``, regrouped by key, see ``_split``), so a run holds at most about
+``MAX_LANES`` connections besides its own. SQLite runs one sweep at a time (a lock file
+beside the database); a second one returns at once with ``lock_held``.
 """
 
 from __future__ import annotations
@@ -75,6 +87,7 @@ DEFAULT_WORKERS = 8
 FAILURES_KEPT = 100  # failures listed in the report; the count covers them all
 BROKEN_AFTER = 3  # batches in a row refused entirely before a location is left alone
 PROJECT_PAGE = 500
+MAX_LANES = 8  # Postgres: claims (each a connection and an open transaction) per run at once
 
 
 @dataclass(frozen=True)
@@ -236,13 +249,15 @@ def sweep_expired(
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     catalog = storage.catalog
-    lock = None if dry_run else sql.try_sweep_lock(catalog)
-    if not dry_run and lock is None:
+    shared = sql.sweep_is_shared(catalog)  # Postgres: runs share the work by claims
+    lock = None if dry_run or shared else sql.try_sweep_lock(catalog)
+    if not dry_run and not shared and lock is None:
         report.lock_held = True
         return report
     try:
-        pages = _pages(storage, report, now, batch_size)
-        _Sweeper(storage, report, workers=workers, on_batch=on_batch, stop=stop).run(pages, max_delete)
+        sweeper = _Sweeper(storage, report, workers=workers, on_batch=on_batch, stop=stop,
+                           claims=shared and not dry_run)
+        sweeper.run(now, batch_size, max_delete)
     finally:
         if lock is not None:
             lock.release()
@@ -295,14 +310,6 @@ def _new_report(
 # -- selection -------------------------------------------------------------------------------
 
 
-def _pages(
-    storage: Storage, report: SweepReport, now: datetime, batch_size: int
-) -> Iterator[tuple[str, list[ExpiredRow]]]:
-    """(type, rows) pages, scope by scope (``_scopes``)."""
-    for file_type, stored, cutoff, scope in _scopes(storage, report, now):
-        yield from _keyset(storage.catalog, file_type, stored, cutoff, batch_size, **scope)
-
-
 def _scopes(storage: Storage, report: SweepReport, now: datetime) -> Iterator[tuple[str, str, datetime, dict]]:
     """(type, stored type name, cutoff, project scope): first every row older than the
     retention, type by type; then, for each project whose effective retention
@@ -335,17 +342,6 @@ def _scopes(storage: Storage, report: SweepReport, now: datetime) -> Iterator[tu
         after = projects[-1][0]
 
 
-def _keyset(catalog, file_type, stored, cutoff, batch_size, **scope) -> Iterator[tuple[str, list[ExpiredRow]]]:
-    after = None
-    while True:
-        rows = sql.select_expired(catalog, stored, cutoff, limit=batch_size, after=after, **scope)
-        if rows:
-            yield file_type, rows
-        if len(rows) < batch_size:
-            return
-        after = (rows[-1].created, rows[-1].id)
-
-
 # -- deleting --------------------------------------------------------------------------------
 
 
@@ -364,6 +360,27 @@ class _Batch:
     retained: dict[str, int] | None = None  # retain: key -> bytes left as noncurrent versions
     versions_deleted: int = 0
     markers_deleted: int = 0
+    claim: "_Claim | None" = None
+
+
+@dataclass(eq=False)
+class _Claim:
+    """The rows of one page and the transaction that holds them.
+
+    Postgres (``lane`` set): a lane's open transaction (``cm``, its cursor ``cur``) in which
+    the page was claimed ``FOR UPDATE SKIP LOCKED`` and its rows are deleted; it commits
+    once each of its ``batches`` is finished, and only then are those deletes counted
+    (``pending``). SQLite and dry runs: nothing held (``cur`` None, each delete its own
+    short transaction)."""
+
+    catalog: object
+    lane: object = None
+    cm: object = None
+    cur: object = None
+    rows: list[ExpiredRow] = field(default_factory=list)
+    batches: int = 0  # batches holding its rows, not finished
+    # (type, bytes, location, bytes retained) per row deleted, counted at commit
+    pending: list[tuple[str, int | None, str, int]] = field(default_factory=list)
 
 
 class _Sweeper:
@@ -375,8 +392,14 @@ class _Sweeper:
         workers: int,
         on_batch: Callable[[int, int, int], None] | None,
         stop: threading.Event | None = None,
+        claims: bool = False,
     ) -> None:
         self.storage = storage
+        self.claims = claims  # Postgres, not a dry run: pages claimed on lanes
+        self.lanes: list = []  # every lane opened (closed at the end of the run)
+        self.free_lanes: list = []
+        self.open_claims: list[_Claim] = []
+        self.remaining: int | None = None
         self.report = report
         self.workers = workers
         self.on_batch = on_batch
@@ -387,18 +410,24 @@ class _Sweeper:
         self.kept_for_links: set[str] = set()  # LOCAL files kept only because a link reached them
         self.versioning = None  # the bucket's Versioning, asked at the first S3 row
 
-    def run(self, pages: Iterator[tuple[str, list[ExpiredRow]]], max_delete: int | None) -> None:
-        remaining = max_delete
-        if self.report.purge_versions:
-            pages = self._by_folder(pages)
+    def run(self, now: datetime, batch_size: int, max_delete: int | None) -> None:
+        self.remaining = max_delete
+        # Batches per page: --purge-versions regroups ``workers`` pages by key (``_split``);
+        # claims on Postgres cover several batches when --workers exceeds MAX_LANES.
+        per_page = self.workers if self.report.purge_versions else 1
+        if self.claims and not self.report.purge_versions:
+            per_page = -(-self.workers // MAX_LANES)
+        pages = self._pages(now, batch_size * per_page)
         if self.report.dry_run:
-            for file_type, rows in pages:
-                rows, remaining = self._cap(rows, remaining)
+            for file_type, rows, claim in pages:
+                rows = self._cap(rows)
+                self._end(claim)
                 if not rows or self._stopped():
                     break
-                sizes = self._dry_versions(file_type, rows)
-                for row in rows:
-                    self.report.count(file_type, sizes.get(row.id, row.size), row.location)
+                for chunk in self._split(file_type, rows, batch_size):
+                    sizes = self._dry_versions(file_type, chunk)
+                    for row in chunk:
+                        self.report.count(file_type, sizes.get(row.id, row.size), row.location)
             return
         # Batches whose bytes are being deleted; each is finished (rows deleted) as soon
         # as its own bytes are done, in whatever order that happens.
@@ -406,21 +435,113 @@ class _Sweeper:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-sweep")
         self._warm_s3(pool)
         try:
-            for file_type, rows in pages:
-                rows, remaining = self._cap(rows, remaining)
+            for file_type, rows, claim in pages:
+                rows = self._cap(rows)
                 if not rows or self._stopped():
+                    self._end(claim)  # nothing done under it: the rows are released
                     break
-                batch = self._plan(file_type, rows)
-                inflight[pool.submit(_delete_objects, batch)] = batch
-                while len(inflight) >= self.workers:
-                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        self._finish(inflight.pop(future), future)
+                chunks = self._split(file_type, rows, batch_size)
+                claim.batches = len(chunks)
+                for chunk in chunks:
+                    batch = self._plan(file_type, chunk, claim)
+                    inflight[pool.submit(_delete_objects, batch)] = batch
+                    while len(inflight) >= self.workers:
+                        done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            self._finish(inflight.pop(future), future)
             for future in as_completed(list(inflight)):
                 self._finish(inflight.pop(future), future)
             self._release_unreached()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            # Left open only by an error: roll back (the rows stay for the next run; bytes
+            # already deleted leave expired rows without bytes, which it deletes).
+            for claim in list(self.open_claims):
+                self._end(claim, commit=False)
+            for lane in self.lanes:
+                lane.close()
+
+    # -- pages and claims ----------------------------------------------------------------
+
+    def _pages(self, now: datetime, limit: int) -> Iterator[tuple[str, list[ExpiredRow], _Claim]]:
+        """(type, rows, claim) pages by keyset on (``created``, ``id``), scope by scope
+        (``_scopes``). Each page is claimed on a lane when ``claims`` (rows other runs hold
+        are passed over), else selected. Once ``--max-delete`` is spent, one unlocked row is
+        read to learn whether more remain (``_cap`` then says so)."""
+        catalog = self.storage.catalog
+        for file_type, stored, cutoff, scope in _scopes(self.storage, self.report, now):
+            after = None
+            while True:
+                room = limit
+                if self.remaining is not None:
+                    room = min(limit, self.remaining)
+                if room <= 0:
+                    rows = sql.select_expired(catalog, stored, cutoff, limit=1, after=after, **scope)
+                    if rows:
+                        yield file_type, rows, _Claim(catalog)
+                    break
+                claim = self._claim(stored, cutoff, room, after, scope)
+                rows = claim.rows
+                if rows:
+                    yield file_type, rows, claim
+                else:
+                    self._end(claim)
+                if len(rows) < room:
+                    break
+                after = (rows[-1].created, rows[-1].id)
+
+    def _claim(self, stored: str, cutoff: datetime, limit: int, after, scope: dict) -> _Claim:
+        catalog = self.storage.catalog
+        if not self.claims:
+            claim = _Claim(catalog)
+            claim.rows = sql.select_expired(catalog, stored, cutoff, limit=limit, after=after, **scope)
+            return claim
+        lane = self.free_lanes.pop() if self.free_lanes else None
+        if lane is None:
+            lane = sql.open_claim_lane(catalog)
+            self.lanes.append(lane)
+        cm = lane.transaction()
+        claim = _Claim(lane, lane=lane, cm=cm, cur=cm.__enter__())
+        self.open_claims.append(claim)
+        try:
+            claim.rows = sql.claim_expired(claim.cur, lane, stored, cutoff, limit=limit, after=after, **scope)
+        except BaseException:
+            self._end(claim, commit=False)
+            raise
+        return claim
+
+    def _end(self, claim: _Claim, *, commit: bool = True) -> None:
+        """Commit (or roll back) a claim's transaction and give its lane back; once
+        committed, count the rows it deleted. A commit that fails raises (the rows stay,
+        uncounted); a rollback never does."""
+        if claim in self.open_claims:
+            self.open_claims.remove(claim)
+        cm, claim.cm = claim.cm, None
+        if cm is not None:
+            try:
+                if commit:
+                    cm.__exit__(None, None, None)  # type: ignore[attr-defined]
+                else:
+                    rollback = _Rollback()
+                    try:
+                        cm.__exit__(_Rollback, rollback, None)  # type: ignore[attr-defined]
+                    except Exception:  # a broken connection: Postgres drops the transaction
+                        claim.lane.close()  # type: ignore[attr-defined]
+                        return
+            except BaseException:
+                claim.lane.close()  # type: ignore[attr-defined]
+                raise
+            self.free_lanes.append(claim.lane)
+        if not commit or not claim.pending:
+            return
+        report = self.report
+        deleted_before, bytes_before = report.deleted, report.bytes
+        for file_type, size, location, retained in claim.pending:
+            report.count(file_type, size, location)
+            report.bytes_retained += retained
+        claim.pending.clear()
+        if self.on_batch is not None:
+            self.on_batch(report.deleted - deleted_before, 0, report.bytes - bytes_before)
 
     def _release_unreached(self) -> None:
         """After the last batch: a LOCAL file this run kept only because a link reached it
@@ -455,40 +576,17 @@ class _Sweeper:
             gone.append(key)
         local.prune_empty_dirs(gone)
 
-    def _by_folder(self, pages: Iterator[tuple[str, list[ExpiredRow]]]) -> Iterator[tuple[str, list[ExpiredRow]]]:
-        """--purge-versions on a versioned bucket: regroup up to ``workers`` pages of one
-        type by key before they become batches, so each batch holds few folders. Listing
-        the versions of a batch costs a request per folder it touches (``versions_of``), and
-        a page in date order spreads over every project: regrouped, a sweep over 200
-        projects lists ~25 folders per 1,000 keys instead of ~200. Pages pass unchanged on
-        an unversioned bucket. The rows are the same; only which batch holds them changes."""
-        held: list[ExpiredRow] = []
-        held_type = None
-        size = 0
-        for file_type, rows in pages:
-            if held_type is None and not held:
-                if not any(r.location == Location.S3.value for r in rows) or self._s3_mode() != "purge":
-                    yield file_type, rows
-                    continue
-            size = max(size, len(rows))
-            if held and file_type != held_type:
-                yield from self._chunks(held_type, held, size)
-                held = []
-            held_type = file_type
-            held.extend(rows)
-            if len(held) >= size * self.workers:
-                yield from self._chunks(held_type, held, size)
-                held = []
-            if self._stopped():
-                break
-        if held:
-            yield from self._chunks(held_type, held, size)
-
-    @staticmethod
-    def _chunks(file_type, rows: list[ExpiredRow], size: int) -> Iterator[tuple[str, list[ExpiredRow]]]:
-        rows = sorted(rows, key=lambda r: (r.location, r.s3_key or "", r.id))
-        for start in range(0, len(rows), size):
-            yield file_type, rows[start : start + size]
+    def _split(self, file_type: str, rows: list[ExpiredRow], size: int) -> list[list[ExpiredRow]]:
+        """A page as batches of ``size`` rows. --purge-versions on a versioned bucket
+        (a page then holds ``workers`` batches' worth) sorts the page by key first, so each
+        batch holds few folders: listing the versions of a batch costs a request per folder
+        it touches (``versions_of``), and a page in date order spreads over every project —
+        regrouped, a sweep over 200 projects lists ~25 folders per 1,000 keys instead of
+        ~200. The rows are the same; only which batch holds them changes."""
+        if (self.report.purge_versions and any(r.location == Location.S3.value for r in rows)
+                and self._s3_mode() == "purge"):
+            rows = sorted(rows, key=lambda r: (r.location, r.s3_key or "", r.id))
+        return [rows[start : start + size] for start in range(0, len(rows), size)]
 
     def _stopped(self) -> bool:
         if self.stop is not None and self.stop.is_set():
@@ -506,17 +604,19 @@ class _Sweeper:
             return
         pool.submit(getattr, store, "client")
 
-    def _cap(self, rows: list[ExpiredRow], remaining: int | None) -> tuple[list[ExpiredRow], int | None]:
+    def _cap(self, rows: list[ExpiredRow]) -> list[ExpiredRow]:
+        remaining = self.remaining
         if remaining is None:
-            return rows, None
+            return rows
         if remaining <= 0:
             self.report.max_delete_reached = True
-            return [], 0
-        return rows[:remaining], remaining - min(len(rows), remaining)
+            return []
+        self.remaining = remaining - min(len(rows), remaining)
+        return rows[:remaining]
 
-    def _plan(self, file_type: str, rows: list[ExpiredRow]) -> _Batch:
-        """Sort a page by location, work out keys, open stores (main thread only)."""
-        batch = _Batch(file_type)
+    def _plan(self, file_type: str, rows: list[ExpiredRow], claim: _Claim) -> _Batch:
+        """Sort a batch by location, work out keys, open stores (main thread only)."""
+        batch = _Batch(file_type, claim=claim)
         for row in rows:
             try:
                 location = Location(row.location)
@@ -638,10 +738,11 @@ class _Sweeper:
                     reached.setdefault(key, []).extend((r.id, r.location) for r in key_rows)
         if not shared and not reached:
             return
-        deleted, kept = sql.delete_rows_sharing_bytes(self.storage.catalog, shared, [r.id for r in rows])
+        claim = batch.claim
+        deleted, kept = sql.delete_rows_sharing_bytes(claim.catalog, shared, [r.id for r in rows], cur=claim.cur)
         kept |= set(reached)
         if reached:
-            deleted |= sql.delete_rows(self.storage.catalog, _by_location(reached))
+            deleted |= sql.delete_rows(claim.catalog, _by_location(reached), cur=claim.cur)
             self.kept_for_links.update(
                 key for key, pairs in reached.items() if all(file_id in deleted for file_id, _ in pairs))
         for location in list(batch.objects):
@@ -649,7 +750,7 @@ class _Sweeper:
             for key in [k for k in by_key if k in kept]:
                 for row in by_key.pop(key):
                     if row.id in deleted:
-                        self.report.count(batch.file_type, row.size, location.value)
+                        claim.pending.append((batch.file_type, row.size, location.value, 0))
             if not by_key:
                 del batch.objects[location]
 
@@ -698,32 +799,41 @@ class _Sweeper:
                     )
             else:
                 self.refused_in_a_row[location] = 0
-        deleted_before, bytes_before = report.deleted, report.bytes
         report.versions_deleted += batch.versions_deleted
         report.markers_deleted += batch.markers_deleted
+        claim = batch.claim
+        assert claim is not None
         if any(gone.values()):
-            deleted = sql.delete_rows(self.storage.catalog, gone)
+            deleted = sql.delete_rows(claim.catalog, gone, cur=claim.cur)
+            pending = claim.pending
             for row in batch.db_rows:
                 if row.id in deleted:
-                    report.count(batch.file_type, row.size, Location.DB.value)
+                    pending.append((batch.file_type, row.size, Location.DB.value, 0))
             for location in results:
                 for key, rows in batch.objects[location].items():
                     first = True
                     for row in rows:
                         if row.id not in deleted:
                             continue
-                        size = row.size
+                        size, retained = row.size, 0
                         if location is Location.S3 and batch.freed is not None:
                             size = batch.freed.get(key, 0) if first else 0
                         if location is Location.S3 and batch.retained is not None and first:
-                            report.bytes_retained += batch.retained.get(key, row.size or 0)
+                            retained = batch.retained.get(key, row.size or 0)
                         first = False
-                        report.count(batch.file_type, size, location.value)
+                        pending.append((batch.file_type, size, location.value, retained))
         local = batch.stores.get(Location.LOCAL)
         if local is not None and Location.LOCAL in batch.objects:
             local.prune_empty_dirs(batch.objects[Location.LOCAL])  # folders the deletes emptied
-        if self.on_batch is not None:
-            self.on_batch(report.deleted - deleted_before, report.failed - failed_before, report.bytes - bytes_before)
+        if self.on_batch is not None and report.failed > failed_before:
+            self.on_batch(0, report.failed - failed_before, 0)
+        claim.batches -= 1
+        if claim.batches <= 0:
+            self._end(claim)  # commit: the rows are gone now, and counted
+
+
+class _Rollback(Exception):
+    """Thrown into a claim's transaction to roll it back."""
 
 
 def _by_location(rows_by_key: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
