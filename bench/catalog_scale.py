@@ -410,12 +410,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=90, help="created dates spread over this many days")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each command")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each du command")
+    parser.add_argument("--dry-runs", type=int, default=1, help="timed runs of sweep-expired --dry-run")
     parser.add_argument("--pg-url", help="an existing Postgres server (default: a private pgserver)")
     parser.add_argument("--reuse", action="store_true", help="keep apstorage_scale_<rows> if it holds that many rows")
     parser.add_argument("--no-dry-run", action="store_true", help="skip sweep-expired --dry-run")
     parser.add_argument("--explain-only", action="store_true", help="only the EXPLAIN part")
     parser.add_argument("--seed-only", action="store_true", help="build the catalog and stop")
+    parser.add_argument("--code", default=str(ROOT),
+                        help="PYTHONPATH of the timed CLI (e.g. an earlier commit's apstorage/, "
+                             "from `git archive`, for before/after figures); default: this checkout")
     args = parser.parse_args()
     if args.rows < 10_000:
         parser.error("--rows: at least 10000")
@@ -427,7 +431,7 @@ def main() -> int:
         url = with_database(server, dbname)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AP_", "AWS_"))}
         env = dict(base, AP_CONFIG_PATH=str(tmp / "home"), AP_DB_TYPE="POSTGRES", AP_POSTGRES_URL=url,
-                   PYTHONPATH=str(ROOT), AP_EXECUTION_DATA_RETENTION_DAYS="30",
+                   PYTHONPATH=args.code, AP_EXECUTION_DATA_RETENTION_DAYS="30",
                    AP_PAUSED_FLOW_TIMEOUT_DAYS="30")
         have = None
         if args.reuse:
@@ -459,8 +463,10 @@ def main() -> int:
             if not args.no_dry_run:
                 cmds["sweep-expired --dry-run --json"] = ap + ["sweep-expired", "--dry-run", "--json"]
             run_child(cmds["du --json"], env)  # warm the page cache
-            for i in range(args.runs):
+            for i in range(max(args.runs, args.dry_runs)):
                 for name, cmd in cmds.items():
+                    if i >= (args.dry_runs if name.startswith("sweep") else args.runs):
+                        continue
                     sample = run_child(cmd, env)
                     results.setdefault(name, []).append(sample)
                     extra = ""
