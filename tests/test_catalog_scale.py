@@ -142,6 +142,26 @@ class _Recorder:
             return inner(sql, params, **kw)
 
         catalog._execute = execute
+        outer = catalog.transaction
+        recorder = self
+
+        import contextlib
+
+        @contextlib.contextmanager
+        def transaction():
+            with outer() as cur:
+                class Cursor:
+                    def execute(self, sql, params=()):
+                        if not sql.startswith("SET LOCAL"):
+                            recorder.statements.append((sql, tuple(params)))
+                        return cur.execute(sql, params)
+
+                    def __getattr__(self, name):
+                        return getattr(cur, name)
+
+                yield Cursor()
+
+        catalog.transaction = transaction
 
 
 def _plan(catalog, sql: str, params: tuple) -> str:
@@ -160,6 +180,7 @@ def test_the_partial_index_serves_the_shared_key_queries(make_env, pg_url) -> No
         catalog.init_schema()
         rec = _Recorder(catalog)
         refs.shared_keys(catalog)
+        catalog.transaction = type(catalog).transaction.__get__(catalog)  # _plan's own
         refs.rows_referencing(None, catalog, ["copies/x", "project/p/FLOW_RUN_LOG/a"])
         (shared_sql, shared_params), (ref_sql, ref_params) = rec.statements
         shared_plan = _plan(catalog, shared_sql, shared_params)
