@@ -198,7 +198,7 @@ def test_postgres_without_the_table_says_to_run_init(runner, set_env, pg_url) ->
     result = invoke(runner, "init", "--json")
     assert result.exit_code == 0
     report = json.loads(result.stdout)
-    assert report["createdTable"] is True and len(report["createdIndexes"]) == 3
+    assert report["createdTable"] is True and len(report["createdIndexes"]) == 4  # the platform's 3 + idx_file_s3_key_foreign
     again = json.loads(invoke(runner, "init", "--json").stdout)
     assert again["createdTable"] is False and again["missingIndexes"] == []
     assert invoke(runner, "get", "x").exit_code == 4

@@ -34,6 +34,9 @@ class InitReport:
     created_indexes: list[str] = field(default_factory=list)
     missing_indexes: list[str] = field(default_factory=list)
     target: str = ""
+    # apstorage's own indexes (not the platform's) an existing table lacks: {"name", "sql"},
+    # the statement an operator may run (init never does: it never alters an existing table)
+    optional_indexes: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +44,7 @@ class InitReport:
             "createdTable": self.created_table,
             "createdIndexes": self.created_indexes,
             "missingIndexes": self.missing_indexes,
+            "optionalIndexes": self.optional_indexes,
         }
 
 

@@ -43,6 +43,20 @@ CREATE TABLE "file" (
 """
 
 
+def _extra_indexes() -> dict[str, str]:
+    """apstorage's own indexes on a new Postgres table, beside the platform's (``INDEXES``):
+    name → the CREATE INDEX statement's tail (``ON "file" ...``).
+
+    ``idx_file_s3_key_foreign``: a partial index on ``s3Key`` over the foreign-keyed rows
+    only (a non-empty ``s3Key`` not ending in ``/{id}``; ``refs.FOREIGN_KEYED_SQL``), normally
+    none or a handful, so it costs nothing to keep up; with it, finding the rows that share
+    a key (``refs.shared_keys``, once per sweep and migrate run) and the rows at a batch's
+    keys (``refs.rows_referencing``) are index scans instead of scans of the table."""
+    from apstorage.catalog.refs import FOREIGN_KEYED_SQL
+
+    return {"idx_file_s3_key_foreign": f'ON "file" ("s3Key") WHERE {FOREIGN_KEYED_SQL}'}
+
+
 CONNECT_TIMEOUT = 10  # seconds: libpq's connect_timeout (a frozen server fails the command)
 # Seconds any one statement may run (Postgres' statement_timeout, set per connection). Generous:
 # migrate and sweep work in batches of at most a few thousand rows, each statement well under
@@ -87,9 +101,24 @@ class PostgresCatalog(Catalog):
             conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
             # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
             conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
+            self._custom_plans(conn)
             return conn
         except psycopg.Error as exc:
             raise self._translate(exc) from None
+
+    @staticmethod
+    def _custom_plans(conn: psycopg.Connection) -> None:
+        """Plan every statement for its own parameters (``plan_cache_mode``, Postgres 12+).
+
+        psycopg prepares a statement run 5 times on a connection; Postgres then switches a
+        prepared statement to one generic plan after 5 more runs when that plan looks no
+        dearer. For the sweep's keyset page it is: the generic plan reads every row of the
+        type in the date range and sorts them (a bitmap scan and a top-N sort, 57 ms a page
+        at 10^6 rows) where the custom plan reads 1,000 index entries in order (1.2 ms);
+        README "Scale, measured". Planning each run costs ~0.2 ms. An older server keeps
+        its default."""
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SET plan_cache_mode = force_custom_plan")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -182,6 +211,9 @@ class PostgresCatalog(Catalog):
                     quoted = ", ".join(f'"{c}"' for c in cols)
                     cur.execute(f'CREATE INDEX "{name}" ON "file" ({quoted})')
                     report.created_indexes.append(name)
+                for name, tail in _extra_indexes().items():
+                    cur.execute(f'CREATE INDEX "{name}" {tail}')
+                    report.created_indexes.append(name)
             else:
                 cur.execute(
                     """
@@ -196,6 +228,13 @@ class PostgresCatalog(Catalog):
                 present = {tuple(r[0]) for r in cur.fetchall()}
                 report.missing_indexes = [
                     name for name, cols in INDEXES.items() if cols not in present
+                ]
+                cur.execute("SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                            "WHERE i.indrelid = 'file'::regclass")
+                named = {r[0] for r in cur.fetchall()}
+                report.optional_indexes = [
+                    {"name": name, "sql": f'CREATE INDEX CONCURRENTLY "{name}" {tail}'}
+                    for name, tail in _extra_indexes().items() if name not in named
                 ]
         return report
 

@@ -8,6 +8,18 @@ here first — inside the transaction that removes or moves their own rows, wher
 A reference is any S3 or LOCAL row whose key is the key, whatever its location: S3 and
 LOCAL share keys, and keeping an unreferenced copy is cheap where deleting a referenced
 one loses data. DB rows hold their bytes in the row and reference no key.
+
+Finding the rows at a key without an index on ``s3Key`` (the platform's schema has none):
+a row's key almost always ends in ``/{its own id}`` (the platform writes ``s3Key`` as the
+derived key; a derived key always does). Call the other rows *foreign-keyed*: a
+non-empty ``s3Key`` that does not end in ``/{id}``, or an id holding ``/``. Two rows that
+are not foreign-keyed cannot share a key: the key's last segment would be both their ids.
+So the rows at a key are the row whose id is the key's last segment (the primary key) and
+the foreign-keyed rows holding it, and every shared key is a foreign-keyed row's key.
+``FOREIGN_KEYED_SQL`` is that test; ``init`` gives a new Postgres table a partial index on
+it (``PG_EXTRA_INDEXES``), so both questions are index scans there; on a table without it
+the foreign-keyed rows are found by one filtered scan, evaluated before any key
+comparison.
 """
 
 from __future__ import annotations
@@ -43,8 +55,10 @@ def rows_referencing(
     ``keys``, leaving out the rows in ``exclude``. Keys nobody references are absent.
 
     ``cur`` is a cursor of the caller's transaction (so the answer holds for it), or None
-    for a statement of its own. Matching ``s3Key`` scans the table (no index on it in the
-    platform's schema): ask for the keys in ``shared_keys`` only. ``by_id_only`` looks rows
+    for a statement of its own. On Postgres the rows are found by primary key (each key's
+    last segment) and among the foreign-keyed rows (module docstring): an index scan where
+    ``init`` made the partial index, else a scan that tests each row's key ending before
+    comparing any key — so ask for the keys in ``shared_keys`` only. ``by_id_only`` looks rows
     up by the id each key ends with (the primary key: cheap for any number of keys) and
     finds the rows whose own key it is, not the rows sharing it."""
     wanted = sorted(set(keys))
@@ -65,13 +79,30 @@ def rows_referencing(
     return found
 
 
+# A row whose key may not end in its own id (see the module docstring). The exact text of
+# the partial index's predicate (PG_EXTRA_INDEXES): the planner matches it word for word.
+FOREIGN_KEYED_SQL = (
+    """(("s3Key" <> '' AND right("s3Key", length("id") + 1) <> ('/' || "id")) OR strpos("id", '/') > 0)"""
+)
+
+
 def _select(cur: Any, catalog: Catalog, keys: list[str], ids: list[str], locations: list[str]) -> list[tuple]:
     p = catalog.ph
     columns = '"id", "location", "s3Key", "type", "projectId", "platformId"'
     if catalog.dialect == "postgres":
-        by_key = f'"s3Key" = ANY({p}) OR ' if keys else ""
-        sql = f'SELECT {columns} FROM "file" WHERE "location" = ANY({p}) AND ({by_key}"id" = ANY({p}))'
-        params: tuple = (locations, keys, ids) if keys else (locations, ids)
+        # The rows at a key: by primary key (its last segment), and the foreign-keyed ones,
+        # as two statements joined by UNION: in one WHERE with OR, a table without the
+        # partial index is scanned comparing every row's id with every id of the batch
+        # (97 s for 400 keys at 10^7 rows). The foreign-keyed test comes first, so such a
+        # scan compares keys only on those rows.
+        sql = f'SELECT {columns} FROM "file" WHERE "location" = ANY({p}) AND "id" = ANY({p})'
+        params: tuple = (locations, ids)
+        if keys:
+            sql += (
+                f' UNION SELECT {columns} FROM "file" WHERE "location" = ANY({p}) '
+                f'AND {FOREIGN_KEYED_SQL} AND "s3Key" = ANY({p})'
+            )
+            params = (locations, ids, locations, keys)
     else:
         by_key = f'"s3Key" IN ({", ".join([p] * len(keys))}) OR ' if keys else ""
         sql = (
@@ -85,30 +116,71 @@ def _select(cur: Any, catalog: Catalog, keys: list[str], ids: list[str], locatio
     return cur.fetchall()
 
 
-def _key_sql() -> str:
-    """The key of a row in SQL: its ``s3Key``, else the key ``object_key`` derives."""
+def _key_sql(*, table: str = "") -> str:
+    """The key of a row in SQL: its ``s3Key``, else the key ``object_key`` derives. An
+    empty ``s3Key`` counts as unset, as ``rows_referencing`` (and the sweep) read it."""
+    t = f"{table}." if table else ""
     legacy = " ".join(f"WHEN '{old}' THEN '{new}'" for old, new in sorted(LEGACY_TYPES.items()))
+    s3_key = f"""NULLIF({t}"s3Key", '')"""
     return (
-        'COALESCE("s3Key", CASE '
-        """WHEN "platformId" IS NOT NULL AND "platformId" <> '' THEN 'platform/' || "platformId" """
-        """WHEN "projectId" IS NOT NULL AND "projectId" <> '' THEN 'project/' || "projectId" END """
-        f"""|| '/' || CASE "type" {legacy} ELSE "type" END || '/' || "id")"""
+        f"COALESCE({s3_key}, CASE "
+        f"""WHEN {t}"platformId" IS NOT NULL AND {t}"platformId" <> '' THEN 'platform/' || {t}"platformId" """
+        f"""WHEN {t}"projectId" IS NOT NULL AND {t}"projectId" <> '' THEN 'project/' || {t}"projectId" END """
+        f"""|| '/' || CASE {t}"type" {legacy} ELSE {t}"type" END || '/' || {t}"id")"""
     )
 
 
 def shared_keys(catalog: Catalog) -> set[str]:
-    """Keys that more than one row (any location) holds: one aggregate over the table.
+    """Keys that more than one row (any location) holds.
 
-    The platform's schema has no index on ``s3Key``, so asking for each batch's keys would
-    scan the table once per batch; a run asks this once instead (one scan, only the shared
-    keys come back) and checks those keys again, exactly, in each batch's transaction
+    A run asks this once and checks those keys again, exactly, in each batch's transaction
     (``rows_referencing``). Rows that start sharing a key during the run are not seen:
-    nothing in apstorage or the platform gives a new row an existing key."""
+    nothing in apstorage or the platform gives a new row an existing key.
+
+    Postgres: every shared key is a foreign-keyed row's key (module docstring), so only
+    those rows are grouped, with the row each one's key names by its last segment (a
+    primary-key lookup): the partial index when the table has it, else one filtered scan
+    — never an aggregate over every row's key (at 10^7 rows: ~40 s and ~1 GB of temporary
+    files; see the README's "Scale, measured"). SQLite (the embedded default, small): one
+    aggregate over the table. An empty ``s3Key`` counts as unset (the row's derived key),
+    as everywhere else: it is not a key '' that every such row shares."""
+    if catalog.dialect == "postgres":
+        return _pg_shared_keys(catalog)
     key = _key_sql()
     rows = catalog._execute(
         f'SELECT k FROM (SELECT {key} AS k FROM "file") AS keyed '
         "WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1"
     )
+    return {r[0] for r in rows}
+
+
+def _pg_shared_keys(catalog: Catalog) -> set[str]:
+    # foreign_keyed: those rows' keys; then, for each of those keys, the row whose id is
+    # its last segment, if that row is not foreign-keyed itself (then it is counted
+    # already; COALESCE: the test is NULL for a row without s3Key) and its key is that key.
+    key = _key_sql()
+    f_key = _key_sql(table="f")
+    f_foreign = FOREIGN_KEYED_SQL.replace('"s3Key"', 'f."s3Key"').replace('"id"', 'f."id"')
+    sql = (
+        f"WITH foreign_keyed AS MATERIALIZED ("
+        f'  SELECT {key} AS k FROM "file" WHERE {FOREIGN_KEYED_SQL}'
+        f") "
+        f"SELECT k FROM ("
+        f"  SELECT k FROM foreign_keyed WHERE k IS NOT NULL"
+        f"  UNION ALL"
+        f"  SELECT o.k FROM (SELECT DISTINCT k FROM foreign_keyed WHERE k IS NOT NULL) AS o"
+        f"""  JOIN "file" AS f ON f."id" = substring(o.k FROM '[^/]*$')"""
+        f"  WHERE NOT COALESCE({f_foreign}, false) AND {f_key} = o.k"
+        f") AS holders GROUP BY k HAVING count(*) > 1"
+    )
+    with catalog.transaction() as cur:
+        # The planner cannot estimate the foreign-keyed test (it guesses ~90 % of the rows),
+        # so it prefers a scan of the table to the partial index, which holds a handful
+        # (10.7 s against well under a second at 10^7 rows). enable_seqscan off only
+        # penalises a scan: a table without the index is still scanned.
+        cur.execute("SET LOCAL enable_seqscan = off")
+        cur.execute(sql)
+        rows = cur.fetchall()
     return {r[0] for r in rows}
 
 
@@ -123,4 +195,4 @@ def row_exists(cur: Any, catalog: Catalog, file_id: str) -> tuple[str, str | Non
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-__all__ = ["KEYED_LOCATIONS", "derived_key", "row_exists", "rows_referencing", "shared_keys"]
+__all__ = ["FOREIGN_KEYED_SQL", "KEYED_LOCATIONS", "derived_key", "row_exists", "rows_referencing", "shared_keys"]

@@ -62,5 +62,10 @@ def init(json_out: bool = JSON_OPTION) -> None:
             console.print(f"the file table already exists in {report.target}; left unchanged", markup=False)
         for name in report.missing_indexes:
             out.warn(f"index {name} is missing; sweeps and listings may scan the table")
+        for index in report.optional_indexes:
+            out.note(
+                f"optional index {index['name']} is not there (it makes the shared-key checks of "
+                f"sweep-expired and migrate-to-s3 index scans on a large table); to add it: {index['sql']}"
+            )
 
     out.result(report.to_json(), render)

@@ -222,9 +222,11 @@ def disk_usage(storage: Storage, request: DuRequest, *, now: datetime | None = N
         return (*keys[:-1], -g.bytes, -g.files, *keys[-1:])
 
     groups.sort(key=order)
+    # Unfiltered, the groups count every row: the footprint need not count them again.
+    counted = sum(g.files for g in groups) if where == UsageFilter() else None
     return DuReport(
         by=request.by, groups=groups, created_before=created_before,
-        catalog=sql.footprint(storage.catalog),
+        catalog=sql.footprint(storage.catalog, rows=counted),
     )
 
 
