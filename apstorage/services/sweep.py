@@ -506,6 +506,8 @@ class _Sweeper:
         except ApStorageError:
             return
         pool.submit(getattr, store, "fast")
+        if self.report.purge_versions:  # version deletes still go through the botocore client
+            pool.submit(getattr, store, "client")
 
     def _cap(self, rows: list[ExpiredRow], remaining: int | None) -> tuple[list[ExpiredRow], int | None]:
         if remaining is None:
