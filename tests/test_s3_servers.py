@@ -481,6 +481,83 @@ def test_unmatched_delete_errors_are_verified_before_rows_go(faulty_s3, faulty_e
     assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/keep me"]
 
 
+def test_a_per_key_refusal_keeps_only_that_row(faulty_s3, faulty_env, cli) -> None:
+    """An <Error> entry naming a key that was sent: that key is refused (its row and object
+    stay, the S3 code in the reason); the others go."""
+    rows = expired_rows(faulty_env, ["keep me", "go-1", "go-2"])
+    faulty_s3.add(Fault("delete_refuse", method="POST", query="delete", value="keep me",
+                        key_form="exact", code="AccessDenied"))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["deleted"] == 2 and summary["failed"] == 1
+    assert "AccessDenied" in summary["failures"][0]["reason"]
+    assert rows_left(faulty_env, rows) == ["keep me"]
+    assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/keep me"]
+
+
+def test_a_key_missing_from_the_delete_answer_keeps_its_row(faulty_s3, faulty_env, cli) -> None:
+    """A DeleteObjects answer must carry an entry (Deleted or Error) for every key sent: a
+    store that skips one without a word (here it never deletes it, nor names it) has not
+    deleted it, so its row stays and is reported."""
+    rows = expired_rows(faulty_env, ["skipped", "go-1", "go-2"])
+
+    def skip(req):
+        import re
+
+        keys = re.findall(rb"<Key>(.*?)</Key>", req.body)
+        sent = b"".join(b"<Object><Key>" + k + b"</Key></Object>" for k in keys if b"skipped" not in k)
+        answer = faulty_s3.forward(faulty_s3.resign(req, b"<Delete><Quiet>true</Quiet>" + sent + b"</Delete>"), {})
+        if answer.status != 200:
+            return answer
+        deleted = b"".join(b"<Deleted><Key>" + k + b"</Key></Deleted>" for k in keys if b"skipped" not in k)
+        return Answer(200, {"Content-Type": "application/xml"},
+                      b'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' + deleted + b"</DeleteResult>")
+
+    faulty_s3.add(Fault("custom", method="POST", query="delete", handler=skip))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["deleted"] == 2 and summary["failed"] == 1
+    assert "without an entry" in summary["failures"][0]["reason"]
+    assert rows_left(faulty_env, rows) == ["skipped"]
+    assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/skipped"]
+
+
+@pytest.mark.parametrize("body", [
+    b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>",
+    b'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Deleted><Key>project/pro',  # cut short
+])
+def test_a_200_delete_answer_that_is_no_result_is_retried(faulty_s3, faulty_env, cli, body) -> None:
+    """A 200 whose body is an <Error>, or XML cut short, is a failure (botocore's rule for S3:
+    a 500) and is retried; when every attempt gets one, the rows and objects stay."""
+    rows = expired_rows(faulty_env, ["a", "b"])
+    once = faulty_s3.add(Fault("status", method="POST", query="delete", status=200, value=body.decode(), times=1))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 2 and rows_left(faulty_env, rows) == []
+    assert once.applied == 1
+    rows = expired_rows(faulty_env, ["c", "d"])
+    faulty_s3.add(Fault("status", method="POST", query="delete", status=200, value=body.decode()))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["deleted"] == 0 and summary["failed"] == 2
+    assert rows_left(faulty_env, rows) == ["c", "d"]
+    assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/c", "project/proj1/FLOW_RUN_LOG/d"]
+
+
+def test_a_slowdown_on_delete_objects_is_retried(faulty_s3, faulty_env, cli) -> None:
+    """503 SlowDown is throttling: retried (RetryPolicy, botocore's standard mode), and the
+    batch then deleted as usual."""
+    rows = expired_rows(faulty_env, ["a", "b", "c"])
+    fault = faulty_s3.add(Fault("status", method="POST", query="delete", status=503, code="SlowDown", times=2))
+    result = cli("sweep-expired", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"] == 3 and rows_left(faulty_env, rows) == []
+    assert fault.applied == 2 and keys_in_stand_in(faulty_s3, faulty_env) == []
+
+
 def keys_in_stand_in(faulty_s3, env: dict[str, str]) -> list[str]:
     return sorted(keys_in(Server("seaweedfs", faulty_s3.upstream, True, True), env["AP_S3_BUCKET"]))
 

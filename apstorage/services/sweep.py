@@ -594,15 +594,18 @@ class _Sweeper:
         return self.report.interrupted
 
     def _warm_s3(self, pool: ThreadPoolExecutor) -> None:
-        """Build the S3 client (~0.2 s of botocore set-up) in a worker while the main
-        thread selects the first page. Errors surface later, per batch."""
+        """Set up the S3 signed path the deletes use (``S3Store.fast``; on AWS itself that
+        builds the botocore client, ~0.2 s) in a worker while the main thread selects the
+        first page. Errors surface later, per batch."""
         if not self.storage.settings.s3_bucket:
             return
         try:
             store = self.storage.store(Location.S3)
         except ApStorageError:
             return
-        pool.submit(getattr, store, "client")
+        pool.submit(getattr, store, "fast")
+        if self.report.purge_versions:  # version deletes still go through the botocore client
+            pool.submit(getattr, store, "client")
 
     def _cap(self, rows: list[ExpiredRow]) -> list[ExpiredRow]:
         remaining = self.remaining
