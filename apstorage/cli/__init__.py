@@ -6,7 +6,7 @@ import sys
 
 from apstorage.cli.app import app
 # Registration order is the order `--help` lists the commands in.
-from apstorage.cli import files, presign, migrate, sweep, gc, du, lifecycle, check_iam, admin  # noqa: F401,E402,I001
+from apstorage.cli import files, presign, migrate, sweep, gc, restore, du, lifecycle, check_iam, admin  # noqa: F401,E402,I001
 
 __all__ = ["app", "main"]
 

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from apstorage.errors import BackendUnavailableError, NotSupportedError
+from apstorage.errors import ApStorageError, BackendUnavailableError, NotSupportedError
 
 if TYPE_CHECKING:
     from apstorage.stores.s3 import S3Store
@@ -447,6 +447,26 @@ def copy_version(store: S3Store, key: str, version_id: str) -> tuple[str | None,
     return response.get("VersionId"), etag.strip('"') if etag else None
 
 
+def restore_version(store: S3Store, key: str, version_id: str) -> tuple[str | None, str | None, str | None]:
+    """``copy_version`` for ``apstorage restore``: the version's bytes copied back as the
+    key's current object, with a refusal given back instead of raised, so one row's failure
+    never stops a run. Returns (new version id, the copy's ETag without quotes, None) or
+    (None, None, reason); a refusal naming Object Lock (retention, legal hold) is
+    ``OBJECT_LOCK_REASON``. Needs s3:GetObjectVersion and s3:PutObject. A store that cannot
+    be reached raises BackendUnavailableError (exit 8)."""
+    try:
+        new_version, etag = copy_version(store, key, version_id)
+    except BackendUnavailableError:
+        raise
+    except ApStorageError as exc:  # translated by status in copy_version
+        message = str(exc)
+        lowered = message.lower()
+        if "object lock" in lowered or "objectlock" in lowered or "legal hold" in lowered or "retention" in lowered:
+            return None, None, OBJECT_LOCK_REASON
+        return None, None, f"CopyObject from version {version_id} was refused: {message}"
+    return new_version, etag, None
+
+
 def head_version(store: S3Store, key: str, version_id: str | None = None) -> dict | None:
     """HeadObject of ``key`` (its current version, or ``version_id``): {"size", "etag",
     "versionId"} or None when absent (404, or the current version is a delete marker)."""
@@ -562,5 +582,6 @@ __all__ = [
     "list_version_pages",
     "list_versions",
     "refusal_reason",
+    "restore_version",
     "versions_of",
 ]
