@@ -13,9 +13,12 @@ import json
 import secrets
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
 from apstorage.cli import app
+from apstorage.errors import UsageError
+from apstorage.services.restore import RestoreRequest
 from apstorage.stores.s3_versions import OBJECT_LOCK_REASON
 from tests.integrity import assert_intact
 from tests.s3_faults import Fault, s3_error
@@ -349,3 +352,23 @@ def test_an_object_lock_refusal_is_named_and_exits_1(faulty_s3, make_env, set_en
     assert result.exit_code == 1, result.output
     assert OBJECT_LOCK_REASON in result.stderr
     assert listing(client, bucket) == before
+
+
+# -- the flags, searched ------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.lists(st.text(max_size=30), max_size=4),
+    all_missing=st.booleans(),
+    projects=st.none() | st.lists(st.text(max_size=20), max_size=3),
+    platforms=st.none() | st.lists(st.text(max_size=20), max_size=3),
+)
+def test_flags_are_a_request_or_a_usage_error(ids, all_missing, projects, platforms) -> None:
+    try:
+        request = RestoreRequest.from_flags(ids, all_missing, projects, platforms)
+    except UsageError as exc:
+        assert exc.exit_code == 2 and exc.message
+        return
+    assert bool(request.ids) != request.all_missing  # exactly one of the two
+    assert not (request.project_ids or request.platform_ids) or request.all_missing
+    assert all(request.ids) and len(set(request.ids)) == len(request.ids)

@@ -254,7 +254,8 @@ def restore(
     versioning = storage.versioning()
     report.versioning = versioning.to_json()
     if not versioning.versioned:
-        why = versioning.note or "versioning was never enabled on it"
+        why = versioning.note or ("its versioning is not enabled: GetBucketVersioning shows no state "
+                                  "(never enabled, or a store without versioning)")
         raise NotFoundError(
             f"S3 bucket {store.bucket!r} is not versioned ({why}): there is no version to restore from; nothing was written",
             hint="restore brings back objects deleted from a bucket with versioning Enabled (or Suspended)",
