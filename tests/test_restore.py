@@ -372,3 +372,73 @@ def test_flags_are_a_request_or_a_usage_error(ids, all_missing, projects, platfo
     assert bool(request.ids) != request.all_missing  # exactly one of the two
     assert not (request.project_ids or request.platform_ids) or request.all_missing
     assert all(request.ids) and len(set(request.ids)) == len(request.ids)
+
+
+# -- more of what an operator meets -------------------------------------------------------------
+
+
+def test_a_suspended_bucket_restores_its_versions(seaweed, make_env, set_env, storage_factory, runner) -> None:
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = make_env(AP_FILE_STORAGE_LOCATION="S3", **seaweed.ap_env(bucket))
+    set_env(**env)
+    storage = storage_factory(env)
+    row = put_row(storage, client, bucket, 1, [b"written while versioning was enabled"])
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    client.delete_object(Bucket=bucket, Key=row.key)  # a null delete marker; the version stays
+    code, doc = restore_json(runner, row.id, "--verbose")
+    assert code == 0, json.dumps(doc["rows"])
+    assert doc["versioning"]["status"] == "Suspended" and doc["restored"] == 1
+    assert assert_intact(storage, {row.id: b"written while versioning was enabled"}) == 1
+
+
+def test_a_refused_copy_names_the_permissions(seaweed, make_env, set_env, storage_factory, runner) -> None:
+    from tests.conftest import READONLY_IDENTITY
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    reader = READONLY_IDENTITY[0]["credentials"][0]
+    env = make_env(AP_FILE_STORAGE_LOCATION="S3", **seaweed.ap_env(bucket))
+    storage = storage_factory(env)
+    rows = [put_row(storage, client, bucket, 1, [b"row %d" % i]) for i in range(2)]
+    for row in rows:
+        client.delete_object(Bucket=bucket, Key=row.key)
+    before = listing(client, bucket)
+    set_env(**{**env, "AP_S3_ACCESS_KEY_ID": reader["accessKey"], "AP_S3_SECRET_ACCESS_KEY": reader["secretKey"]})
+    result = invoke(runner, "restore", *(r.id for r in rows))
+    assert result.exit_code == 1, result.output  # the reader may list and read versions, not write
+    assert "not restored 2 files: CopyObject was refused: AccessDenied" in result.stderr  # one reason, both rows
+    assert "s3:GetObjectVersion and s3:PutObject" in result.stderr
+    assert listing(client, bucket) == before
+
+
+def test_all_missing_pages_the_catalog_by_owner(catalog_env, storage_factory) -> None:
+    from apstorage.catalog.restore import iter_s3_pages
+    from apstorage.model import FileRow, Location, new_id
+
+    storage = storage_factory(catalog_env)
+    catalog = storage.catalog
+    catalog.init_schema()
+    made = {}
+    for owner in ("p1", "p2", "pl"):
+        for i in range(3):
+            fid = new_id()
+            platform = owner if owner == "pl" else None
+            catalog.insert(FileRow(id=fid, type="FLOW_RUN_LOG", location=Location.S3, size=i,
+                                   project_id=None if platform else owner, platform_id=platform))
+            made[fid] = owner
+    catalog.insert(FileRow(id=new_id(), type="UNKNOWN", location=Location.DB, project_id="p1", size=1), b"x")
+
+    def ids(**kw):
+        pages = list(iter_s3_pages(catalog, page=2, **kw))
+        assert all(len(p) <= 2 for p in pages)
+        out = [r.id for p in pages for r in p]
+        assert out == sorted(out)
+        return set(out)
+
+    assert ids() == set(made)
+    assert ids(project_ids=["p2"]) == {f for f, o in made.items() if o == "p2"}
+    assert ids(project_ids=["p1"], platform_ids=["pl"]) == {f for f, o in made.items() if o in ("p1", "pl")}
+    assert ids(project_ids=["nobody"]) == set()
+    row = next(r for p in iter_s3_pages(catalog, platform_ids=["pl"]) for r in p)
+    assert row.key == f"platform/pl/FLOW_RUN_LOG/{row.id}" and row.type == "FLOW_RUN_LOG"

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from apstorage.errors import ApStorageError, BackendUnavailableError, NotSupportedError
+from apstorage.errors import BackendUnavailableError, NotSupportedError
 
 if TYPE_CHECKING:
     from apstorage.stores.s3 import S3Store
@@ -451,20 +451,64 @@ def restore_version(store: S3Store, key: str, version_id: str) -> tuple[str | No
     """``copy_version`` for ``apstorage restore``: the version's bytes copied back as the
     key's current object, with a refusal given back instead of raised, so one row's failure
     never stops a run. Returns (new version id, the copy's ETag without quotes, None) or
-    (None, None, reason); a refusal naming Object Lock (retention, legal hold) is
-    ``OBJECT_LOCK_REASON``. Needs s3:GetObjectVersion and s3:PutObject. A store that cannot
-    be reached raises BackendUnavailableError (exit 8)."""
+    (None, None, reason). The reason names the store's error code and message, never the
+    key, so a report groups the rows it hit; a refusal naming Object Lock (retention, legal
+    hold) is ``OBJECT_LOCK_REASON``; AccessDenied names the permissions a copy from a
+    version needs (s3:GetObjectVersion, s3:PutObject). A store that cannot be reached
+    raises BackendUnavailableError (exit 8)."""
+    source = {"Bucket": store.bucket, "Key": key, "VersionId": version_id}
     try:
-        new_version, etag = copy_version(store, key, version_id)
-    except BackendUnavailableError:
-        raise
-    except ApStorageError as exc:  # translated by status in copy_version
-        message = str(exc)
-        lowered = message.lower()
-        if "object lock" in lowered or "objectlock" in lowered or "legal hold" in lowered or "retention" in lowered:
-            return None, None, OBJECT_LOCK_REASON
-        return None, None, f"CopyObject from version {version_id} was refused: {message}"
-    return new_version, etag, None
+        try:
+            response = store.client.copy_object(
+                Bucket=store.bucket, Key=key, CopySource=source, MetadataDirective="COPY", TaggingDirective="COPY",
+            )
+        except ClientError as exc:
+            if not _copy_to_itself(exc):
+                raise
+            # SeaweedFS refuses a copy of a version onto its own key on a Suspended bucket
+            # unless something changes ("copy an object to itself without changing the
+            # object's metadata"): the version's own metadata, given back as a replacement.
+            response = store.client.copy_object(
+                Bucket=store.bucket, Key=key, CopySource=source, MetadataDirective="REPLACE",
+                TaggingDirective="COPY", **_version_metadata(store, key, version_id),
+            )
+    except ClientError as exc:
+        translated = store.translate(exc, key)
+        if isinstance(translated, BackendUnavailableError):
+            raise translated from None
+        code = _client_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "") or ""
+        reason = refusal_reason(code, message)
+        if reason == OBJECT_LOCK_REASON:
+            return None, None, reason
+        if _client_status(exc) in (401, 403):
+            reason += " (CopyObject from a version needs s3:GetObjectVersion and s3:PutObject)"
+        return None, None, f"CopyObject was refused: {reason} (HTTP {_client_status(exc)})"
+    except BotoCoreError as exc:
+        transport = store.transport_error(exc)
+        if transport is not None:
+            raise transport from None
+        return None, None, f"CopyObject failed: {store.translate(exc)}"
+    etag = (response.get("CopyObjectResult") or {}).get("ETag")
+    return response.get("VersionId"), etag.strip('"') if etag else None, None
+
+
+def _copy_to_itself(exc: ClientError) -> bool:
+    message = (exc.response.get("Error", {}).get("Message", "") or "").lower()
+    return _client_code(exc) == "InvalidRequest" and "to itself" in message
+
+
+_HEAD_TO_COPY = {  # HeadObject answer -> CopyObject parameter, for MetadataDirective=REPLACE
+    "ContentType": "ContentType", "ContentEncoding": "ContentEncoding", "ContentLanguage": "ContentLanguage",
+    "ContentDisposition": "ContentDisposition", "CacheControl": "CacheControl", "Expires": "Expires",
+    "Metadata": "Metadata",
+}
+
+
+def _version_metadata(store: S3Store, key: str, version_id: str) -> dict:
+    """The metadata of one version (HeadObject with ``versionId``) as CopyObject takes it."""
+    head = store.client.head_object(Bucket=store.bucket, Key=key, VersionId=version_id)
+    return {param: head[field] for field, param in _HEAD_TO_COPY.items() if head.get(field) not in (None, "", {})}
 
 
 def head_version(store: S3Store, key: str, version_id: str | None = None) -> dict | None:
