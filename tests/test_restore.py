@@ -252,6 +252,7 @@ def test_gc_missing_then_restore_all_missing(server, make_env, set_env, storage_
     assert {r["id"] for r in dry["rows"] if r["status"] == "wouldRestore"} == {a.id, other.id}
     result = invoke(runner, "restore", "--all-missing", "--dry-run")
     assert "1 row without a current object cannot be restored" in result.stderr and lost.id in result.stderr
+    assert assert_restorable(storage, client, bucket, skip=frozenset({lost.id})) == 3  # dry run: nothing written
 
     gc = json.loads(invoke(runner, "gc", "--missing", "--trust", "S3", "--json").stdout)
     assert gc["restorable"] == 2  # kept: restorable
@@ -262,6 +263,7 @@ def test_gc_missing_then_restore_all_missing(server, make_env, set_env, storage_
     code, doc = restore_json(runner, "--all-missing", "--project", "proj2")
     assert code == 0 and doc["restored"] == 1 and doc["rows"][0]["id"] == other.id
     assert doc["checked"] == 1
+    assert assert_restorable(storage, client, bucket) == 3
     assert "DeleteMarkers" in client.list_object_versions(Bucket=bucket, Prefix=a.key)  # a still deleted
     code, doc = restore_json(runner, "--all-missing", "--workers", "2")
     assert code == 0, doc
