@@ -678,3 +678,25 @@ def test_folder_objects_are_not_orphans(seaweed, bucket, set_env, cli) -> None:
     report = json.loads(result.stdout)["verify"]
     assert [item["key"] for item in report["orphans"]["items"]] == ["project/proj1/FLOW_RUN_LOG/real-orphan"]
     assert report["missing"]["files"] == 0
+
+
+def test_a_batch_goes_as_parts_at_once_and_a_refusal_in_one_keeps_only_its_row(faulty_s3, faulty_env, cli) -> None:
+    """A batch of 400 S3 rows is deleted as four DeleteObjects of 100 keys (S3_PARTS),
+    sent at once; one part's per-key refusal keeps exactly that row and object, the other
+    parts' keys and rows go, and the rows are still deleted as one batch."""
+    from apstorage.services.sweep import MIN_PART, S3_PARTS
+
+    names = [f"go-{i:03d}" for i in range(399)] + ["keep me"]
+    rows = expired_rows(faulty_env, names)
+    faulty_s3.requests.clear()
+    faulty_s3.add(Fault("delete_refuse", method="POST", query="delete", value="keep me",
+                        key_form="exact", code="AccessDenied"))
+    result = cli("sweep-expired", "--json", "--batch-size", "1000")
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["deleted"] == 399 and summary["failed"] == 1
+    assert rows_left(faulty_env, rows) == ["keep me"]
+    assert keys_in_stand_in(faulty_s3, faulty_env) == ["project/proj1/FLOW_RUN_LOG/keep me"]
+    deletes = [path for method, path in faulty_s3.requests if method == "POST" and "delete" in path]
+    # four parts at once, then the refused key tried once more on its own (delete_keys)
+    assert len(deletes) == min(S3_PARTS, len(names) // MIN_PART) + 1 == 5

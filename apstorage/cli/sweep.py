@@ -72,13 +72,15 @@ def sweep_expired_cmd(
     """
     from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
-    from apstorage.services.sweep import count_expired, resolve_types, sweep_expired
+    from apstorage.services.sweep import S3_PARTS, count_expired, resolve_types, sweep_expired
 
     type_list = resolve_types(types.split(",") if types else None)
     out = Output(json_out, quiet=quiet)
     with record_metrics(metrics_file, "sweep_expired") as metrics, stop_on_signals() as interrupt:
         started = time.monotonic()
-        with Storage(workers=workers) as storage:
+        # The S3 connection pool holds every DeleteObjects in flight: --workers batches, each
+        # in up to S3_PARTS parts.
+        with Storage(workers=workers * S3_PARTS) as storage:
             total = total_bytes = None
             if out.progress_enabled and not dry_run:
                 with out.status("counting expired files…"):

@@ -84,6 +84,13 @@ from apstorage.stores.base import Store
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_WORKERS = 8
+# A batch's S3 keys go as up to S3_PARTS DeleteObjects at once (each at least MIN_PART keys):
+# a store works through one request's keys one after another (SeaweedFS: a filer delete
+# each), so 1,000 keys in four requests come back about four times sooner, while the
+# catalog still deletes the batch's rows in one statement (SQLite commits per batch: 100-row
+# batches made a 30,000-row DB sweep 5.6 s instead of 1.8 s). bench/sweep.py measures it.
+S3_PARTS = 4
+MIN_PART = 100
 FAILURES_KEPT = 100  # failures listed in the report; the count covers them all
 BROKEN_AFTER = 3  # batches in a row refused entirely before a location is left alone
 PROJECT_PAGE = 500
@@ -361,6 +368,7 @@ class _Batch:
     versions_deleted: int = 0
     markers_deleted: int = 0
     claim: "_Claim | None" = None
+    requests: ThreadPoolExecutor | None = None  # where a batch's S3 parts are sent (S3_PARTS)
 
 
 @dataclass(eq=False)
@@ -409,6 +417,7 @@ class _Sweeper:
         self.link_targets: set | None = None  # files links under the LOCAL root reach
         self.kept_for_links: set[str] = set()  # LOCAL files kept only because a link reached them
         self.versioning = None  # the bucket's Versioning, asked at the first S3 row
+        self.requests: ThreadPoolExecutor | None = None  # S3 parts of batches (run)
 
     def run(self, now: datetime, batch_size: int, max_delete: int | None) -> None:
         self.remaining = max_delete
@@ -433,6 +442,9 @@ class _Sweeper:
         # as its own bytes are done, in whatever order that happens.
         inflight: dict[Future, _Batch] = {}
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="apstorage-sweep")
+        # A batch's DeleteObjects parts (S3_PARTS), sent from workers of their own: a batch's
+        # worker waits for its parts, never the other way round, so this cannot deadlock.
+        self.requests = ThreadPoolExecutor(max_workers=self.workers * S3_PARTS, thread_name_prefix="apstorage-s3-part")
         self._warm_s3(pool)
         try:
             for file_type, rows, claim in pages:
@@ -454,6 +466,7 @@ class _Sweeper:
             self._release_unreached()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self.requests.shutdown(wait=True, cancel_futures=True)
             # Left open only by an error: roll back (the rows stay for the next run; bytes
             # already deleted leave expired rows without bytes, which it deletes).
             for claim in list(self.open_claims):
@@ -651,6 +664,7 @@ class _Sweeper:
         if Location.S3 in batch.stores:
             batch.s3_mode = self._s3_mode()
             batch.versioning = self.versioning
+            batch.requests = self.requests
         return batch
 
     def _s3_mode(self) -> str:
@@ -874,12 +888,38 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
                 from apstorage.services.versions import retained_sizes
 
                 batch.retained = retained_sizes(store, keys, batch.versioning) or {}  # type: ignore[arg-type]
-            results[location] = delete_keys(store, keys, split=location is Location.S3)
+            if location is Location.S3:
+                results[location] = _delete_in_parts(store, keys, batch.requests)
+            else:
+                results[location] = delete_keys(store, keys, split=False)
         except BackendUnavailableError:
             raise  # the store cannot be reached (or stalls): exit 8, as on every command
         except ApStorageError as exc:
             results[location] = ({k: str(exc) for k in keys}, True)
     return results
+
+
+def _delete_in_parts(store: Store, keys: list[str], requests: ThreadPoolExecutor | None) -> tuple[dict[str, str], bool]:
+    """``delete_keys`` of S3 ``keys`` (in key order) as up to ``S3_PARTS`` consecutive parts
+    of at least ``MIN_PART`` keys, sent at once on ``requests``: the refused keys of every
+    part, and whether the store refused all of them whole. Every part is waited for before
+    an error is raised (the first one), so no request of the batch is still in flight."""
+    size = max(MIN_PART, -(-len(keys) // S3_PARTS))
+    parts = [keys[i : i + size] for i in range(0, len(keys), size)]
+    if requests is None or len(parts) == 1:
+        return delete_keys(store, keys)
+    futures = [requests.submit(delete_keys, store, part) for part in parts]
+    wait(futures)
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
+    refused: dict[str, str] = {}
+    whole = True
+    for future in futures:
+        part_refused, part_whole = future.result()
+        refused.update(part_refused)
+        whole = whole and part_whole
+    return refused, whole
 
 
 def delete_keys(store: Store, keys: list[str], *, split: bool = True) -> tuple[dict[str, str], bool]:
