@@ -40,6 +40,11 @@ def du(
         "size mismatches. Exit 1 when anything is inconsistent. Never deletes.",
     ),
     csv_out: bool = typer.Option(False, "--csv", help="Print the groups as CSV with a header."),
+    no_versions: bool = typer.Option(
+        False, "--no-versions",
+        help="On a versioned bucket, do not list its versions (noncurrent versions and delete "
+        "markers are then not counted): the figures come from the catalog alone.",
+    ),
     metrics_file: Optional[str] = METRICS_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -47,8 +52,12 @@ def du(
 
     Files and bytes come from the catalog.
 
-    One aggregate query answers however many objects the bucket holds. With --verify the
-    stores are listed (paginated, streaming) and compared with the catalog.
+    One aggregate query answers however many objects the bucket holds. On a versioned
+    bucket (Enabled or Suspended) the bucket's versions under platform/ and project/ are
+    also listed (one request per 1,000 entries; --no-versions skips it) and noncurrent
+    versions and delete markers are shown apart from current objects. With --verify the
+    stores are listed (paginated, streaming) and compared with the catalog; on a versioned
+    bucket it also reports orphan versions, lone delete markers and restorable rows.
     """
     from apstorage.services.context import Storage
     from apstorage.services.du import DuRequest, disk_usage, verify
@@ -71,6 +80,13 @@ def du(
             if check:
                 with out.status("listing the stores and comparing them with the catalog…"):
                     report.verify = verify(storage, limit=None if json_out else SHOWN_ITEMS)
+                report.versions = report.verify.versions
+            elif storage.settings.s3_bucket and not no_versions and not csv_out:
+                from apstorage.services.du import MANAGED_PREFIXES
+                from apstorage.services.du_versions import figures
+
+                with out.status("listing the bucket's versions…"):
+                    report.versions = figures(storage, MANAGED_PREFIXES)
         if metrics is not None:
             _fill_metrics(metrics, report)
         if csv_out:
@@ -130,6 +146,8 @@ def _render(console, report) -> None:
         console.print(f"files created before {report.created_before:%Y-%m-%d %H:%M} UTC", markup=False)
     if report.catalog is not None:
         _render_footprint(console, report.catalog)
+    if report.versions is not None:
+        _render_versions(console, report.versions)
     if report.verify is not None:
         _render_verify(console, report.verify)
 
@@ -147,6 +165,20 @@ def _render_footprint(console, fp) -> None:
         f"catalog: {parts}; live rows hold {human_size(fp.live_bytes)} "
         f"({human_size(fp.data_bytes)} of file data in {plural(fp.rows, 'row')}); "
         f"{fp.vacuum} would return about {human_size(fp.reclaimable)}",
+        markup=False, soft_wrap=True,
+    )
+
+
+def _render_versions(console, v) -> None:
+    """One line: what a versioned bucket holds besides what the catalog counts."""
+    if not v.checked:
+        console.print(f"S3 versions: not counted ({v.note})", markup=False, soft_wrap=True)
+        return
+    console.print(
+        f"S3 bucket versioning {v.versioning.status}: {plural(v.current, 'current object')} "
+        f"{human_size(v.current_bytes)}; {plural(v.noncurrent, 'noncurrent version')} "
+        f"{human_size(v.noncurrent_bytes)}; {plural(v.delete_markers, 'delete marker')} "
+        f"({plural(v.keys_without_current, 'key')} without a current object) under platform/ and project/",
         markup=False, soft_wrap=True,
     )
 
@@ -172,6 +204,9 @@ def _render_verify(console, result) -> None:
         "sizeMismatches": "size mismatches",
         "refused": "refused by the store",
         "pendingUploads": "pending uploads",
+        "restorable": "restorable rows",
+        "orphanVersions": "orphan versions",
+        "loneDeleteMarkers": "lone delete markers",
     }
     for kind in result.kinds():
         if kind.kind == "pendingUploads" and not kind.files:
@@ -187,6 +222,10 @@ def _render_verify(console, result) -> None:
             line = f"  {item['location']} {item.get('key') or '(no key)'}"
             if item.get("id"):
                 line += f"  id={item['id']}"
+            if item.get("versionId"):
+                line += f"  versionId={item['versionId']}"
+            if item.get("deleteMarkers"):
+                line += f"  delete markers={item['deleteMarkers']}"
             if "objectSize" in item:
                 line += f"  row size={item['size']} object size={item['objectSize']}"
             elif item.get("expiresAt"):

@@ -71,6 +71,9 @@ CLEAN_SHORT = {
     "sizeMismatches": "none: check with `get ID`, then store the file again",
     "refused": "check the key with your S3 tool; the rest was checked",
     "pendingUploads": "nothing yet: the upload may still come; `apstorage gc --pending` once its URL expired",
+    "restorable": "`apstorage restore ID...` or `restore --all-missing` (a noncurrent version holds the bytes)",
+    "orphanVersions": "`apstorage gc --orphans` (versions older than its --grace) or a lifecycle rule",
+    "loneDeleteMarkers": "`apstorage gc --orphans`, or the lifecycle rule `lifecycle apply` adds",
 }
 CLEAN = {
     "missing": (
@@ -95,6 +98,23 @@ CLEAN = {
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
         "read the file with `apstorage get ID` to check it, then store it again."
+    ),
+    "restorable": (
+        "S3 rows whose current object is gone (a delete marker, or no entry at all) while a "
+        "noncurrent version still holds bytes: not lost. `apstorage restore ID...` (or "
+        "`apstorage restore --all-missing`) copies the newest version back as the current "
+        "object and proves it; `gc --missing` never deletes these rows."
+    ),
+    "orphanVersions": (
+        "noncurrent versions of keys no row references (a sweep without --purge-versions "
+        "leaves them): billed bytes nothing can read. `apstorage gc --orphans` deletes those "
+        "older than its --grace; the lifecycle rule `apstorage lifecycle apply` adds on a "
+        "versioned bucket expires execution data's noncurrent versions."
+    ),
+    "loneDeleteMarkers": (
+        "keys whose every entry is a delete marker (no version left) that no row references: "
+        "no bytes, but listed and counted by the store. `apstorage gc --orphans` removes them, "
+        "as does the ExpiredObjectDeleteMarker rule `apstorage lifecycle apply` adds."
     ),
     "refused": (
         "rows whose object the store refused to look up (an error other than not-found, "
@@ -168,6 +188,7 @@ class DuReport:
     created_before: datetime | None = None
     verify: "VerifyReport | None" = None
     catalog: "sql.Footprint | None" = None
+    versions: object = None  # du_versions.VersionFigures of a versioned bucket, else None
 
     @property
     def files(self) -> int:
@@ -199,6 +220,8 @@ class DuReport:
             data["catalog"] = self.catalog.to_json()
         if self.verify is not None:
             data["verify"] = self.verify.to_json()
+        if self.versions is not None:
+            data["s3Versions"] = self.versions.to_json()  # type: ignore[attr-defined]
         return data
 
 
@@ -336,6 +359,11 @@ class VerifyReport:
     # S3 rows with no object yet, young enough that their pre-signed upload may still come:
     # reported apart from lost bytes, and not an inconsistency.
     pending_uploads: Problems = field(default_factory=lambda: Problems("pendingUploads"))
+    # A versioned bucket only (services.du_versions): None elsewhere, and absent from JSON.
+    restorable: Problems | None = None
+    orphan_versions: Problems | None = None
+    lone_markers: Problems | None = None
+    versions: object = None  # du_versions.VersionFigures
 
     @property
     def ok(self) -> bool:
@@ -343,7 +371,8 @@ class VerifyReport:
         return not any(kind.files for kind in self.kinds() if kind is not self.pending_uploads)
 
     def kinds(self) -> list[Problems]:
-        return [self.missing, self.orphans, self.size_mismatches, self.refused, self.pending_uploads]
+        versioned = [k for k in (self.restorable, self.orphan_versions, self.lone_markers) if k is not None]
+        return [self.missing, self.orphans, self.size_mismatches, self.refused, self.pending_uploads, *versioned]
 
     def to_json(self) -> dict:
         return {
@@ -354,6 +383,10 @@ class VerifyReport:
             "sizeMismatches": self.size_mismatches.to_json(),
             "refused": self.refused.to_json(),
             "pendingUploads": self.pending_uploads.to_json(),
+            **({} if self.restorable is None else {"restorable": self.restorable.to_json()}),
+            **({} if self.orphan_versions is None else {"orphanVersions": self.orphan_versions.to_json()}),
+            **({} if self.lone_markers is None else {"loneDeleteMarkers": self.lone_markers.to_json()}),
+            **({} if self.versions is None else {"versions": self.versions.to_json()}),  # type: ignore[attr-defined]
         }
 
 
@@ -371,12 +404,41 @@ class _Tally:
         self.now = datetime.now(timezone.utc)
         self.objects = 0
         self.bytes = 0
+        # A versioned bucket: rows without a current object wait here, 1,000 at a time, to
+        # be sorted into restorable (a version holds bytes) and missing (du_versions).
+        self.versions_store: Store | None = None
+        self.restorable = Problems("restorable", limit)
+        self.unsure: list[KeyedRow] = []
+        self.lock = threading.Lock()
 
     def listed(self, info: ObjectInfo) -> None:
         self.objects += 1
         self.bytes += info.size
 
     def missing_row(self, row: KeyedRow) -> None:
+        if self.versions_store is not None and row.key:
+            with self.lock:
+                self.unsure.append(row)
+                if len(self.unsure) < 1000:
+                    return
+                rows, self.unsure = self.unsure, []
+            self._sort_unsure(rows)
+            return
+        self._missing(row)
+
+    def _sort_unsure(self, rows: list[KeyedRow]) -> None:
+        from apstorage.services.du_versions import restorable_ids
+
+        found, failed = restorable_ids(self.versions_store, rows)  # type: ignore[arg-type]
+        for row in rows:
+            if row.id in found:
+                self.restorable.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size)
+            elif row.id in failed:
+                self.refused_row(row, failed[row.id])
+            else:
+                self._missing(row)
+
+    def _missing(self, row: KeyedRow) -> None:
         expires = _upload_expires(row)
         if self.where == "S3" and expires is not None and expires > self.now:
             self.pending.add(row.size, location=self.where, id=row.id, key=row.key, size=row.size,
@@ -398,6 +460,11 @@ class _Tally:
             )
 
     def into(self, report: VerifyReport, check: LocationCheck) -> None:
+        if self.unsure:
+            rows, self.unsure = self.unsure, []
+            self._sort_unsure(rows)
+        if self.versions_store is not None:
+            report.restorable = self.restorable
         check.objects, check.bytes = self.objects, self.bytes
         report.missing.extend(self.missing)
         report.orphans.extend(self.orphans)
@@ -484,8 +551,18 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     # (the LOCAL store walks the whole root whatever the prefix), filtered.
     prefixes = MANAGED_PREFIXES if location is Location.S3 else ("",)
     notes = []
+    versioning = None
+    if location is Location.S3:
+        from apstorage.services.versions import ask_versioning
+
+        versioning = ask_versioning(storage)
+        if versioning.note:
+            notes.append(versioning.note)
+        if not versioning.versioned:
+            versioning = None
     for order in ORDERS:
         tally = _Tally(location.value, limit)
+        tally.versions_store = store if versioning is not None else None
         try:
             _merge(storage.catalog, store, prefixes, order, tally, tick)
         except _OutOfOrder as exc:
@@ -494,12 +571,28 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
         check.method = f"merge in {order} order"
         check.note = "; ".join(notes)
         tally.into(report, check)
+        _check_versions(storage, store, versioning, prefixes, report, tick, limit)
         return
     tally = _Tally(location.value, limit)
+    tally.versions_store = store if versioning is not None else None
     _lookups(storage.catalog, store, prefixes, tally, tick, rows=check.rows, odd=odd)
     check.method = "lookups by id"
     check.note = "; ".join(notes)
     tally.into(report, check)
+    _check_versions(storage, store, versioning, prefixes, report, tick, limit)
+
+
+def _check_versions(storage: Storage, store: Store, versioning, prefixes, report: VerifyReport,
+                    tick: Callable[[int], None], limit: int | None) -> None:
+    """A versioned bucket: one pass over its version listing (services.du_versions)."""
+    if versioning is None:
+        return
+    from apstorage.services.du_versions import check
+
+    found = check(storage, store, versioning, prefixes, lambda kind: Problems(kind, limit), tick)  # type: ignore[arg-type]
+    report.orphan_versions = found.orphan_versions  # type: ignore[assignment]
+    report.lone_markers = found.lone_markers  # type: ignore[assignment]
+    report.versions = found.figures
 
 
 def _folder_marker(info: ObjectInfo) -> bool:
