@@ -266,6 +266,23 @@ def test_sweep_keeps_bytes_another_row_references(env, storage_factory, location
     assert storage.store(location).stat(both_key) is None
 
 
+@pytest.mark.parametrize("location", [Location.S3, Location.LOCAL])
+def test_two_expired_rows_of_one_key_in_two_batches_leave_no_orphan(env, storage_factory, location) -> None:
+    """Each of the two batches sees the other row still there (on Postgres: two claims open
+    at once) and keeps the bytes; once both committed, nothing holds the key and the run
+    deletes its bytes itself."""
+    storage = storage_factory(env)
+    first = add_row(storage, location, b"one key", created=OLD)
+    key = Raw(storage, first).key
+    second = add_row(storage, location, b"one key", s3_key=key, created=OLD, write=False)
+    live = add_row(storage, location, b"live")
+    report = sweep_expired(storage, batch_size=1, workers=2)
+    assert report.failed == 0 and report.deleted == 2
+    assert not row_exists(storage, first) and not row_exists(storage, second)
+    assert storage.store(location).stat(key) is None
+    assert_invariant(storage, {live: b"live"})
+
+
 def test_migrate_never_overwrites_an_object_another_row_references(env, storage_factory) -> None:
     storage = storage_factory(env)
     in_s3 = add_row(storage, Location.S3, b"the S3 row's bytes")

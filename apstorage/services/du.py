@@ -427,7 +427,7 @@ class _Tally:
         self._missing(row)
 
     def _sort_unsure(self, rows: list[KeyedRow]) -> None:
-        from apstorage.services.du_versions import restorable_ids
+        from apstorage.services.versions import restorable_ids
 
         found, failed = restorable_ids(self.versions_store, rows)  # type: ignore[arg-type]
         for row in rows:

@@ -12,7 +12,8 @@ them. So, on such a bucket only:
   versions of keys no row references: bytes only a lifecycle rule or ``gc --orphans``
   removes) and **lone delete markers** (keys whose every entry is a delete marker), and the
   rows whose current object is gone but which still have a version are **restorable**
-  (``apstorage restore``), counted apart from missing rows (``restorable_ids``).
+  (``apstorage restore``), counted apart from missing rows (``services.versions.restorable_ids``,
+  which gc uses too).
 
 Memory stays flat: entries are grouped by key one page at a time (a key whose entries span
 pages appears at the start of the next page too, since pages follow each other in key
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from apstorage.errors import ApStorageError, BackendUnavailableError
+from apstorage.errors import ApStorageError
 
 if TYPE_CHECKING:
     from apstorage.stores.s3 import S3Store
@@ -172,21 +173,4 @@ def check(storage, store: "S3Store", versioning: "Versioning", prefixes: Iterabl
     return result
 
 
-def restorable_ids(store: "S3Store", rows: list) -> tuple[set[str], dict[str, str]]:
-    """Among ``rows`` (S3 rows without a current object: ``KeyedRow``), the ids whose key
-    still has a version with bytes (``versions_of``, one listing per folder); and {id:
-    reason} for rows whose versions could not be listed. An unreachable store raises."""
-    from apstorage.stores.s3_versions import versions_of
-
-    keys = sorted({r.key for r in rows if r.key})
-    try:
-        listing = versions_of(store, keys)
-    except BackendUnavailableError:
-        raise
-    except ApStorageError as exc:
-        return set(), {r.id: f"versions could not be listed: {exc}" for r in rows}
-    found = {r.id for r in rows if r.key and any(not e.delete_marker for e in listing.get(r.key, []))}
-    return found, {}
-
-
-__all__ = ["VersionFigures", "check", "figures", "key_groups", "restorable_ids"]
+__all__ = ["VersionFigures", "check", "figures", "key_groups"]

@@ -627,21 +627,15 @@ class _Collector:
         fails keeps the rows (a failure each)."""
         if location is not Location.S3 or store is None or self.s3_mode == "plain" or not rows:
             return set()
-        from apstorage.errors import BackendUnavailableError
-        from apstorage.stores.s3_versions import versions_of
+        from apstorage.services.versions import restorable_ids
 
-        keys = sorted({r.key for r in rows if r.key})
-        try:
-            listing = versions_of(store, keys)  # type: ignore[arg-type]
-        except BackendUnavailableError:
-            raise
-        except ApStorageError as exc:
-            for row in rows:
-                self.report.fail(location.value, row.key, f"versions could not be listed: {exc}", row.id)
-            return {r.id for r in rows}
+        found, failed = restorable_ids(store, rows)  # type: ignore[arg-type]
         out = set()
         for row in rows:
-            if row.key and any(not e.delete_marker for e in listing.get(row.key, [])):
+            if row.id in failed:
+                self.report.fail(location.value, row.key, failed[row.id], row.id)
+                out.add(row.id)
+            elif row.id in found:
                 self.report.restorable_row(row)
                 out.add(row.id)
         return out

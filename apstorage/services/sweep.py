@@ -416,6 +416,7 @@ class _Sweeper:
         self.shared: set[str] | None = None  # keys more than one row holds
         self.link_targets: set | None = None  # files links under the LOCAL root reach
         self.kept_for_links: set[str] = set()  # LOCAL files kept only because a link reached them
+        self.kept_shared: dict[Location, set[str]] = {}  # keys kept because another row held them
         self.versioning = None  # the bucket's Versioning, asked at the first S3 row
         self.requests: ThreadPoolExecutor | None = None  # S3 parts of batches (run)
 
@@ -464,6 +465,7 @@ class _Sweeper:
             for future in as_completed(list(inflight)):
                 self._finish(inflight.pop(future), future)
             self._release_unreached()
+            self._release_kept_shared()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self.requests.shutdown(wait=True, cancel_futures=True)
@@ -588,6 +590,39 @@ class _Sweeper:
                 continue  # left for gc --orphans, which reports what it cannot delete
             gone.append(key)
         local.prune_empty_dirs(gone)
+
+    def _release_kept_shared(self) -> None:
+        """After the last batch, every claim committed: the bytes of a key kept because
+        another row held it, when no row holds it any more, are deleted. Two expired rows of
+        one key in two batches (on Postgres two claims open at once) each see the other
+        still there and keep the bytes; once both are committed, nothing references the key,
+        and leaving it would be an orphan the run itself made. A key some row (or a link
+        under the LOCAL root) still holds stays; a delete that fails leaves it to
+        ``gc --orphans``. Not after an interrupt or an error (the next run, or gc, sees
+        it)."""
+        if not self.kept_shared or self.report.interrupted:
+            return
+        from apstorage.catalog import refs
+
+        for location, keys in self.kept_shared.items():
+            held = refs.rows_referencing(None, self.storage.catalog, sorted(keys), locations=(location.value,))
+            loose = [k for k in sorted(keys) if k not in held]
+            if location is Location.LOCAL:
+                loose = [k for k in loose if not self._reached_by_link(k)]
+            if not loose:
+                continue
+            try:
+                store = self._store(location)
+                if location is Location.S3 and self._s3_mode() == "purge":
+                    from apstorage.services.versions import purge_keys
+
+                    purge_keys(store, loose)  # type: ignore[arg-type]
+                else:
+                    delete_keys(store, loose, split=location is Location.S3)
+            except ApStorageError:
+                continue  # left for gc --orphans
+            if location is Location.LOCAL:
+                store.prune_empty_dirs(loose)  # type: ignore[attr-defined]
 
     def _split(self, file_type: str, rows: list[ExpiredRow], size: int) -> list[list[ExpiredRow]]:
         """A page as batches of ``size`` rows. --purge-versions on a versioned bucket
@@ -770,6 +805,8 @@ class _Sweeper:
         for location in list(batch.objects):
             by_key = batch.objects[location]
             for key in [k for k in by_key if k in kept]:
+                if key not in reached:  # looked at again once the run's claims are committed
+                    self.kept_shared.setdefault(location, set()).add(key)
                 for row in by_key.pop(key):
                     if row.id in deleted:
                         claim.pending.append((batch.file_type, row.size, location.value, 0))

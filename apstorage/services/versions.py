@@ -149,11 +149,32 @@ def _retained(entries: "list[ObjectVersion]", versioning: "Versioning") -> int:
     return total
 
 
+
+
+def restorable_ids(store: "S3Store", rows: list) -> tuple[set[str], dict[str, str]]:
+    """Among ``rows`` (S3 rows without a current object: anything with ``id`` and ``key``),
+    the ids whose key still has a version with bytes (``versions_of``, one listing per
+    folder): restorable (du --verify, gc); and {id: reason} for rows whose versions could not
+    be listed. An unreachable store raises BackendUnavailableError."""
+    from apstorage.stores.s3_versions import versions_of
+
+    keys = sorted({r.key for r in rows if r.key})
+    try:
+        listing = versions_of(store, keys)
+    except BackendUnavailableError:
+        raise
+    except ApStorageError as exc:
+        return set(), {r.id: f"versions could not be listed: {exc}" for r in rows}
+    found = {r.id for r in rows if r.key and any(not e.delete_marker for e in listing.get(r.key, []))}
+    return found, {}
+
+
 __all__ = [
     "PurgeResult",
     "RETAIN_NOTE",
     "UNVERSIONED_PURGE_NOTE",
     "ask_versioning",
     "purge_keys",
+    "restorable_ids",
     "retained_sizes",
 ]
