@@ -714,6 +714,30 @@ def test_multiplexer_runs_size_requests_at_once(serve) -> None:
     assert server.accepts == size
 
 
+def test_warm_opens_one_connection_when_connecting_is_cheap_and_the_rest_as_requests_need_them(serve, monkeypatch) -> None:
+    """A loopback connect costs less than the threads that would open the others: warm
+    opens one (timed) and returns; where a connect is dear (CHEAP_CONNECT 0 here: every
+    connect counts as dear) it opens them all at once."""
+    import apstorage.stores.s3_http as s3_http
+
+    server = serve(silent)
+    mux = mux_for(server, 4)
+    try:
+        mux.warm(4)
+        assert sum(slot.sock is not None for slot in mux._idle) == 1
+        mux.warm(4)  # asked again: still cheap, nothing more opened ahead of need
+        assert sum(slot.sock is not None for slot in mux._idle) == 1
+    finally:
+        mux.close()
+    monkeypatch.setattr(s3_http, "CHEAP_CONNECT", 0.0)
+    dear = mux_for(server, 4)
+    try:
+        dear.warm(4)
+        assert sum(slot.sock is not None for slot in dear._idle) == 4
+    finally:
+        dear.close()
+
+
 def test_multiplexer_read_timeout_for_a_silent_server(serve) -> None:
     server = serve(silent)
     mux = mux_for(server, 2, read=0.3, request=30)
