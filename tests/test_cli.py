@@ -270,3 +270,56 @@ def test_json_failures_write_an_error_document(runner, set_env, tmp_path, args, 
     assert set(doc) == {"error"} and set(doc["error"]) == {"message", "hint", "exitCode"}
     assert doc["error"]["exitCode"] == code and needle in doc["error"]["message"]
     assert needle in result.stderr  # and the line for people, as always
+
+
+# -- start-up: a run imports only the module of its own command ------------------------------
+
+_LOADED = """
+import atexit, runpy, sys
+atexit.register(lambda: sys.stderr.write("LOADED " + " ".join(sorted(
+    m for m in sys.modules if m.startswith("apstorage.cli.") and m != "apstorage.cli.app")) + "\\n"))
+sys.argv = ["apstorage", *sys.argv[1:]]
+runpy.run_module("apstorage", run_name="__main__")
+"""
+
+
+def _cli_modules_loaded(env: dict, *args: str) -> tuple[int, set[str], str]:
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _LOADED, *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("LOADED"))
+    return proc.returncode, set(line.split()[1:]), proc.stdout
+
+
+def test_a_command_run_imports_its_own_module_alone(set_env) -> None:
+    env = set_env()
+    code, loaded, out = _cli_modules_loaded(env, "config", "--json")
+    assert code == 0 and json.loads(out)["settings"]
+    assert {m for m in loaded if m not in ("apstorage.cli.output", "apstorage.cli.interrupt")} == {"apstorage.cli.admin"}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["migrat"], []])
+def test_anything_but_a_command_name_loads_every_command(set_env, args) -> None:
+    from apstorage.cli import COMMAND_MODULES
+
+    _, loaded, _ = _cli_modules_loaded(set_env(), *args)
+    assert {f"apstorage.cli.{m}" for m in COMMAND_MODULES.values()} <= loaded
+
+
+def test_the_application_has_every_command_whatever_was_imported_first() -> None:
+    """``apstorage.cli.app`` is also a submodule's name: importing a command module first
+    must not leave the package's ``app`` as that module."""
+    import subprocess
+    import sys
+
+    code = ("import apstorage.cli.migrate, apstorage.cli.app\n"
+            "from apstorage.cli import app\n"
+            "import typer.main\n"
+            "print(sorted(typer.main.get_command(app).commands))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    from apstorage.cli import COMMAND_MODULES
+
+    assert eval(out) == sorted(COMMAND_MODULES)  # noqa: S307 - our own subprocess's list
