@@ -11,7 +11,6 @@ completion, a mistyped command, which click then names).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 
@@ -86,6 +85,7 @@ def _exit(code: object) -> None:
     takes the normal path.
     """
     import atexit
+    import os
     import threading
 
     if not isinstance(code, (int, type(None))):
