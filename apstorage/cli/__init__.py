@@ -61,8 +61,9 @@ def __getattr__(name: str) -> Any:
 
 def modules_for(args: list[str]) -> list[str]:
     """The command modules a run with ``args`` (``sys.argv[1:]``) needs: the invoked
-    command's alone when the first argument is a command's name, else all of them."""
-    if args and args[0] in COMMAND_MODULES and not any(k.endswith("_COMPLETE") for k in os.environ):
+    command's alone when the first argument is a command's name, else all of them (shell
+    completion runs the program with no arguments: every module)."""
+    if args and args[0] in COMMAND_MODULES:
         return [COMMAND_MODULES[args[0]]]
     return _all_modules()
 
