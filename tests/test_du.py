@@ -318,8 +318,9 @@ def test_verify_finds_each_planted_problem(populated, verify_env, set_env) -> No
 
 def test_verify_tells_pending_uploads_from_lost_bytes_by_the_urls_expiry(verify_env, storage_factory) -> None:
     """A row `presign --upload` made is pending until its URL's expiry (the marker it
-    records), then missing; a row without the marker is pending for 7 days (the longest a
-    pre-signed URL lives)."""
+    records), then missing; a row without the marker (the platform's own uploads) is
+    pending while younger than gc's default grace (24 h), then missing: what `gc --missing`
+    takes, du calls missing."""
     from apstorage.model import PENDING_UPLOAD_KEY, iso_utc
 
     storage = storage_factory(verify_env)
@@ -332,8 +333,8 @@ def test_verify_tells_pending_uploads_from_lost_bytes_by_the_urls_expiry(verify_
 
     waiting = row(now + timedelta(minutes=30), timedelta(minutes=30))  # URL still valid
     expired = row(now - timedelta(minutes=5), timedelta(hours=1))  # URL expired, nothing came
-    platform_young = row(None, timedelta(days=1))  # no marker, younger than 7 days
-    platform_old = row(None, timedelta(days=8))
+    platform_young = row(None, timedelta(hours=2))  # no marker, younger than gc's grace
+    platform_old = row(None, timedelta(days=3))  # gc --missing would take it: missing
     result = verify(storage)
     assert sorted(i["id"] for i in result.pending_uploads.items) == sorted([waiting.id, platform_young.id])
     assert sorted(i["id"] for i in result.missing.items) == sorted([expired.id, platform_old.id])

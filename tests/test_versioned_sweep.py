@@ -166,8 +166,8 @@ def test_purge_versions_removes_every_version_but_never_a_shared_key(venv, stora
     assert data["failed"] == 0 and data["deleted"] == len(swept) + 1  # + the shared key's old row
     assert data["purgeVersions"] and data["versioned"]
     assert data["versionsDeleted"] == want_versions and data["deleteMarkersDeleted"] == 1
-    # bytes: every deleted version of the purged keys, plus the shared row's recorded size
-    assert data["bytes"] == want_bytes + shared_old.size
+    # bytes: every deleted version of the purged keys; the shared key's row went, its bytes stayed
+    assert data["bytes"] == want_bytes
     assert data["bytesRetained"] == 0
     assert dry["bytes"] == data["bytes"] and dry["versionsDeleted"] == data["versionsDeleted"]
     after = listing(client, bucket)
@@ -177,6 +177,37 @@ def test_purge_versions_removes_every_version_but_never_a_shared_key(venv, stora
     remaining = {r[0] for r in rows(storage)}
     assert remaining == {shared_new.id, fresh.id}
     assert assert_restorable(storage, client, bucket) == 2
+
+
+def test_a_run_whose_every_key_another_row_holds_still_knows_the_bucket_is_versioned(venv, storage_factory, set_env,
+                                                                                      runner) -> None:
+    """No S3 byte is deleted (the fresh row holds the key), yet the bucket was asked: the
+    report says versioned, and --purge-versions counts no byte freed (dry run alike)."""
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    key = f"project/proj1/FLOW_RUN_LOG/{new_id()}"
+    put_row(storage, client, bucket, OLD, [b"x" * 2000], key=key)
+    put_row(storage, client, bucket, FRESH, [], key=key)
+    before = listing(client, bucket)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    dry = json.loads(sweep(runner, "--json", "--dry-run", "--purge-versions").stdout)
+    assert dry["versioned"] is True and dry["bytes"] == 0 and dry["deleted"] == 1
+    data = json.loads(sweep(runner, "--json", "--purge-versions").stdout)
+    assert data["versioned"] is True and data["versioning"]["status"] == "Enabled"
+    assert data["deleted"] == 1 and data["bytes"] == 0 and data["versionsDeleted"] == 0
+    assert listing(client, bucket) == before
+
+
+def test_a_default_run_whose_every_key_is_held_says_versioned(venv, storage_factory, set_env, runner) -> None:
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    key = f"project/proj1/FLOW_RUN_LOG/{new_id()}"
+    old = put_row(storage, client, bucket, OLD, [b"held"], key=key)
+    put_row(storage, client, bucket, FRESH, [], key=key)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    data = json.loads(sweep(runner, "--json").stdout)
+    assert data["versioned"] is True and data["deleted"] == 1
+    assert data["bytes"] == old.size  # by default "bytes" stays the rows' recorded sizes (README)
 
 
 def test_purge_versions_on_an_unversioned_store_says_so_once(rclone, catalog_env, storage_factory, set_env, runner) -> None:

@@ -107,7 +107,7 @@ def _show(out: Output, report, verbose: bool) -> None:
     if unrestorable:
         n = report.count(R.NOT_RESTORABLE)
         if report.all_missing:
-            out.warn(f"{plural(n, 'row')} without a current object cannot be restored (no version with bytes):")
+            out.warn(f"{plural(n, 'row')} without a current object cannot be restored (no version to restore from):")
             for row in unrestorable[:SHOWN]:
                 out.info(f"  {_where(row)}: {row.reason}")
             if n > SHOWN:

@@ -58,7 +58,6 @@ from apstorage.text import plural
 GROUP_NAMES = tuple(sql.GROUP_COLUMNS)
 DEFAULT_BY = ("location", "type")
 MANAGED_PREFIXES = ("platform/", "project/")
-PRESIGN_MAX_SECONDS = 604800  # 7 days, the SigV4 limit (services/presign.py MAX_EXPIRES)
 LOOKUP_BATCH = 1000  # listed files per primary-key lookup
 LIST_PAGE = 1000  # objects per page handed from a listing thread
 LIST_QUEUE_PAGES = 8  # pages a listing thread may run ahead
@@ -70,7 +69,10 @@ CLEAN_SHORT = {
     "orphans": "`apstorage gc --orphans` (objects older than its --grace, 24h)",
     "sizeMismatches": "none: check with `get ID`, then store the file again",
     "refused": "check the key with your S3 tool; the rest was checked",
-    "pendingUploads": "nothing yet: the upload may still come; `apstorage gc --pending` once its URL expired",
+    "pendingUploads": (
+        "nothing yet: the upload may still come; `apstorage gc --pending` once its URL expired "
+        "(a row `presign --upload` did not make: `gc --missing` once older than its --grace, 24h)"
+    ),
     "restorable": "`apstorage restore ID...` or `restore --all-missing` (a noncurrent version holds the bytes)",
     "orphanVersions": "`apstorage gc --orphans` (versions older than its --grace) or a lifecycle rule",
     "loneDeleteMarkers": "`apstorage gc --orphans`, or the lifecycle rule `lifecycle apply` adds",
@@ -90,10 +92,11 @@ CLEAN = {
     ),
     "pendingUploads": (
         "S3 rows created for a pre-signed upload whose object has not arrived yet while "
-        "its URL may still be used (the row is younger than its URL's expiry, or than 7 "
-        "days, the longest a pre-signed URL lives, when the row does not record it): not "
-        "lost bytes. Once the URL has expired with no upload, `apstorage gc --pending` "
-        "removes them."
+        "its URL may still be used (the row is younger than the expiry `presign --upload` "
+        "recorded; a row without one, such as the platform's own, while younger than gc's "
+        "default --grace, 24h): not lost bytes. Once the URL has expired with no upload, "
+        "`apstorage gc --pending` removes them; a row without a recorded expiry is "
+        "`gc --missing`'s once older than the grace."
     ),
     "sizeMismatches": (
         "the stored bytes differ from the row's size: no apstorage command repairs these; "
@@ -476,7 +479,8 @@ class _Tally:
 def _upload_expires(row: KeyedRow) -> datetime | None:
     """Until when a row's pre-signed upload may still come: the expiry `presign --upload`
     records; for a row without it (the platform's own pre-signed uploads), its creation
-    plus the longest a pre-signed URL lives (7 days). None when unknown."""
+    plus gc's default grace (24 h: ``gc --missing`` takes it after that, so du calls it
+    missing from then on too). None when unknown."""
     if row.upload_expires:
         try:
             expires = datetime.fromisoformat(str(row.upload_expires).replace("Z", "+00:00"))
@@ -486,7 +490,9 @@ def _upload_expires(row: KeyedRow) -> datetime | None:
             return expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
     if row.created is None:
         return None
-    return row.created + timedelta(seconds=PRESIGN_MAX_SECONDS)
+    from apstorage.services.gc import DEFAULT_GRACE
+
+    return row.created + timedelta(seconds=DEFAULT_GRACE)
 
 
 class _OutOfOrder(Exception):

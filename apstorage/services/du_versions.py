@@ -66,7 +66,8 @@ class VersionFigures:
 
     def to_json(self) -> dict:
         return {
-            "versioning": self.versioning.status or "Unversioned",
+            # not asked (the store unreachable): unknown, never "Unversioned"
+            "versioning": (self.versioning.status or "Unversioned") if self.checked or self.versioning.status else None,
             "checked": self.checked,
             "note": self.note or None,
             "currentObjects": {"count": self.current, "bytes": self.current_bytes},
@@ -134,21 +135,23 @@ def check(storage, store: "S3Store", versioning: "Versioning", prefixes: Iterabl
           tick: Callable[[int], None]) -> VersionProblems:
     """One pass over the version listing: the figures, plus the orphan versions and lone
     delete markers of keys no S3 row references (looked up 1,000 keys at a time: by the id
-    each key ends with, and among the rows sharing keys). Raises what the listing raises."""
+    each key ends with, then the keys left by their rows' ``s3Key``). Raises what the
+    listing raises."""
     from apstorage.catalog import refs
 
     result = VersionProblems(make_problems("orphanVersions"), make_problems("loneDeleteMarkers"),
                              VersionFigures(versioning))
     catalog = storage.catalog
-    shared = refs.shared_keys(catalog)
     todo: list[tuple[str, list]] = []
 
     def judge() -> None:
         keys = [k for k, _ in todo]
         held = set(refs.rows_referencing(None, catalog, keys, locations=("S3",), by_id_only=True))
-        foreign = [k for k in keys if k in shared and k not in held]
-        if foreign:
-            held |= set(refs.rows_referencing(None, catalog, foreign, locations=("S3",)))
+        # The rest (few, in a healthy bucket) are looked up by key too: a row whose s3Key
+        # does not end in its own id holds such a key alone as well as with others.
+        rest = [k for k in keys if k not in held]
+        if rest:
+            held |= set(refs.rows_referencing(None, catalog, rest, locations=("S3",)))
         for key, entries in todo:
             if key in held:
                 continue

@@ -24,7 +24,7 @@ apart and never deletes it); this module restores such rows:
   version each row would be restored from and writes nothing.
 
 Statuses of a row (``RowResult.status``; JSON ``rows[].status``): ``restored``,
-``wouldRestore`` (dry run), ``alreadyPresent``, ``notRestorable`` (no version with bytes:
+``wouldRestore`` (dry run), ``alreadyPresent``, ``notRestorable`` (no version to restore from:
 none at all, only delete markers, or none of the row's size), ``failed`` (copy or proof),
 ``notFound`` (no such id), ``notS3`` (a DB or LOCAL row: restore applies to S3 rows only).
 
@@ -361,7 +361,9 @@ def _one_key(store: "S3Store", key: str, row: "S3Row", entries: list["ObjectVers
         else:
             reason = "no version to restore from: the key has no version and no delete marker"
         return _result(row, NOT_RESTORABLE, reason=reason)
-    source = versions[0] if row.size is None else next((v for v in versions if v.size == row.size), None)
+    from apstorage.services.versions import restore_source
+
+    source = restore_source(versions, row.size)
     if source is None:
         sizes = ", ".join(f"{v.size:,}" for v in versions[:5])
         return _result(row, NOT_RESTORABLE, reason=(

@@ -687,6 +687,16 @@ class _Sweeper:
                 self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
                 continue
             batch.objects.setdefault(location, {}).setdefault(key, []).append(row)
+        if Location.S3 in batch.objects:
+            # The bucket's versioning, asked at the run's first S3 row even when every key
+            # of the batch turns out held by another row: the report never says "not
+            # versioned" of a bucket it did not ask about. A store that cannot be opened or
+            # asked is met again below, row by row.
+            try:
+                self._store(Location.S3)
+                self._s3_mode()
+            except ApStorageError:
+                pass
         self._keep_shared_bytes(batch, rows)
         for location in list(batch.objects):
             try:
@@ -701,6 +711,10 @@ class _Sweeper:
             batch.versioning = self.versioning
             batch.requests = self.requests
         return batch
+
+    def _purging(self) -> bool:
+        """--purge-versions on a bucket known to be versioned (asked already)."""
+        return bool(self.report.purge_versions and self.versioning is not None and self.versioning.versioned)
 
     def _s3_mode(self) -> str:
         """How this run deletes S3 bytes: "plain", "retain" or "purge" (``_Batch``). The
@@ -721,9 +735,9 @@ class _Sweeper:
     def _dry_versions(self, file_type: str, rows: list[ExpiredRow]) -> dict[str, int]:
         """A dry run on a versioned bucket: list the S3 rows' versions (read-only). With
         purge_versions, {row id: bytes of all its key's versions} (what would be freed; a
-        key several rows hold counts once, and a key another row references keeps its
-        row size, as a real run deletes no bytes of it); else the retained bytes are added
-        to the report. {} otherwise."""
+        key several rows hold counts once, and a key another row references counts 0, as a
+        real run deletes no bytes of it); else the retained bytes are added to the report.
+        {} otherwise."""
         from apstorage.catalog import refs
         from apstorage.services.versions import retained_sizes
 
@@ -752,7 +766,11 @@ class _Sweeper:
             return {}
         if self.shared is None:
             self.shared = refs.shared_keys(self.storage.catalog)
-        keys = sorted(k for k in by_key if k not in self.shared)
+        # A key another row references keeps its bytes (a real run deletes the row only):
+        # looked up among the keys several rows hold, leaving out this batch's own rows.
+        shared = sorted(k for k in by_key if k in self.shared)
+        held = set(refs.rows_referencing(None, self.storage.catalog, shared, exclude=[r.id for r in rows])) if shared else set()
+        keys = sorted(k for k in by_key if k not in held)
         if mode == "retain":
             retained = retained_sizes(store, keys, self.versioning)  # type: ignore[arg-type]
             for key in keys:
@@ -768,6 +786,9 @@ class _Sweeper:
             self.report.markers_deleted += sum(1 for e in entries if e.delete_marker)
             for i, row in enumerate(by_key[key]):
                 sizes[row.id] = sum(e.size for e in entries if not e.delete_marker) if i == 0 else 0
+        for key in held:  # --purge-versions counts the bytes of versions deleted: none of these
+            for row in by_key[key]:
+                sizes[row.id] = 0
         return sizes
 
     def _keep_shared_bytes(self, batch: _Batch, rows: list[ExpiredRow]) -> None:
@@ -807,9 +828,11 @@ class _Sweeper:
             for key in [k for k in by_key if k in kept]:
                 if key not in reached:  # looked at again once the run's claims are committed
                     self.kept_shared.setdefault(location, set()).add(key)
+                # --purge-versions counts the bytes of the versions it deleted: none here
+                freed_none = location is Location.S3 and self._purging()
                 for row in by_key.pop(key):
                     if row.id in deleted:
-                        claim.pending.append((batch.file_type, row.size, location.value, 0))
+                        claim.pending.append((batch.file_type, 0 if freed_none else row.size, location.value, 0))
             if not by_key:
                 del batch.objects[location]
 

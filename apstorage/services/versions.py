@@ -151,11 +151,26 @@ def _retained(entries: "list[ObjectVersion]", versioning: "Versioning") -> int:
 
 
 
+def restore_source(entries: "Sequence[ObjectVersion]", size: int | None) -> "ObjectVersion | None":
+    """The version ``restore`` copies back for a row of recorded ``size`` (bytes; None:
+    unknown), from a key's entries newest first (as ListObjectVersions lists them): the
+    newest version with bytes (never a delete marker) of that size — the platform's
+    ``size`` is the stored size, as S3 holds it — or, with no size recorded, the newest.
+    None when no version qualifies: the row is not restorable (a version of another size
+    holds bytes that are not the row's own). The one rule of ``restore``, ``du --verify``
+    and ``gc``."""
+    versions = [e for e in entries if not e.delete_marker]
+    if size is None:
+        return versions[0] if versions else None
+    return next((v for v in versions if v.size == size), None)
+
+
 def restorable_ids(store: "S3Store", rows: list) -> tuple[set[str], dict[str, str]]:
-    """Among ``rows`` (S3 rows without a current object: anything with ``id`` and ``key``),
-    the ids whose key still has a version with bytes (``versions_of``, one listing per
-    folder): restorable (du --verify, gc); and {id: reason} for rows whose versions could not
-    be listed. An unreachable store raises BackendUnavailableError."""
+    """Among ``rows`` (S3 rows without a current object: anything with ``id``, ``key`` and
+    ``size``), the ids whose key still has a version ``restore`` would copy back
+    (``restore_source``; ``versions_of``, one listing per folder): restorable (du --verify,
+    gc); and {id: reason} for rows whose versions could not be listed. An unreachable store
+    raises BackendUnavailableError."""
     from apstorage.stores.s3_versions import versions_of
 
     keys = sorted({r.key for r in rows if r.key})
@@ -165,7 +180,7 @@ def restorable_ids(store: "S3Store", rows: list) -> tuple[set[str], dict[str, st
         raise
     except ApStorageError as exc:
         return set(), {r.id: f"versions could not be listed: {exc}" for r in rows}
-    found = {r.id for r in rows if r.key and any(not e.delete_marker for e in listing.get(r.key, []))}
+    found = {r.id for r in rows if r.key and restore_source(listing.get(r.key, []), r.size) is not None}
     return found, {}
 
 
@@ -176,5 +191,6 @@ __all__ = [
     "ask_versioning",
     "purge_keys",
     "restorable_ids",
+    "restore_source",
     "retained_sizes",
 ]
