@@ -96,7 +96,7 @@ def gc_cmd(
                     purge_versions=purge_versions,
                     trust=trusted,
                 )
-            hint = None if dry_run or report.lock_held or not report.deleted else vacuum_hint(storage)
+            hint = None if dry_run or out.json_mode or report.lock_held or not report.deleted else vacuum_hint(storage)
         if metrics is not None:
             _fill_metrics(metrics, report)
         if not out.json_mode and not report.lock_held:

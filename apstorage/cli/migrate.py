@@ -68,7 +68,8 @@ def migrate_to_s3(
                 with out.progress(total, "migrating", bytes_total=total_bytes) as bar:
                     report = run(storage, opts, progress=bar.advance, stop=interrupt.event)
             vacuum = None
-            if report.freed_db_bytes:  # also after an interrupt: the batches done freed space
+            # also after an interrupt: the batches done freed space; --json has no place for it
+            if report.freed_db_bytes and not out.json_mode:
                 from apstorage.services.du import vacuum_hint
 
                 vacuum = vacuum_hint(storage)

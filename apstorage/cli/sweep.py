@@ -102,7 +102,7 @@ def sweep_expired_cmd(
                     purge_versions=purge_versions,
                 )
             vacuum = None
-            if report.deleted and not dry_run:
+            if report.deleted and not dry_run and not out.json_mode:  # --json has no place for it
                 from apstorage.services.du import vacuum_hint
 
                 vacuum = vacuum_hint(storage)
