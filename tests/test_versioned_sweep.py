@@ -273,6 +273,49 @@ def test_object_lock_keeps_the_row_grouped_under_one_reason(server_name, request
         client.put_object_legal_hold(Bucket=bucket, Key=row.s3_key, LegalHold={"Status": "OFF"})
 
 
+def test_purge_versions_sends_a_batch_as_parts_at_once(seaweed, faulty_s3, make_env, storage_factory) -> None:
+    """A batch of 400 expired keys is purged as parts (S3_PARTS, at least MIN_PART keys
+    each), each listing and deleting its own range: their DeleteObjects are in flight
+    together; every version of every swept key goes, the fresh key keeps its own."""
+    import threading
+
+    from apstorage.services.sweep import MIN_PART, S3_PARTS
+    from tests.s3_faults import Fault
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**make_env(), **faulty_s3.info.ap_env(bucket)}
+    storage = storage_factory(env)
+    expired = [put_row(storage, client, bucket, OLD, [b"v1", b"version two"]) for _ in range(400)]
+    fresh = put_row(storage, client, bucket, FRESH, [b"f1", b"fresh"])
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "deletes": 0}
+
+    def overlapping(req):  # each DeleteObjects takes a little while: parts sent at once overlap
+        with lock:
+            state["now"] += 1
+            state["deletes"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        return None  # forwarded to SeaweedFS as sent
+
+    faulty_s3.add(Fault("custom", method="POST", query="delete", handler=overlapping))
+    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
+    proc_env.update(env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    done = subprocess.run([sys.executable, "-m", "apstorage", "sweep-expired", "--purge-versions", "--batch-size",
+                           "1000", "--workers", "1", "--json"], env=proc_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["deleted"] == 400 and report["versionsDeleted"] == 800 and report["failed"] == 0
+    assert state["deletes"] >= min(S3_PARTS, 400 // MIN_PART)
+    assert state["most"] >= 2, state  # the parts were in flight together
+    after = listing(client, bucket)
+    assert not any(row.s3_key in after for row in expired)
+    assert len(after[fresh.s3_key]["versions"]) == 2
+    assert {r[0] for r in rows(storage)} == {fresh.id}
+
+
 def test_kill_during_purge_then_a_rerun_finishes(seaweed, faulty_s3, make_env, storage_factory, tmp_path) -> None:
     """SIGKILL while `sweep-expired --purge-versions` deletes: no row is gone whose key still
     has a version, the fresh rows keep theirs, and a re-run deletes every expired row and

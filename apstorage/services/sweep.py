@@ -939,7 +939,7 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
             if location is Location.S3 and batch.s3_mode == "purge":
                 from apstorage.services.versions import purge_keys
 
-                purged = purge_keys(store, keys)  # type: ignore[arg-type]
+                purged = _purge_in_parts(store, keys, batch.requests)
                 batch.freed = purged.freed
                 batch.versions_deleted, batch.markers_deleted = purged.versions, purged.markers
                 results[location] = (purged.refused, purged.whole)
@@ -959,24 +959,53 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
     return results
 
 
-def _delete_in_parts(store: Store, keys: list[str], requests: ThreadPoolExecutor | None) -> tuple[dict[str, str], bool]:
-    """``delete_keys`` of S3 ``keys`` (in key order) as up to ``S3_PARTS`` consecutive parts
-    of at least ``MIN_PART`` keys, sent at once on ``requests``: the refused keys of every
-    part, and whether the store refused all of them whole. Every part is waited for before
-    an error is raised (the first one), so no request of the batch is still in flight."""
+def _parts(keys: list[str]) -> list[list[str]]:
+    """``keys`` (in key order) as up to ``S3_PARTS`` consecutive parts of at least ``MIN_PART``."""
     size = max(MIN_PART, -(-len(keys) // S3_PARTS))
-    parts = [keys[i : i + size] for i in range(0, len(keys), size)]
-    if requests is None or len(parts) == 1:
-        return delete_keys(store, keys)
-    futures = [requests.submit(delete_keys, store, part) for part in parts]
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
+def _wait_all(futures: list[Future]) -> list:
+    """The results of ``futures`` once every one is done; the first error raised then (so
+    no request of the batch is still in flight when the caller hears of it)."""
     wait(futures)
     for future in futures:
         if future.exception() is not None:
             raise future.exception()  # type: ignore[misc]
+    return [future.result() for future in futures]
+
+
+def _purge_in_parts(store: Store, keys: list[str], requests: ThreadPoolExecutor | None):
+    """``purge_keys`` of S3 ``keys`` as ``_parts`` sent at once on ``requests`` (each part
+    lists its own range of versions, then deletes them): SeaweedFS works through one
+    DeleteObjects entry by entry, so parts in flight at once keep both its cores busy. The
+    parts' results merged; the store refused the batch whole only if it refused every part
+    whole."""
+    from apstorage.services.versions import PurgeResult, purge_keys
+
+    parts = _parts(keys)
+    if requests is None or len(parts) == 1:
+        return purge_keys(store, keys)  # type: ignore[arg-type]
+    merged = PurgeResult(whole=True)
+    for result in _wait_all([requests.submit(purge_keys, store, part) for part in parts]):
+        merged.refused.update(result.refused)
+        merged.freed.update(result.freed)
+        merged.versions += result.versions
+        merged.markers += result.markers
+        merged.whole = merged.whole and result.whole
+    return merged
+
+
+def _delete_in_parts(store: Store, keys: list[str], requests: ThreadPoolExecutor | None) -> tuple[dict[str, str], bool]:
+    """``delete_keys`` of S3 ``keys`` (in key order) as ``_parts`` sent at once on
+    ``requests``: the refused keys of every part, and whether the store refused all of them
+    whole. Every part is waited for before an error is raised (``_wait_all``)."""
+    parts = _parts(keys)
+    if requests is None or len(parts) == 1:
+        return delete_keys(store, keys)
     refused: dict[str, str] = {}
     whole = True
-    for future in futures:
-        part_refused, part_whole = future.result()
+    for part_refused, part_whole in _wait_all([requests.submit(delete_keys, store, part) for part in parts]):
         refused.update(part_refused)
         whole = whole and part_whole
     return refused, whole

@@ -17,6 +17,8 @@ error (``Versioning.supported`` is False and ``note`` says what the store answer
 
 from __future__ import annotations
 
+import threading
+
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime
@@ -257,6 +259,9 @@ def _versions_of_one(store: S3Store, key: str, out: dict[str, list[ObjectVersion
             return
 
 
+_REGISTER = threading.Lock()  # botocore's event registration is not made for threads at once
+
+
 def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """Delete exact versions (and delete markers): DeleteObjects naming each ``(key,
     version_id)``, ``AP_S3_DELETE_BATCH_SIZE`` per request, with ``Content-MD5``; every
@@ -283,9 +288,10 @@ def delete_versions(store: S3Store, versions: Iterable[tuple[str, str]]) -> dict
     if not pending:
         return refused
     client = store.client
-    client.meta.events.register(
-        "before-sign.s3.DeleteObjects", _add_content_md5, unique_id="apstorage-delete-md5"
-    )
+    with _REGISTER:  # parts of one batch are deleted from several threads at once
+        client.meta.events.register(
+            "before-sign.s3.DeleteObjects", _add_content_md5, unique_id="apstorage-delete-md5"
+        )
     size = max(1, store.settings.s3_delete_batch_size)
     for start in range(0, len(pending), size):
         batch = pending[start : start + size]
