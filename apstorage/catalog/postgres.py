@@ -62,6 +62,146 @@ CONNECT_TIMEOUT = 10  # seconds: libpq's connect_timeout (a frozen server fails 
 # migrate and sweep work in batches of at most a few thousand rows, each statement well under
 # a second; du over tens of millions of rows is one aggregate that may take minutes.
 STATEMENT_TIMEOUT = 900
+# statement_timeout is the server's to enforce: a server that stopped answering mid-session
+# (frozen, or a network path that swallows packets while the socket stays open) never
+# enforces it. So the client gives every statement statement_timeout plus this much to answer
+# (seconds), then shuts the socket: the command fails with exit 8 naming the host.
+ANSWER_MARGIN = CONNECT_TIMEOUT
+# TCP keepalives (libpq): a peer gone from the network is noticed within about
+# idle + interval x count seconds even while a statement runs (an answering kernel keeps a
+# legitimately long statement alive); ignored on Unix-domain sockets.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+class _Watchdog:
+    """One thread for the process: shuts down the socket of a connection whose statement is
+    past its deadline (``_deadline``), so libpq's wait ends with "server closed the
+    connection" instead of never."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.armed: dict[int, tuple[float, Any, dict]] = {}  # token -> (due, connection, state)
+        self.next = 0
+        self.thread: Any = None
+
+    def arm(self, conn: Any, seconds: float) -> tuple[int, dict]:
+        import threading
+        import time
+
+        state = {"fired": False}
+        with self.lock:
+            self.next += 1
+            token = self.next
+            self.armed[token] = (time.monotonic() + seconds, conn, state)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="apstorage-pg-deadline", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+        return token, state
+
+    def disarm(self, token: int) -> None:
+        with self.lock:
+            self.armed.pop(token, None)
+
+    def _run(self) -> None:
+        import time
+
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for token, (due, conn, state) in list(self.armed.items()):
+                    if due <= now:
+                        del self.armed[token]
+                        state["fired"] = True
+                        _shutdown_socket(conn)
+                soonest = min((due for due, _, _ in self.armed.values()), default=None)
+                self.wake.wait(None if soonest is None else max(0.01, soonest - now))
+
+
+def _shutdown_socket(conn: Any) -> None:
+    import socket
+
+    with contextlib.suppress(Exception):
+        fd = conn.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+_WATCHDOG = _Watchdog()
+
+
+@contextlib.contextmanager
+def _deadline(cursor: Any) -> Iterator[None]:
+    """Bound one statement (sent, answered, read) by ``statement_timeout + ANSWER_MARGIN``:
+    past it the socket is shut and the statement fails with an OperationalError saying so."""
+    conn = cursor.connection
+    seconds = getattr(conn, "apstorage_answer_within", None)
+    if seconds is None:
+        yield
+        return
+    token, state = _WATCHDOG.arm(conn, seconds)
+    try:
+        yield
+    except psycopg.OperationalError:
+        if state["fired"]:
+            raise psycopg.OperationalError(
+                f"no answer to a statement within {seconds:g} s (statement_timeout plus {ANSWER_MARGIN} s); "
+                "the server stopped answering"
+            ) from None
+        raise
+    finally:
+        _WATCHDOG.disarm(token)
+
+
+class _Cursor(psycopg.Cursor):
+    """A client cursor whose statements are bounded (``_deadline``); its rows arrive with
+    the answer, so fetching needs no bound of its own."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with _deadline(self):
+            return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        with _deadline(self):
+            return super().executemany(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def copy(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with _deadline(self), super().copy(*args, **kwargs) as copy:
+            yield copy
+
+
+class _ServerCursor(psycopg.ServerCursor):
+    """A named (server-side) cursor: each round trip bounded (``_deadline``)."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with _deadline(self):
+            return super().execute(*args, **kwargs)
+
+    def fetchone(self) -> Any:
+        with _deadline(self):
+            return super().fetchone()
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        with _deadline(self):
+            return super().fetchmany(*args, **kwargs)
+
+    def fetchall(self) -> Any:
+        with _deadline(self):
+            return super().fetchall()
+
+    def __iter__(self) -> Any:
+        while True:
+            rows = self.fetchmany(self.itersize)
+            if not rows:
+                return
+            yield from rows
 
 
 class PostgresCatalog(Catalog):
@@ -79,7 +219,7 @@ class PostgresCatalog(Catalog):
     # -- connections ----------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
         s = self.settings
-        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage"}
+        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "apstorage", **KEEPALIVES}
         # Keywords, never a URL string: libpq does not re-parse the password (config.py
         # parsed AP_POSTGRES_URL once, whatever its password holds).
         kwargs.update(self.dsn.connect_kwargs(), conninfo="")
@@ -98,7 +238,9 @@ class PostgresCatalog(Catalog):
         kwargs = self._conninfo()
         conninfo = kwargs.pop("conninfo")
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+            conn = psycopg.connect(conninfo, autocommit=True, cursor_factory=_Cursor, **kwargs)
+            conn.server_cursor_factory = _ServerCursor
+            conn.apstorage_answer_within = self.statement_timeout + ANSWER_MARGIN  # type: ignore[attr-defined]
             # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
             conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
             self._custom_plans(conn)
