@@ -565,7 +565,17 @@ def _validate(v: dict[str, str], sources: dict[str, str]) -> Settings:
         except ConfigError as exc:
             errors.append(exc.message)
     default_db = "POSTGRES" if (postgres_url or postgres_host or "AP_POSTGRES_URL" in bad) else "SQLITE3"
-    db_type = choice("AP_DB_TYPE", ("POSTGRES", "SQLITE3"), default_db) or default_db
+    if (get("AP_DB_TYPE") or "").upper() == "PGLITE":
+        # The platform's own embedded database (PGlite, Postgres compiled to WebAssembly)
+        # lives inside the platform's process: no other program can open it.
+        errors.append(
+            "AP_DB_TYPE=PGLITE: the platform's embedded PGlite database cannot be opened by another "
+            "program; apstorage reads a Postgres catalog (AP_DB_TYPE=POSTGRES with AP_POSTGRES_URL) "
+            "or its own embedded default (AP_DB_TYPE unset)"
+        )
+        db_type = default_db
+    else:
+        db_type = choice("AP_DB_TYPE", ("POSTGRES", "SQLITE3"), default_db) or default_db
 
     config_path = Path(get("AP_CONFIG_PATH") or "~/.activepieces").expanduser()
     location = choice("AP_FILE_STORAGE_LOCATION", ("DB", "S3", "LOCAL"), "DB") or "DB"
@@ -685,7 +695,10 @@ def _near_misses(v: Mapping[str, str]) -> list[str]:
 
         if known is None:
             known = [*VARIABLES, *sorted(PLATFORM_VARIABLES)]
-        match = difflib.get_close_matches(name, known, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
+        # A name one of ours extends (AP_POSTGRES_USER → AP_POSTGRES_USERNAME) is the likelier
+        # intent than the nearest by letters (AP_POSTGRES_URL); else difflib's closest.
+        longer = sorted((k for k in VARIABLES if k.startswith(name)), key=len)
+        match = longer[:1] or difflib.get_close_matches(name, known, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
         if match and match[0] in _READ:
             out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; did you mean {match[0]}?")
     return out

@@ -111,9 +111,29 @@ def new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(21))
 
 
+def split_items(values: "str | Iterable[str] | None", flag: str, what: str = "type") -> list[str] | None:
+    """The items of a comma-separated flag (``--types a,b``; a repeatable one too: ``--type
+    a --type b,c``), or None when the flag was not given. Only the spaces around a comma are
+    dropped; an empty item (``--types ""``, ``a,,b``, ``a,``) is refused — UsageError (exit
+    2) naming ``flag`` — because dropping it would silently widen the filter to every
+    ``what`` (a sweep of every type)."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for value in [values] if isinstance(values, str) else values:
+        for item in value.split(","):
+            item = item.strip(" ")
+            if not item:
+                raise UsageError(f"{flag}: an empty {what}; give one or more, separated by commas")
+            out.append(item)
+    return out
+
+
 def parse_type(value: str, flag: str = "--type") -> str:
-    """Normalise a file type name (any case, legacy names accepted) or refuse it (exit 2)."""
-    name = value.strip().upper()
+    """Normalise a file type name (any case, legacy names accepted) or refuse it (exit 2).
+    Only spaces around it are dropped: a newline or any other control character is not part
+    of a type's name, and is refused like any unknown name."""
+    name = value.strip(" ").upper()
     name = LEGACY_TYPES.get(name, name)
     if name not in ALL_TYPES:
         accepted = ", ".join(sorted(ALL_TYPES))

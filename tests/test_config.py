@@ -301,6 +301,15 @@ def test_a_near_miss_is_warned_about_and_the_platforms_variables_stay_silent() -
     )
 
 
+def test_a_name_cut_short_is_pointed_at_the_variable_it_starts() -> None:
+    """The nearest by letters is not always the one meant: AP_POSTGRES_USER is the start of
+    AP_POSTGRES_USERNAME, not a typo of AP_POSTGRES_URL."""
+    assert load({"AP_POSTGRES_USER": "u"}).warnings == (
+        "AP_POSTGRES_USER is not a variable apstorage reads; did you mean AP_POSTGRES_USERNAME?",)
+    assert load({"AP_S3_ACCESS_KEY": "k"}).warnings == (
+        "AP_S3_ACCESS_KEY is not a variable apstorage reads; did you mean AP_S3_ACCESS_KEY_ID?",)
+
+
 def test_scrub_blanks_every_secret_read_and_its_encodings() -> None:
     load({"AP_POSTGRES_URL": "postgresql://u:sc#rub/me@db/ap"})
     assert scrub("dsn postgresql://u:sc%23rub%2Fme@db and sc#rub/me") == "dsn postgresql://u:********@db and ********"

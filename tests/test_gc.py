@@ -411,6 +411,16 @@ def invoke(runner: CliRunner, *args: str):
     return runner.invoke(app, ["gc", *args], catch_exceptions=False)
 
 
+def test_the_summary_counts_one_orphan_in_the_singular(local_env, storage_factory, set_env, runner) -> None:
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5))
+    orphan(storage, Location.LOCAL, age=2 * DAY)
+    done = invoke(runner, "--orphans")
+    assert done.exit_code == 0, done.stderr
+    assert "deleted 1 file (7 B)" in done.stderr and "; 1 orphan, 0 failed" in done.stderr, done.stderr
+
+
 def test_cli_on_local_with_the_real_clock(local_env, storage_factory, set_env, runner) -> None:
     storage = storage_factory(local_env)
     set_env(**local_env)
@@ -862,6 +872,9 @@ def test_most_s3_rows_expired_by_a_lifecycle_rule_refuse_with_exit_1_until_trust
     assert refusal["sampledWithBytes"] == len(young)
     assert refusal["sampledWithoutBytes"] == refusal["sampled"] - len(young)
     assert refusal["listedWithBytes"] == len(young) and refusal["listedWithoutBytes"] == len(old) + 2
+    # held back: what --trust S3 then deletes, not the FLOW_BUNDLE row nor the one within the grace
+    assert refusal["held"] == len(old)
+    assert f"{len(old)} rows without bytes that gc would delete were held back" in refusal["message"]
     assert snapshot(storage) == before
 
     dry = invoke(runner, "--missing", "--trust", "s3", "--dry-run", "--json")  # any case

@@ -57,7 +57,7 @@ def check_iam(
 
     out = Output(json_out)
     names = parse_skip(skip)
-    if junit_xml:
+    if junit_xml is not None:
         prepare_junit_path(junit_xml)
     with record_metrics(metrics_file, "check_iam") as metrics:
         settings = load_settings()

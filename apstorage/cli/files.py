@@ -95,6 +95,8 @@ def get(
     from apstorage.services.context import Storage
     from apstorage.services.files import write_file_to
 
+    if not output:  # an unset variable in a script: never a file named after something else
+        raise UsageError("-o/--output: an empty path; give a file path, or - for standard output")
     if json_out and output == "-":
         raise UsageError("--json needs -o PATH: standard output carries the file's bytes")
     with Storage() as storage:

@@ -222,12 +222,17 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
         out.error(f"... and {report.failed - SHOWN:,} more kept")
     verb = "would delete" if report.dry_run else "deleted"
     if report.deleted or report.failed or report.reported_count or report.interrupted or report.restorable_count:
-        versions = [(report.orphan_versions.files, "orphan versions")] if report.versioned else []
+        n_versions = report.orphan_versions.files
+        versions = [(n_versions, "orphan version" if n_versions == 1 else "orphan versions")] if report.versioned else []
         restorable = [(report.restorable_count, "restorable")] if report.restorable_count else []
+
+        def label(name: str, n: int) -> str:  # "orphans" is a noun; missing and pending are not
+            return "orphan" if name == "orphans" and n == 1 else name
+
         out.summary(
             summary_line(
                 "gc", verb, report.deleted, report.bytes, report.seconds,
-                [*((report.kind(name).files, name) for name in report.kinds), *versions,
+                [*((report.kind(name).files, label(name, report.kind(name).files)) for name in report.kinds), *versions,
                  (report.failed, "failed"), (report.reported_count, "reported"), *restorable],
                 dry_run=report.dry_run, interrupted=report.interrupted,
             ) + _versioned_tail(report),

@@ -42,11 +42,12 @@ def migrate_to_s3(
     """
     from apstorage.cli.interrupt import stop_on_signals
     from apstorage.services.context import Storage
+    from apstorage.model import split_items
     from apstorage.services.migrate import MigrateOptions, migrate_to_s3 as run, parse_sources, plan
 
     opts = MigrateOptions(
         sources=parse_sources(sources),
-        types=tuple(t for t in (types or "").split(",") if t.strip()),
+        types=tuple(split_items(types, "--types") or ()),
         include_permanent=include_permanent,
         workers=workers,
         batch_size=batch_size,

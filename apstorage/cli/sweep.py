@@ -74,7 +74,9 @@ def sweep_expired_cmd(
     from apstorage.services.context import Storage
     from apstorage.services.sweep import S3_PARTS, count_expired, resolve_types, sweep_expired
 
-    type_list = resolve_types(types.split(",") if types else None)
+    from apstorage.model import split_items
+
+    type_list = resolve_types(split_items(types, "--types"))
     out = Output(json_out, quiet=quiet)
     with record_metrics(metrics_file, "sweep_expired") as metrics, stop_on_signals() as interrupt:
         started = time.monotonic()

@@ -155,15 +155,20 @@ class CheckReport:
 
 
 def parse_skip(value: str | None) -> set[str]:
-    """``--skip NAME,..`` → check names; unknown names are a usage error (exit 2)."""
-    if not value:
+    """``--skip NAME,..`` → check names; an unknown or empty name, or skipping every check,
+    is a usage error (exit 2)."""
+    from apstorage.model import split_items
+
+    if not value or not value.strip():  # `--skip "$SKIP"` with SKIP unset: skip nothing (checks more, never less)
         return set()
-    names = {part.strip().lower() for part in value.split(",") if part.strip()}
+    names = {part.lower() for part in split_items(value, "--skip", "check name") or ()}
     unknown = sorted(names - set(CHECKS))
     if unknown:
         raise UsageError(
             f"--skip: unknown check {', '.join(unknown)}; accepted: {', '.join(CHECKS)}"
         )
+    if names >= set(CHECKS):  # a CI gate that checks nothing would always pass
+        raise UsageError("--skip: every check is skipped, so nothing would be checked; leave at least one")
     return names
 
 
@@ -941,6 +946,8 @@ def junit_xml(report: CheckReport) -> bytes:
 def prepare_junit_path(path: str) -> str:
     """Check the --junit-xml target before any probe runs, creating missing parent folders
     (``reports/s3-iam.xml`` on a fresh checkout). Returns the absolute path."""
+    if not path.strip():  # an unset CI variable: the report would silently go missing
+        raise UsageError("--junit-xml: an empty path; give a file path such as reports/s3-iam.xml")
     target = os.path.abspath(path)
     if os.path.isdir(target):
         raise UsageError(f"--junit-xml: {path} is a folder; give a file path such as {path.rstrip('/')}/s3-iam.xml")

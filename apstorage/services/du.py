@@ -50,7 +50,7 @@ from apstorage.errors import (
     PermissionDeniedError,
     UsageError,
 )
-from apstorage.model import Location, iso_utc, parse_owner_ids, parse_type
+from apstorage.model import Location, iso_utc, parse_owner_ids, parse_type, split_items
 from apstorage.services.context import Storage
 from apstorage.stores.base import ObjectInfo, Store
 from apstorage.text import plural
@@ -173,7 +173,7 @@ class DuRequest:
 
         return cls(
             by=parse_by(by),
-            types=tuple(dict.fromkeys(parse_type(t, "--type") for t in _split(types))),
+            types=tuple(dict.fromkeys(parse_type(t, "--type") for t in split_items(types, "--type") or ())),
             project_ids=parse_owner_ids(projects, "--project"),
             platform_ids=parse_owner_ids(platforms, "--platform"),
             older_than=None if older_than is None else parse_duration(older_than, "--older-than"),

@@ -797,21 +797,44 @@ class _Collector:
                     report.skip("changed", 1)
 
     def _classify(self, row: sql.JudgedRow) -> str | None:
-        report = self.report
+        kind, skipped = self._kind(row)
+        if skipped:
+            self.report.skip(skipped, 1)
+        return kind
+
+    def _kind(self, row: sql.JudgedRow) -> tuple[str | None, str | None]:
+        """(what gc does with a row whose bytes are absent: "pending", "missing", "report"
+        or None; the skip reason counted when None): no side effect."""
         if row.upload_expires is not None:
             url_expiry = _parse_time(row.upload_expires)
             if url_expiry is None or url_expiry + timedelta(seconds=PENDING_MARGIN) > self.clock:
-                report.skip("inFlight", 1)
-                return None
-            return "pending"
+                return None, "inFlight"
+            return "pending", None
         if not self.wants("missing"):
-            return None
+            return None, None
         if not expires(row.type):  # only expiring execution data; never FLOW_BUNDLE (DESIGN §1)
-            return "report"
-        if row.created >= report.cutoff:
-            report.skip("young", 1)
-            return None
-        return "missing"
+            return "report", None
+        if row.created >= self.report.cutoff:
+            return None, "young"
+        return "missing", None
+
+    def _deletable(self, location: Location, ids: list[str]) -> int:
+        """How many of ``ids`` (rows whose bytes looked absent) gc would delete once their
+        location is trusted, by the rules ``_rows_batch`` applies before asking the store
+        again (rows within the grace, permanent rows and uploads in flight are not counted):
+        what a refusal says it held back. Read-only."""
+        session = self.session()
+        count = 0
+        for start in range(0, len(ids), BATCH):
+            for row in session.rows(ids[start : start + BATCH]):
+                if row.location != location.value or row.created >= self.report.started:
+                    continue
+                if location is Location.DB and row.has_data:
+                    continue
+                kind, _ = self._kind(row)
+                if kind in ("missing", "pending") and self.wants(kind):
+                    count += 1
+        return count
 
     def _present(self, location: Location, store: Store | None, rows: list[sql.JudgedRow]) -> set[str]:
         """Ids among ``rows`` whose bytes the store has after all (or that could not be
@@ -1052,8 +1075,10 @@ class _GcTally:
 
     def _refuse_rows(self) -> None:
         self.rows_refused = True
-        n, self.held = len(self.held), []
-        self._note_refusal(f"{plural(n, 'row')} without bytes {'was' if n == 1 else 'were'} held back", "row", n)
+        ids, self.held = self.held, []
+        n = self.c._deletable(self.location, ids)  # what --trust would take, not every row seen
+        self._note_refusal(f"{plural(n, 'row')} without bytes that gc would delete {'was' if n == 1 else 'were'} "
+                           "held back", "row", n)
 
     def close(self, *, finish: bool = True, keep: bool = True) -> None:
         """End of the pass: deal with what is queued (``finish``), wait for the batches

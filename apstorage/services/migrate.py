@@ -117,7 +117,9 @@ class MigrateReport:
 
 def parse_sources(text: str) -> tuple[Location, ...]:
     out = []
-    for part in (p.strip().upper() for p in text.split(",") if p.strip()):
+    from apstorage.model import split_items
+
+    for part in (p.upper() for p in split_items(text, "--from", "source") or ()):
         if part not in ("DB", "LOCAL"):
             raise UsageError(f"--from: {part.lower()!r} is not valid; accepted: db, local")
         out.append(Location(part))
