@@ -213,6 +213,8 @@ CASES: list[Case] = [
     Case("du empty type", ["du", "--type", ""], 2, ["--type", "empty"]),
     Case("put type with a newline", ["put", "IN", "-t", "FLOW_RUN_LOG\n", "--project", "p1"], 2, ["--type"], LOCAL_LOC),
     Case("get to an empty path", ["get", DB_ROW_ID, "-o", ""], 2, ["-o", "empty"]),
+    Case("check-iam prefix with a newline", ["check-iam", "--prefix", "a\nb/"], 2, ["--prefix"], s3=True),
+    Case("check-iam prefix climbing out", ["check-iam", "--prefix", "../"], 2, ["--prefix"], s3=True),
     Case("check-iam junit to an empty path", ["check-iam", "--junit-xml", ""], 2, ["--junit-xml", "empty"], s3=True),
     Case("check-iam skipping every check", ["check-iam", "--skip", ",".join(__import__("apstorage.services.check_iam",
          fromlist=["CHECKS"]).CHECKS)], 2, ["--skip", "every check"], s3=True),

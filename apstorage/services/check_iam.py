@@ -802,6 +802,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_prefix(prefix: str) -> None:
+    """The probes' key prefix must make keys that are safe (``model.safe_relative_key``: no
+    leading /, no ``..`` or empty folder, no backslash) and printable (no control
+    character: a probe key nobody can type cannot be cleaned by hand): UsageError (exit 2)
+    naming --prefix otherwise."""
+    from apstorage.model import safe_relative_key
+    from apstorage.text import has_control, printable
+
+    bad = has_control(prefix) is not None
+    if not bad:
+        try:
+            safe_relative_key(f"{prefix}apstorage-check-iam")
+        except UsageError:
+            bad = True
+    if bad:
+        raise UsageError(f"--prefix: {printable(repr(prefix))} is not a key prefix (no leading /, no .. or "
+                         "empty folder, no backslash or control character)")
+
+
 def run_checks(
     settings: Any,
     *,
@@ -812,8 +831,7 @@ def run_checks(
 ) -> CheckReport:
     """Run every check in order against the configured bucket; never raises for a
     failed check (that is in the report). ConfigError when S3 is not configured."""
-    if prefix.startswith("/") or "\\" in prefix or "\x00" in prefix:
-        raise UsageError(f"--prefix: {prefix!r} is not a key prefix (no leading /, no backslash)")
+    _check_prefix(prefix)
     owned = store is None
     if store is None:
         from apstorage.stores.s3 import S3Store
