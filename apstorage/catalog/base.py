@@ -28,6 +28,12 @@ INDEXES = {
 }
 
 
+def _shown(file_id: str) -> str:
+    """An id as an error names it: quoted (repr: control characters escaped), and cut at
+    80 characters (a 5,000-character id is not worth a screen of text)."""
+    return repr(file_id) if len(file_id) <= 80 else f"{file_id[:80]!r}... ({len(file_id):,} characters)"
+
+
 @dataclass
 class InitReport:
     created_table: bool
@@ -141,10 +147,10 @@ class Catalog(ABC):
         if not file_id.isprintable() or len(file_id) > 255:
             # Control characters or bytes that are not UTF-8 (surrogate escapes from argv):
             # no row has such an id, and the driver could not even encode it.
-            raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")
+            raise NotFoundError(f"no file with id {_shown(file_id)} in the catalog ({self.target})")
         rows = self._execute(f'SELECT {ROW_COLUMNS} FROM "file" WHERE "id" = {self.ph}', (file_id,))
         if not rows:
-            raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")
+            raise NotFoundError(f"no file with id {_shown(file_id)} in the catalog ({self.target})")
         return self.row_from_tuple(rows[0])
 
     def read_data(self, file_id: str) -> bytes | None:
@@ -152,7 +158,7 @@ class Catalog(ABC):
             f'SELECT "data" FROM "file" WHERE "id" = {self.ph}', (file_id,), binary=True
         )
         if not rows:
-            raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")
+            raise NotFoundError(f"no file with id {_shown(file_id)} in the catalog ({self.target})")
         data = rows[0][0]
         return None if data is None else bytes(data)
 
@@ -164,7 +170,7 @@ class Catalog(ABC):
             (self._bytes_in(data), len(data), self._ts_in(datetime.now(timezone.utc)), file_id),
         )
         if not rows:
-            raise NotFoundError(f"no file with id {file_id!r} in the catalog ({self.target})")
+            raise NotFoundError(f"no file with id {_shown(file_id)} in the catalog ({self.target})")
 
     def clear_data(self, file_id: str) -> bool:
         rows = self._execute(
