@@ -222,6 +222,7 @@ CASES: list[Case] = [
     Case("no such subcommand", ["lifecycle", "remove"], 2, ["remove"]),
     Case("option without its value", ["presign", DB_ROW_ID, "--method"], 2, ["--method"]),
     # -- not found, not supported, too large, unreachable ---------------------------------
+    Case("get a 5,000-character id", ["get", "a" * 5000], 4, ["no file", "(5,000 characters)"]),
     Case("id that is not UTF-8", ["get", os.fsdecode(b"\xff\xfe")], 4, ["no file"]),
     Case("presign id that is not UTF-8", ["presign", os.fsdecode(b"ab\xc3")], 4, ["no file"]),
     Case("unknown id with escapes", ["get", "\x1b[31mred\x9b"], 4, ["red"], no_words=["\x1b", "\x9b"]),
