@@ -1,6 +1,6 @@
 """migrate-to-s3 vs s5cmd and aws-cli, same files, same SeaweedFS server, one run.
 
-    python bench/migrate.py [--files 2000] [--size 10240] [--workers 64] [--batch-size 100]
+    python bench/migrate.py [--files 2000] [--size 10240] [--workers 128] [--batch-size 100]
                             [--rounds 5] [--no-aws] [--baseline CHECKOUT]
 
 Seeds N rows of SIZE random bytes in a real Postgres (pgserver) catalog and the same N
@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=10 * 1024)
-    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=128, help="apstorage's --workers (its default)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
     parser.add_argument("--no-aws", action="store_true", help="skip aws-cli (slowest; run in round 1 only)")

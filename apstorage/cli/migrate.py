@@ -24,7 +24,7 @@ def migrate_to_s3(
     include_permanent: bool = typer.Option(
         False, "--include-permanent", help="Also move permanent files out of the database."
     ),
-    workers: int = typer.Option(64, "--workers", min=1, max=256, help="Parallel uploads."),
+    workers: int = typer.Option(128, "--workers", min=1, max=256, help="Parallel uploads."),
     batch_size: int = typer.Option(100, "--batch-size", min=1, max=10000, help="Rows claimed per transaction."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, max=1_000_000_000, help="Stop after this many files."),
     quiet: bool = QUIET_OPTION,

@@ -50,7 +50,7 @@ class MigrateOptions:
     sources: tuple[Location, ...] = (Location.DB, Location.LOCAL)
     types: tuple[str, ...] = ()
     include_permanent: bool = False
-    workers: int = 64
+    workers: int = 128
     batch_size: int = 100
     limit: int | None = None
     dry_run: bool = False
