@@ -937,8 +937,6 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
         store = batch.stores[location]
         try:
             if location is Location.S3 and batch.s3_mode == "purge":
-                from apstorage.services.versions import purge_keys
-
                 purged = _purge_in_parts(store, keys, batch.requests)
                 batch.freed = purged.freed
                 batch.versions_deleted, batch.markers_deleted = purged.versions, purged.markers
