@@ -22,7 +22,7 @@ order), and catalog lookups go 1,000 keys at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from apstorage.errors import ApStorageError

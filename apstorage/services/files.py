@@ -447,5 +447,4 @@ __all__ = [
     "write_file",
     "write_file_to",
     "safe_file_name",
-    "decompressed",
 ]
