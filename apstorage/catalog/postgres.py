@@ -73,90 +73,49 @@ ANSWER_MARGIN = CONNECT_TIMEOUT
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
-class _Watchdog:
-    """One thread for the process: shuts down the socket of a connection whose statement is
-    past its deadline (``_deadline``), so libpq's wait ends with "server closed the
-    connection" instead of never."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.lock = threading.Lock()
-        self.wake = threading.Condition(self.lock)
-        self.armed: dict[int, tuple[float, Any, dict]] = {}  # token -> (due, connection, state)
-        self.next = 0
-        self.thread: Any = None
-
-    def arm(self, conn: Any, seconds: float) -> tuple[int, dict]:
-        import threading
-        import time
-
-        state = {"fired": False}
-        with self.lock:
-            self.next += 1
-            token = self.next
-            self.armed[token] = (time.monotonic() + seconds, conn, state)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="apstorage-pg-deadline", daemon=True)
-                self.thread.start()
-            self.wake.notify()
-        return token, state
-
-    def disarm(self, token: int) -> None:
-        with self.lock:
-            self.armed.pop(token, None)
-
-    def _run(self) -> None:
-        import time
-
-        with self.lock:
-            while True:
-                now = time.monotonic()
-                for token, (due, conn, state) in list(self.armed.items()):
-                    if due <= now:
-                        del self.armed[token]
-                        state["fired"] = True
-                        _shutdown_socket(conn)
-                soonest = min((due for due, _, _ in self.armed.values()), default=None)
-                self.wake.wait(None if soonest is None else max(0.01, soonest - now))
-
-
-def _shutdown_socket(conn: Any) -> None:
-    import socket
-
-    with contextlib.suppress(Exception):
-        fd = conn.pgconn.socket
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
-
-
-_WATCHDOG = _Watchdog()
-
-
 @contextlib.contextmanager
 def _deadline(cursor: Any) -> Iterator[None]:
-    """Bound one statement (sent, answered, read) by ``statement_timeout + ANSWER_MARGIN``:
-    past it the socket is shut and the statement fails with an OperationalError saying so."""
+    """Bound one statement (sent, answered, read) by ``statement_timeout + ANSWER_MARGIN``
+    (``apstorage.deadlines``, the watchdog the S3 transport uses): past it the connection's
+    socket is shut and the statement fails with an OperationalError saying so."""
     conn = cursor.connection
-    seconds = getattr(conn, "apstorage_answer_within", None)
-    if seconds is None:
+    sock = getattr(conn, "apstorage_socket", None)
+    if sock is None:
         yield
         return
-    token, state = _WATCHDOG.arm(conn, seconds)
+    from apstorage.deadlines import WATCHDOG, Deadline
+
+    deadline = Deadline(conn.apstorage_answer_within)
+    deadline.watch(sock)
+    WATCHDOG.add(deadline)
     try:
         yield
     except psycopg.OperationalError:
-        if state["fired"]:
+        if deadline.finish():
             raise psycopg.OperationalError(
-                f"no answer to a statement within {seconds:g} s (statement_timeout plus {ANSWER_MARGIN} s); "
-                "the server stopped answering"
+                f"no answer to a statement within {deadline.seconds:g} s (statement_timeout plus "
+                f"{ANSWER_MARGIN} s); the server stopped answering"
             ) from None
         raise
     finally:
-        _WATCHDOG.disarm(token)
+        deadline.finish()
+
+
+def _watchable(conn: psycopg.Connection, seconds: float) -> None:
+    """Give ``conn``'s statements a deadline of ``seconds`` (``_deadline``): a socket object
+    on a duplicate of libpq's descriptor, made once, for the watchdog to shut down."""
+    import socket
+
+    with contextlib.suppress(OSError, psycopg.Error):
+        conn.apstorage_socket = socket.socket(fileno=os.dup(conn.pgconn.socket))  # type: ignore[attr-defined]
+        conn.apstorage_answer_within = seconds  # type: ignore[attr-defined]
+
+
+def _unwatch(conn: psycopg.Connection) -> None:
+    sock = getattr(conn, "apstorage_socket", None)
+    if sock is not None:
+        conn.apstorage_socket = None  # type: ignore[attr-defined]
+        sock.close()
 
 
 class _Cursor(psycopg.Cursor):
@@ -240,7 +199,7 @@ class PostgresCatalog(Catalog):
         try:
             conn = psycopg.connect(conninfo, autocommit=True, cursor_factory=_Cursor, **kwargs)
             conn.server_cursor_factory = _ServerCursor
-            conn.apstorage_answer_within = self.statement_timeout + ANSWER_MARGIN  # type: ignore[attr-defined]
+            _watchable(conn, self.statement_timeout + ANSWER_MARGIN)
             # SET rather than an ``options`` parameter: a DSN's own options (search_path...) stay.
             conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
             self._custom_plans(conn)
@@ -263,6 +222,8 @@ class PostgresCatalog(Catalog):
             conn.execute("SET plan_cache_mode = force_custom_plan")
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            _unwatch(self.conn)
         with contextlib.suppress(Exception):
             self.conn.close()
         if self._ca_file:

@@ -37,7 +37,6 @@ Who does what:
 from __future__ import annotations
 
 import contextlib
-import heapq
 import random
 import selectors
 import socket
@@ -66,6 +65,8 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import URLLib3Session, mask_proxy_url
 from botocore.retries.standard import ExponentialBackoff, ThrottledRetryableChecker, TransientRetryableChecker
+
+from apstorage.deadlines import WATCHDOG, Deadline, shutdown
 
 MAX_HEAD = 64 * 1024  # a response head larger than this is not S3 talking
 MAX_ERROR_BODY = 64 * 1024  # an error body (XML) beyond this is cut
@@ -114,73 +115,11 @@ class ProtocolViolationError(ConnectionClosedError):
 # -- deadlines ---------------------------------------------------------------------------
 
 
-class _Deadline:
-    """A request's deadline and the sockets it uses (shut down when it passes)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-        self.fired = False
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-
-    def watch(self, sock: socket.socket | None) -> None:
-        if sock is None:
-            return
-        with self.lock:
-            if self.fired:
-                _shutdown(sock)
-            elif sock not in self.sockets:
-                self.sockets.append(sock)
-
-    def fire(self) -> None:
-        with self.lock:
-            self.fired = True
-            for sock in self.sockets:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:  # the plain socket's shutdown: an SSLSocket's own would drop its state under its owner
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-class _Watchdog:
-    """One daemon thread firing deadlines as they pass."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Deadline]] = []
-        self._order = 0
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: _Deadline) -> None:
-        with self._cond:
-            self._order += 1
-            heapq.heappush(self._heap, (deadline.at, self._order, deadline))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="s3-deadlines", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][2].fired:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)[2].fire()
-
-
-_WATCHDOG = _Watchdog()
+# One watchdog for the process (``apstorage.deadlines``): the Postgres catalog's statements
+# share it.
+_Deadline = Deadline
+_shutdown = shutdown
+_WATCHDOG = WATCHDOG
 _current = threading.local()  # .deadline: the _Deadline of this thread's request, if any
 
 
@@ -407,9 +346,7 @@ class _DeadlineScope:
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
         _current.deadline = self.outer
-        with self.deadline.lock:
-            fired, self.deadline.fired = self.deadline.fired, True  # the watchdog drops it
-            self.deadline.sockets.clear()
+        fired = self.deadline.finish()  # the watchdog drops it
         if fired and (exc is None or isinstance(exc, Exception)):  # a cut-off read may return short
             seconds = self.deadline.seconds
             if self.session is not None:
