@@ -940,7 +940,8 @@ def test_the_sample_spreads_over_the_rows_whatever_their_ids(local_env, storage_
                                                               spread) -> None:
     """Rows written by another tool with sequential or shared-prefix ids: the guard's
     sample reaches across the whole location, not its first ids — by seeks at points
-    spread over the table (a large one) or at random (a small one, on Postgres)."""
+    spread over the table (a large one) or evenly spaced in physical order (a small one, on
+    Postgres) — and the same rows each time, so a run's verdict does not depend on luck."""
     from apstorage.catalog import gc as gc_sql
     from apstorage.catalog.gc import sample_rows
 
@@ -957,6 +958,7 @@ def test_the_sample_spreads_over_the_rows_whatever_their_ids(local_env, storage_
             [(make(i), "LOCAL" if i % 3 else "DB", created, created, f"{i:0500d}") for i in range(3000)],
         )
     picked = sample_rows(storage.catalog, "LOCAL", 50)
+    assert [r.id for r in sample_rows(storage.catalog, "LOCAL", 50)] == [r.id for r in picked]
     order = sorted(make(i) for i in range(3000) if i % 3)
     ranks = sorted(order.index(r.id) for r in picked)
     assert len({r.id for r in picked}) == len(picked) >= 45, len(picked)

@@ -132,9 +132,10 @@ def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
     ``n`` even spans and the first row of the location at or after each point is taken,
     one index (or TID range) seek per point — cheap on 10^7 rows. When most points land
     on the same rows (the location's rows fill only part of the table), the points are
-    spread again over the span those rows were found in. Postgres before 14 (no TID range
-    scan), or a table of at most ``SMALL_TABLE_BLOCKS`` pages (too few to spread points
-    over): ``ORDER BY random()``, one pass over the location's rows."""
+    spread again over the span those rows were found in. A Postgres table of at most
+    ``SMALL_TABLE_BLOCKS`` pages (too few to spread points over): ``n`` rows evenly spaced
+    in physical order, one pass, the same rows every run. Postgres before 14 (no TID range
+    scan) with a larger table: ``ORDER BY random()``, one pass over the location's rows."""
     if n < 1:
         return []
     columns = f'"id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)}'
@@ -144,7 +145,17 @@ def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
             "SELECT current_setting('server_version_num')::int, "
             "pg_relation_size('\"file\"') / current_setting('block_size')::int"
         )[0]
-        if version < 140000 or blocks <= SMALL_TABLE_BLOCKS:
+        if blocks <= SMALL_TABLE_BLOCKS:
+            # Every row of a small table is seen: take n of them evenly spaced in physical
+            # order (rows where floor(rank * n / total) steps), the same verdict every run.
+            rows = catalog._execute(
+                f'SELECT {columns} FROM "file" WHERE "location" = {p} AND "id" IN ('
+                f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "ctid") - 1 AS "rank", '
+                f'count(*) OVER () AS "total" FROM "file" WHERE "location" = {p}) AS "ranked" '
+                f'WHERE mod("rank" * {int(n)}, "total") < {int(n)})', (location, location)
+            )
+            return [_keyed(catalog, t) for t in rows]
+        if version < 140000:
             rows = catalog._execute(
                 f'SELECT {columns} FROM "file" WHERE "location" = {p} ORDER BY random() LIMIT {int(n)}', (location,)
             )
