@@ -235,14 +235,8 @@ def parse_owner_ids(values: Iterable[str] | None, flag: str) -> tuple[str, ...]:
     Only the spaces around a comma are dropped. A newline, a tab or any other control
     character is refused, and so is an empty id (``--project ""``, ``a,,b``): dropping it
     would silently widen the filter to every owner."""
-    out: list[str] = []
-    for value in values or ():
-        for item in value.split(","):
-            item = item.strip(" ")
-            if not item:
-                raise UsageError(f"{flag}: an empty id; accepted: letters, digits, '_' and '-' (a,b for several)")
-            out.append(check_owner_id(item, flag))
-    return tuple(dict.fromkeys(out))
+    items = split_items(values, flag, "id") or []
+    return tuple(dict.fromkeys(check_owner_id(item, flag) for item in items))
 
 
 def check_owner(project_id: str | None, platform_id: str | None) -> None:

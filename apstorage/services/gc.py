@@ -756,18 +756,10 @@ class _Collector:
         session = self.session()
         chosen: dict[str, list[sql.JudgedRow]] = {"missing": [], "pending": []}
         for row in session.rows(ids):
-            if row.location != location.value:
-                report.skip("moved", 1)
-                continue
-            if row.created >= report.started:
-                report.skip("young", 1)
-                continue
-            if location is Location.DB and row.has_data:
-                continue
-            kind = self._classify(row)
-            if kind is None:
-                continue
-            if kind == "report" or self.wants(kind):
+            kind, skipped = self._judge(location, row)
+            if skipped:
+                report.skip(skipped, 1)
+            if kind is not None:
                 chosen.setdefault(kind, []).append(row)
         if not any(chosen.values()):
             return
@@ -796,11 +788,21 @@ class _Collector:
                 else:
                     report.skip("changed", 1)
 
-    def _classify(self, row: sql.JudgedRow) -> str | None:
+    def _judge(self, location: Location, row: sql.JudgedRow) -> tuple[str | None, str | None]:
+        """(what gc does with a row of ``location`` whose bytes looked absent, before the
+        store is asked again: "pending", "missing", "report" or None; the skip reason counted
+        when None, or None): no side effect. ``_rows_batch`` acts on it, ``_deletable``
+        counts by it."""
+        if row.location != location.value:
+            return None, "moved"
+        if row.created >= self.report.started:
+            return None, "young"
+        if location is Location.DB and row.has_data:
+            return None, None
         kind, skipped = self._kind(row)
-        if skipped:
-            self.report.skip(skipped, 1)
-        return kind
+        if kind is not None and kind != "report" and not self.wants(kind):
+            return None, None
+        return kind, skipped
 
     def _kind(self, row: sql.JudgedRow) -> tuple[str | None, str | None]:
         """(what gc does with a row whose bytes are absent: "pending", "missing", "report"
@@ -820,19 +822,15 @@ class _Collector:
 
     def _deletable(self, location: Location, ids: list[str]) -> int:
         """How many of ``ids`` (rows whose bytes looked absent) gc would delete once their
-        location is trusted, by the rules ``_rows_batch`` applies before asking the store
-        again (rows within the grace, permanent rows and uploads in flight are not counted):
+        location is trusted, by ``_judge``, the rules ``_rows_batch`` applies before asking the
+        store again (rows within the grace, permanent rows and uploads in flight are not counted):
         what a refusal says it held back. Read-only."""
         session = self.session()
         count = 0
         for start in range(0, len(ids), BATCH):
             for row in session.rows(ids[start : start + BATCH]):
-                if row.location != location.value or row.created >= self.report.started:
-                    continue
-                if location is Location.DB and row.has_data:
-                    continue
-                kind, _ = self._kind(row)
-                if kind in ("missing", "pending") and self.wants(kind):
+                kind, _ = self._judge(location, row)
+                if kind in ("missing", "pending"):
                     count += 1
         return count
 
