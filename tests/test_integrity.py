@@ -428,7 +428,7 @@ def test_odd_rows_fail_alone_and_dry_run_counts_what_moves(env, storage_factory)
     assert (dry.migrated, dry.failed, dry.skipped) == (6, 1, 1)
     report = migrate_to_s3(storage, MigrateOptions(workers=2, batch_size=3))
     assert (report.migrated, report.failed, report.skipped) == (6, 1, 1)
-    assert report.failures[0]["id"] == ownerless and ownerless in report.failures[0]["reason"]
+    assert report.failures[0] == {"id": ownerless, "reason": "no s3Key, projectId or platformId: the row has no object key"}
     assert_invariant(storage, expected)
     assert Raw(storage, ownerless).location is Location.DB
     assert Raw(storage, no_size).size == len(b"no size recorded")

@@ -199,6 +199,34 @@ def test_refused_uploads_leave_rows_in_place_and_exit_1(env, set_env, tmp_path) 
         assert assert_consistent(storage, expected) == {"DB": 5, "LOCAL": 2, "S3": 0}
 
 
+def test_failures_of_one_kind_print_as_one_group_naming_each_key(env, set_env, storage_factory) -> None:
+    """Two missing LOCAL files and refused uploads: one line per kind of failure (the key
+    written ``<key>`` in it), then the rows it hit with their keys; --json keeps each key."""
+    from tests.conftest import READONLY_IDENTITY
+
+    storage = storage_factory(env)
+    seed(storage, db_rows=3, local_files=2)
+    gone = []
+    for _ in range(2):
+        file_id = new_id()
+        key = object_key(file_id, "FLOW_STEP_FILE", "proj", None)
+        storage.catalog.insert(FileRow(id=file_id, type="FLOW_STEP_FILE", location=Location.LOCAL,
+                                       project_id="proj", size=4, s3_key=key))
+        gone.append((file_id, key))
+    cred = READONLY_IDENTITY[0]["credentials"][0]
+    set_env(**dict(env, AP_S3_ACCESS_KEY_ID=cred["accessKey"], AP_S3_SECRET_ACCESS_KEY=cred["secretKey"]))
+    result = CliRunner().invoke(app, ["migrate-to-s3"], catch_exceptions=False)
+    assert result.exit_code == 1
+    groups = [line for line in result.stderr.splitlines() if line.startswith("error: not moved")]
+    assert len(groups) == 2, result.stderr  # the 5 refused uploads, the 2 missing files
+    assert any(line.startswith("error: not moved 5 files:") and "<key>" in line for line in groups), groups
+    assert any(line.startswith("error: not moved 2 files:") and "missing" in line for line in groups), groups
+    for file_id, key in gone:
+        assert f"  {file_id} ({key})" in result.stderr.splitlines()
+    data = json.loads(CliRunner().invoke(app, ["migrate-to-s3", "--json"]).stdout)
+    assert {(f["id"], f["key"]) for f in data["failures"] if "missing" in f["reason"]} == set(gone)
+
+
 def test_bad_flags_are_usage_errors(set_env, s3_env) -> None:
     set_env(**s3_env)
     runner = CliRunner()

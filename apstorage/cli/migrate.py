@@ -95,7 +95,8 @@ def _show(out: Output, report, seconds: float) -> None:
     if out.json_mode:
         out.result({**report.to_json(), "seconds": round(seconds, 3)})
         return
-    failures = [(f["id"], f["reason"]) for f in report.failures]
+    failures = [(f"{f['id']} ({f['key']})" if "key" in f else f["id"], f["reason"], f.get("key"))
+                for f in report.failures]
     out.failures(failures, report.failed, "not moved")
     if report.migrated or report.failed or report.skipped or report.gone or report.interrupted:
         out.summary(

@@ -122,17 +122,21 @@ def record_metrics(path: str | None, job: str):
     return recording(path, job)
 
 
-def failure_lines(failures: Iterable[tuple[str, str]], total: int, verb: str, *, shown: int = 5) -> list[str]:
+def failure_lines(failures: Iterable[tuple[str, ...]], total: int, verb: str, *, shown: int = 5) -> list[str]:
     """Failures grouped by reason, for people and cron logs: one line per distinct reason
     with its count, then up to ``shown`` of the files it hit. ``failures`` are (what,
-    reason) pairs — a listed subset; ``total`` counts them all::
+    reason) or (what, reason, key) tuples — a listed subset; ``total`` counts them all.
+    A reason that names its file's own key (``s3://b/project/p/...``) is grouped with the
+    same reason for other keys, the key written ``<key>``; ``what`` still names it::
 
-        kept 30 files: S3 at http://... refused access to bucket 'demo' (SignatureDoesNotMatch: ...)
+        kept 30 files: S3 at http://... refused access to s3://demo/<key> (AccessDenied: ...)
           FLOW_RUN_LOG 0OZpPAtwnLyyiDF6b2mQO (S3 project/p/FLOW_RUN_LOG/0OZpP...)
           ... and 25 more
     """
     by_reason: dict[str, list[str]] = {}
-    for what, reason in failures:
+    for what, reason, *key in failures:
+        if key and key[0] and key[0] in reason:
+            reason = reason.replace(key[0], "<key>")
         by_reason.setdefault(reason, []).append(what)
     listed = sum(len(v) for v in by_reason.values())
     lines: list[str] = []
@@ -220,7 +224,7 @@ class Output:
             sys.stdout.write(json.dumps(doc) + "\n")
             sys.stdout.flush()
 
-    def failures(self, failures: Iterable[tuple[str, str]], total: int, verb: str) -> None:
+    def failures(self, failures: Iterable[tuple[str, ...]], total: int, verb: str) -> None:
         """Failed files on stderr, grouped by reason (see ``failure_lines``); shown even
         with --quiet."""
         for line in failure_lines(failures, total, verb):

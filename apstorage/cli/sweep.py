@@ -139,7 +139,7 @@ def _show(out: Output, report, seconds: float, max_delete: int | None) -> None:
     worked = report.deleted or report.failed
     if worked and (report.dry_run or sys.stdout.isatty()) and not out.quiet:
         out.result(data, lambda console: _render(console, report))
-    failures = [(f"{f.type} {f.id} ({f.location} {f.key or 'no key'})", f.reason) for f in report.failures]
+    failures = [(f"{f.type} {f.id} ({f.location} {f.key or 'no key'})", f.reason, f.key) for f in report.failures]
     out.failures(failures, report.failed, "kept")
     for location, reason in report.abandoned_locations.items():
         out.warn(f"{location} left alone for the rest of this run: {reason}")

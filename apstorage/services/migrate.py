@@ -78,17 +78,23 @@ class MigrateReport:
     leftovers_kept: int = 0  # such copies kept: their S3 object could not be proven
     interrupted: bool = False  # stopped early by ``stop``; a re-run moves the rest
 
-    def fail(self, file_id: str, reason: str) -> None:
+    def fail(self, file_id: str, reason: str, key: str | None = None) -> None:
+        """Count one row not moved. ``reason`` names the kind of failure, never the row or
+        its key (those go in ``id`` and ``key``), so failures of one kind group into one
+        line."""
         self.failed += 1
         if len(self.failures) < MAX_LISTED_FAILURES:
-            self.failures.append({"id": file_id, "reason": reason})
+            entry = {"id": file_id, "reason": reason}
+            if key is not None:
+                entry["key"] = key
+            self.failures.append(entry)
 
-    def record(self, file_id: str, outcome: Outcome, *, from_db: bool) -> bool:
-        """Count one file's outcome; True when it was moved."""
+    def record(self, file_id: str, outcome: Outcome, *, from_db: bool, key: str | None = None) -> bool:
+        """Count one file's outcome (``key``: its object key); True when it was moved."""
         if isinstance(outcome, ApStorageError):
-            self.fail(file_id, outcome.message)
+            self.fail(file_id, outcome.message, key)
         elif isinstance(outcome, Exception):
-            self.fail(file_id, f"{type(outcome).__name__}: {outcome}")
+            self.fail(file_id, f"{type(outcome).__name__}: {outcome}", key)
         elif outcome is None:
             self.skipped += 1
         else:
@@ -243,9 +249,9 @@ class _Run:
             self._links = self.local.link_targets()
         return self._links
 
-    def fail(self, file_id: str, reason: str) -> None:
+    def fail(self, file_id: str, reason: str, key: str | None = None) -> None:
         with self.lock:
-            self.report.fail(file_id, reason)
+            self.report.fail(file_id, reason, key)
 
 
 @dataclass(frozen=True)
@@ -273,10 +279,10 @@ def _vet(run: _Run, cur, catalog, batch: list[sql.Candidate], *, lock_keys: bool
         try:
             key = row.key
         except ApStorageError:
-            run.fail(row.id, f"row {row.id} has no s3Key, projectId or platformId: it has no object key")
+            run.fail(row.id, "no s3Key, projectId or platformId: the row has no object key")
             continue
         if key in seen:
-            run.fail(row.id, f"row {row.id} shares the key {key} with row {seen[key]}, moved first; not overwritten")
+            run.fail(row.id, "shares its key with another row of this run, moved first; not overwritten", key)
             continue
         seen[key] = row.id
         jobs.append(_Job(candidate, key))
@@ -288,14 +294,14 @@ def _vet(run: _Run, cur, catalog, batch: list[sql.Candidate], *, lock_keys: bool
             holders = owners.get(job.key)
             if holders:
                 run.fail(job.row.id, f"s3://{run.s3.bucket}/{job.key} holds the bytes of row "
-                         f"{holders[0][0]}; row {job.row.id} is not moved over them")
+                         f"{holders[0][0]}; not moved over them", job.key)
             else:
                 kept.append(job)
         jobs = kept
     if lock_keys:
         busy = sql.lock_keys(cur, catalog, [j.key for j in jobs])
         for job in [j for j in jobs if j.key in busy]:
-            run.fail(job.row.id, f"another migrate-to-s3 run is moving a row to {job.key}; try again later")
+            run.fail(job.row.id, "another migrate-to-s3 run is moving a row to its key; try again later", job.key)
         jobs = [j for j in jobs if j.key not in busy]
     return jobs
 
@@ -383,7 +389,7 @@ def _lane(run: _Run, catalog, source, types, concurrency, pool, cursor: _Cursor)
                         vanished.append((job, outcome))  # settled once the batch is done
                     else:
                         with run.lock:
-                            run.report.record(job.row.id, outcome, from_db=local is None)
+                            run.report.record(job.row.id, outcome, from_db=local is None, key=job.key)
             moved = [
                 (file_id, job.key, source, size if size <= MAX_SIZE_COLUMN else None)
                 for file_id, (job, size) in uploaded.items()
@@ -432,7 +438,7 @@ def _settle_vanished(run: _Run, catalog, vanished: list[tuple[_Job, Outcome]], *
                 run.report.gone += 1
         else:
             with run.lock:
-                run.report.record(job.row.id, outcome, from_db=from_db)
+                run.report.record(job.row.id, outcome, from_db=from_db, key=job.key)
 
 
 def _remove_local_copies(run: _Run, catalog, keys: list[str]) -> None:
@@ -531,10 +537,10 @@ def _dry_run(storage: Storage, opts: MigrateOptions, report: MigrateReport) -> N
                     try:
                         info = run.local.stat(job.key)
                     except ApStorageError as exc:
-                        report.fail(row.id, exc.message)
+                        report.fail(row.id, exc.message, job.key)
                         continue
                     if info is None:
-                        report.fail(row.id, f"LOCAL file for {job.key} is missing")
+                        report.fail(row.id, "the LOCAL file is missing", job.key)
                         continue
                     size = info.size
                 report.migrated += 1
