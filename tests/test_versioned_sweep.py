@@ -581,3 +581,92 @@ def test_suspended_bucket_counts_what_a_plain_delete_leaves(server, request, mak
     assert data["bytesRetained"] == _sizes(left)
     if request.node.callspec.params["server"] == "seaweed":
         assert _sizes(left) == len(b"written while enabled")
+
+
+# -- a versioning state that cannot be read ---------------------------------------------------
+
+
+@pytest.fixture
+def refused_versioning(seaweed, faulty_s3, make_env):
+    """(env, client, bucket) for a versioned SeaweedFS bucket behind the stand-in, which
+    answers GetBucketVersioning with 403 AccessDenied (a policy without
+    s3:GetBucketVersioning); everything else reaches SeaweedFS."""
+    from tests.s3_faults import Fault
+
+    bucket = _versioned(seaweed)
+    faulty_s3.add(Fault("status", method="GET", query="versioning", status=403, code="AccessDenied"))
+    return {"env": {**make_env(), **faulty_s3.info.ap_env(bucket)}, "client": seaweed.client(), "bucket": bucket}
+
+
+def test_gc_missing_never_deletes_a_restorable_row_when_versioning_is_refused(refused_versioning, storage_factory,
+                                                                             set_env, runner) -> None:
+    """A refused GetBucketVersioning is an unknown state, never "not versioned": the rows
+    without a current object have their versions listed, and a restorable one is kept."""
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    row = put_row(storage, client, bucket, OLD, [b"precious"])
+    client.delete_object(Bucket=bucket, Key=row.s3_key)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    result = runner.invoke(app, ["gc", "--missing", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["restorable"] == 1 and data["missing"]["files"] == 0, data
+    assert data["versioning"]["status"] == "Unknown" and "s3:GetBucketVersioning" in data["versioning"]["note"]
+    assert row.id in {r[0] for r in rows(storage)}
+    assert assert_restorable(storage, client, bucket) == 4
+    text = runner.invoke(app, ["gc", "--missing"], catch_exceptions=False)
+    assert "GetBucketVersioning was refused" in text.stderr and "may be versioned" in text.stderr
+
+
+def test_purge_versions_frees_the_bytes_when_versioning_is_refused(refused_versioning, storage_factory,
+                                                                  set_env, runner) -> None:
+    """--purge-versions on an unknown state lists and deletes every version (it never says
+    "plain deletes already free the bytes"); the kept row keeps its versions."""
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    expired = [put_row(storage, client, bucket, OLD, [b"v1", b"two"]) for _ in range(3)]
+    fresh = put_row(storage, client, bucket, FRESH, [b"f1", b"fresh"])
+    set_env(**env)
+    result = sweep(runner, "--purge-versions", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["deleted"] == 3 and data["versionsDeleted"] == 6, data
+    assert "not versioned" not in result.stderr
+    found = listing(client, bucket)
+    assert all(r.s3_key not in found for r in expired)
+    assert len(found[fresh.s3_key]["versions"]) == 2
+
+
+def test_a_plain_sweep_counts_what_stays_when_versioning_is_refused(refused_versioning, storage_factory,
+                                                                   set_env, runner) -> None:
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    for _ in range(2):
+        put_row(storage, client, bucket, OLD, [b"12345", b"1234567"])
+    set_env(**env)
+    result = sweep(runner, "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["deleted"] == 2 and data["versioned"] is True and data["bytesRetained"] == 24, data
+    assert data["versioning"]["status"] == "Unknown"
+
+
+def test_restore_and_check_iam_when_versioning_is_refused(refused_versioning, storage_factory, set_env,
+                                                          runner) -> None:
+    """restore still finds the version to copy back; check-iam fails list-versions naming
+    s3:GetBucketVersioning (exit 1), and runs the other version checks."""
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    row = put_row(storage, client, bucket, FRESH, [b"bring me back"])
+    client.delete_object(Bucket=bucket, Key=row.s3_key)
+    set_env(**env)
+    result = runner.invoke(app, ["restore", row.id, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert client.get_object(Bucket=bucket, Key=row.s3_key)["Body"].read() == b"bring me back"
+    iam = runner.invoke(app, ["check-iam", "--json"], catch_exceptions=False)
+    assert iam.exit_code == 1, iam.stdout
+    checks = {c["name"]: c for c in json.loads(iam.stdout)["checks"]}
+    assert checks["list-versions"]["status"] == "failed" and "s3:GetBucketVersioning" in json.dumps(checks["list-versions"])
+    assert checks["get-version"]["status"] == "passed" and checks["delete-versions"]["status"] == "passed", checks

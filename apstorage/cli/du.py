@@ -175,7 +175,7 @@ def _render_versions(console, v) -> None:
         console.print(f"S3 versions: not counted ({v.note})", markup=False, soft_wrap=True)
         return
     console.print(
-        f"S3 bucket versioning {v.versioning.status}: {plural(v.current, 'current object')} "
+        f"S3 bucket versioning {v.versioning.status or 'unknown'}: {plural(v.current, 'current object')} "
         f"{human_size(v.current_bytes)}; {plural(v.noncurrent, 'noncurrent version')} "
         f"{human_size(v.noncurrent_bytes)}; {plural(v.delete_markers, 'delete marker')} "
         f"({plural(v.keys_without_current, 'key')} without a current object) under platform/ and project/",

@@ -429,7 +429,8 @@ class _Run:
     # -- versioned buckets ------------------------------------------------------------------
     def versioning(self) -> Any:
         """The bucket's versioning state, asked once (GetBucketVersioning). A store without
-        the API counts as unversioned; a refusal too, with a note naming the permission.
+        the API counts as unversioned; a refusal is an unknown state (``Versioning.unknown``:
+        the version checks run, and list-versions fails naming s3:GetBucketVersioning).
         BackendUnavailableError when the store cannot be reached."""
         if self._versioning is None:
             from apstorage.stores.s3_versions import Versioning, get_versioning
@@ -439,21 +440,14 @@ class _Run:
             except BackendUnavailableError:
                 raise
             except ApStorageError as exc:
-                self._versioning = Versioning("", True, f"the versioning state could not be asked ({exc}); treated as unversioned")
-            if self._versioning.note and self._versioning.supported:
-                self.warnings.append(
-                    f"{self._versioning.note}: list-versions, get-version and delete-versions were "
-                    "not run; sweep-expired, gc and restore need s3:GetBucketVersioning to tell a versioned bucket"
-                )
+                self._versioning = Versioning("", True, f"the versioning state could not be asked ({exc})", unknown=True)
         return self._versioning
 
     def not_versioned(self, name: str) -> CheckResult | None:
         """The skip of a versioned check on a bucket that is not versioned, or None."""
         state = self.versioning()
-        if state.versioned:
+        if state.may_keep_versions:
             return None
-        if state.note and state.supported:
-            return CheckResult(name, SKIPPED, f"the versioning state is unknown: {state.note}")
         detail = "bucket is not versioned"
         if state.note:
             detail += f" ({state.note})"
@@ -483,6 +477,14 @@ class _Run:
         )
         if self.put_outcome == "ok" and not any(e.key == self.probe and not e.delete_marker for e in entries):
             return CheckResult("list-versions", FAILED, detail + f"; none of s3://{self.bucket}/{self.probe}, which was written")
+        state = self.versioning()
+        if state.unknown:
+            return CheckResult(
+                "list-versions", FAILED,
+                f"{detail}, but the bucket's versioning state is unknown: {state.note}; sweep-expired, gc, du "
+                "and restore then list every key's versions, as if the bucket were versioned",
+                permission="s3:GetBucketVersioning", hint="grant s3:GetBucketVersioning on the bucket",
+            )
         return CheckResult("list-versions", PASSED, detail)
 
     def probe_versions(self) -> list[tuple[str, str]]:
@@ -709,13 +711,17 @@ class _Run:
         self.created.clear()
         if self.touched:
             try:
-                versioned = self.versioning().versioned
+                state = self.versioning()
             except ApStorageError:
-                versioned = False  # unreachable: nothing more can be done or known
-            if versioned:
+                state = None  # unreachable: nothing more can be done or known
+            if state is not None and state.may_keep_versions:
                 known, left = self.purge_probe_versions()
-                # the version listing, when it answered, is the whole truth about the probes
-                leftover = left if known else leftover + left
+                # the version listing, when it answered, is the whole truth about the probes;
+                # on a state that could not be read, a listing refused too says nothing more
+                if known:
+                    leftover = left
+                elif state.versioned:
+                    leftover += left
             self.touched = False
         return leftover
 

@@ -110,7 +110,7 @@ def figures(storage, prefixes: Iterable[str]) -> VersionFigures | None:
         from apstorage.stores.s3_versions import Versioning
 
         return VersionFigures(Versioning(""), checked=False, note=f"versioning could not be asked: {exc}")
-    if not versioning.versioned:
+    if not versioning.may_keep_versions:
         return None
     out = VersionFigures(versioning)
     try:

@@ -595,17 +595,16 @@ class _Collector:
 
     # -- versioned buckets --------------------------------------------------------------------
     def _ask_versioning(self) -> None:
-        from apstorage.services.versions import UNVERSIONED_PURGE_NOTE, ask_versioning
+        from apstorage.services.versions import ask_versioning, versioning_notes
 
         if self.versioning is not None:
             return
         self.versioning = ask_versioning(self.storage)
         report = self.report
         report.versioning = self.versioning.to_json()
-        report.versioned = self.versioning.versioned
-        if not self.versioning.versioned:
-            if report.purge_versions:
-                report.notes.append(UNVERSIONED_PURGE_NOTE)
+        report.versioned = self.versioning.may_keep_versions
+        report.notes += versioning_notes(self.versioning, report.purge_versions)
+        if not self.versioning.may_keep_versions:
             return
         self.s3_mode = "purge" if report.purge_versions else "retain"
 

@@ -253,7 +253,7 @@ def restore(
     report.bucket = store.bucket
     versioning = storage.versioning()
     report.versioning = versioning.to_json()
-    if not versioning.versioned:
+    if not versioning.may_keep_versions:
         why = versioning.note or ("its versioning is not enabled: GetBucketVersioning shows no state "
                                   "(never enabled, or a store without versioning)")
         raise NotFoundError(

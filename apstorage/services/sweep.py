@@ -713,22 +713,21 @@ class _Sweeper:
         return batch
 
     def _purging(self) -> bool:
-        """--purge-versions on a bucket known to be versioned (asked already)."""
-        return bool(self.report.purge_versions and self.versioning is not None and self.versioning.versioned)
+        """--purge-versions on a bucket that may keep versions (asked already)."""
+        return bool(self.report.purge_versions and self.versioning is not None and self.versioning.may_keep_versions)
 
     def _s3_mode(self) -> str:
         """How this run deletes S3 bytes: "plain", "retain" or "purge" (``_Batch``). The
         bucket's versioning state is asked once, at the run's first S3 row (main thread)."""
-        from apstorage.services.versions import UNVERSIONED_PURGE_NOTE, ask_versioning
+        from apstorage.services.versions import ask_versioning, versioning_notes
 
         if self.versioning is None:
             self.versioning = ask_versioning(self.storage)
             report = self.report
             report.versioning = self.versioning.to_json()
-            report.versioned = self.versioning.versioned
-            if report.purge_versions and not self.versioning.versioned:
-                report.notes.append(UNVERSIONED_PURGE_NOTE)
-        if not self.versioning.versioned:
+            report.versioned = self.versioning.may_keep_versions
+            report.notes += versioning_notes(self.versioning, report.purge_versions)
+        if not self.versioning.may_keep_versions:
             return "plain"
         return "purge" if self.report.purge_versions else "retain"
 

@@ -36,6 +36,19 @@ RETAIN_NOTE = (
 UNVERSIONED_PURGE_NOTE = "--purge-versions: the bucket is not versioned; plain deletes already free the bytes"
 
 
+def versioning_notes(versioning: "Versioning", purge_versions: bool) -> list[str]:
+    """The lines a run that deletes S3 bytes prints about the bucket's versioning state:
+    ``--purge-versions`` on a bucket that answered "not versioned"; an unknown state (a
+    refused GetBucketVersioning) with what is done about it. Shared by sweep-expired and gc."""
+    from apstorage.stores.s3_versions import UNKNOWN_STATE
+
+    if versioning.unknown:
+        return [f"{versioning.note}: {UNKNOWN_STATE}"]
+    if purge_versions and not versioning.versioned:
+        return [UNVERSIONED_PURGE_NOTE]
+    return []
+
+
 @dataclass
 class PurgeResult:
     """What ``purge_keys`` did to a batch of keys.
@@ -55,8 +68,9 @@ class PurgeResult:
 
 def ask_versioning(storage) -> "Versioning":
     """``storage.versioning()`` (one GetBucketVersioning per run); a refusal other than
-    the store being unreachable (a missing bucket, a store that cannot be opened) counts
-    as unversioned with a note, never an error: the deletes that follow report it."""
+    the store being unreachable (a missing bucket, a store that cannot be opened) is an
+    unknown state with a note (``Versioning.unknown``: the bucket may keep versions),
+    never an error: the listings and deletes that follow report what they meet."""
     from apstorage.stores.s3_versions import Versioning
 
     try:
@@ -64,7 +78,7 @@ def ask_versioning(storage) -> "Versioning":
     except BackendUnavailableError:
         raise
     except ApStorageError as exc:
-        return Versioning("", False, f"the versioning state could not be asked ({exc}); treated as unversioned")
+        return Versioning("", True, f"the versioning state could not be asked ({exc})", unknown=True)
 
 
 def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
@@ -188,6 +202,7 @@ __all__ = [
     "PurgeResult",
     "RETAIN_NOTE",
     "UNVERSIONED_PURGE_NOTE",
+    "versioning_notes",
     "ask_versioning",
     "purge_keys",
     "restorable_ids",

@@ -41,6 +41,8 @@ WASTE_FLOOR = 1000
 OBJECT_LOCK_REASON = (
     "object lock: the store refused to delete a version under retention or legal hold"
 )
+# What sweep-expired, gc and du add to an unknown state's note.
+UNKNOWN_STATE = "the bucket may be versioned, so the versions of its keys are listed before anything is deleted or counted"
 _UNSUPPORTED = (400, 405, 501)  # how stores without an API answer it (NotImplemented, ...)
 _REFUSALS = _UNSUPPORTED + (401, 403, 404)
 
@@ -51,22 +53,34 @@ class Versioning:
 
     ``status`` is ``"Enabled"``, ``"Suspended"`` or ``""`` (versioning never enabled);
     ``supported`` is False when the store has no versioning API (then ``status`` is ``""``);
-    ``note`` says, for a person, what the store answered when it was not a plain state."""
+    ``unknown`` is True when the store has the API but the state could not be read (a
+    refused GetBucketVersioning, an answer that is no state): such a bucket may keep
+    versions, so nothing is decided as if it did not (``may_keep_versions``); ``note``
+    says, for a person, what the store answered when it was not a plain state."""
 
     status: str = ""
     supported: bool = True
     note: str = ""
+    unknown: bool = False
 
     @property
     def versioned(self) -> bool:
-        """Whether the bucket may hold noncurrent versions and delete markers: Enabled, or
-        Suspended (suspending keeps every version written while it was enabled)."""
+        """Whether the bucket is known to hold noncurrent versions and delete markers:
+        Enabled, or Suspended (suspending keeps every version written while it was enabled)."""
         return self.status in (ENABLED, SUSPENDED)
+
+    @property
+    def may_keep_versions(self) -> bool:
+        """What deletes, counts and restores go by: versioned, or a state that could not
+        be read (then the keys' versions are listed, and a listing the store refuses keeps
+        the rows it was asked for). Only a store that answered "not versioned", or that
+        has no versioning API, is treated as unversioned."""
+        return self.versioned or self.unknown
 
     def to_json(self) -> dict:
         return {
-            "status": self.status or "Unversioned",
-            "versioned": self.versioned,
+            "status": "Unknown" if self.unknown else (self.status or "Unversioned"),
+            "versioned": self.may_keep_versions,
             "supported": self.supported,
             "note": self.note or None,
         }
@@ -96,7 +110,8 @@ def get_versioning(store: S3Store) -> Versioning:
     200 with a document that is not a ``VersioningConfiguration``, counts as unversioned
     (``supported=False``). A missing bucket raises NotFoundError (exit 4), an unreachable
     store BackendUnavailableError (8). A refusal (401/403) is not fatal either: the state
-    is unknown and treated as unversioned, with a note naming ``s3:GetBucketVersioning``."""
+    is unknown (``unknown=True``: the bucket may keep versions), with a note naming
+    ``s3:GetBucketVersioning``; so is a status this module does not know."""
     from apstorage.stores.s3 import _error_response
 
     fast = store.fast
@@ -110,7 +125,8 @@ def get_versioning(store: S3Store) -> Versioning:
             fast.request("GET", fast.prefix.rstrip("/") or "/", query={"versioning": ""},
                          operation="GetBucketVersioning")  # raises NotFoundError (exit 4)
         if response.status in (401, 403):
-            return Versioning("", True, f"GetBucketVersioning was refused ({code}; s3:GetBucketVersioning); treated as unversioned")
+            return Versioning("", True, f"GetBucketVersioning was refused ({code}; grant s3:GetBucketVersioning)",
+                              unknown=True)
         return Versioning("", False, f"the store has no versioning API ({code}); treated as unversioned")
     try:
         root = ET.fromstring(response.body or b"<none/>")
@@ -125,7 +141,7 @@ def get_versioning(store: S3Store) -> Versioning:
         )
     status = (root.findtext(f"{ns}Status") or "").strip()
     if status not in (ENABLED, SUSPENDED, ""):
-        return Versioning("", True, f"unknown versioning status {status[:40]!r}; treated as unversioned")
+        return Versioning("", True, f"unknown versioning status {status[:40]!r}", unknown=True)
     return Versioning(status)
 
 
