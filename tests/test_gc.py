@@ -970,6 +970,44 @@ def test_the_sample_spreads_over_the_rows_whatever_their_ids(local_env, storage_
         assert any(len(order) * third // 3 <= rank < len(order) * (third + 1) // 3 for rank in ranks), ranks
 
 
+LAYOUTS = {  # (DB rows before, the location's rows, DB rows after): insertion order
+    "switched to LOCAL at the end": (6000, 210, 0),
+    "LOCAL for a while, in the middle": (3000, 150, 3000),
+}
+
+
+@pytest.mark.parametrize("spread", [False, True], ids=["small table", "spread points"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_sample_reaches_a_location_written_in_one_block(local_env, storage_factory, monkeypatch, layout,
+                                                             spread) -> None:
+    """A deployment that wrote thousands of DB rows, then switched location: the
+    location's rows fill one short stretch of the table, shorter than one span between
+    points. The sample is still ~n rows spread over that stretch (every point of the first
+    spread lands on its first row; the points are spread again over the stretch)."""
+    from apstorage.catalog import gc as gc_sql
+    from apstorage.catalog.gc import sample_rows
+
+    if spread:
+        monkeypatch.setattr(gc_sql, "SMALL_TABLE_BLOCKS", 0)
+    storage = storage_factory(local_env)
+    before, inside, after = LAYOUTS[layout]
+    locations = ["DB"] * before + ["LOCAL"] * inside + ["DB"] * after
+    with storage.catalog.transaction() as cur:
+        p = storage.catalog.ph
+        created = storage.catalog._ts_in(NOW - timedelta(days=5))
+        cur.executemany(
+            f'INSERT INTO "file" ("id", "projectId", "location", "type", "size", "compression", "created", "updated") '
+            f"VALUES ({p}, 'proj1', {p}, 'FLOW_RUN_LOG', 1, 'NONE', {p}, {p})",
+            [(f"r{i:020d}", where, created, created) for i, where in enumerate(locations)],
+        )
+    picked = sample_rows(storage.catalog, "LOCAL", 50)
+    assert [r.id for r in sample_rows(storage.catalog, "LOCAL", 50)] == [r.id for r in picked]
+    ranks = sorted(int(r.id[1:]) - before for r in picked)
+    assert len(set(ranks)) == len(ranks) >= 45, ranks
+    assert all(0 <= rank < inside for rank in ranks), ranks
+    assert ranks[0] < inside // 10 and ranks[-1] > inside * 9 // 10, ranks
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_sequential_ids_whose_oldest_rows_lost_their_files_are_judged_fairly(local_env, storage_factory, shape) -> None:
     """The lowest ids lost their files (the oldest rows, expired by a rule), most rows have

@@ -124,43 +124,64 @@ def iter_db_rows_without_data(catalog: Catalog, created_before: datetime, *, pag
         last = rows[-1][0]
 
 
+RESPREADS = 4  # sample_rows: how many times the points may be spread again over a narrower span
+STRETCH_BLOCKS = 512  # sample_rows on Postgres: a stretch of at most this many pages is read whole
+
+
 def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
     """Up to ``n`` distinct rows at ``location`` spread over the whole table, whatever
     their ids look like (rows written by other tools need not have random ids: sequential,
-    all sharing a prefix, ``zzz...``): the physical position of a row (Postgres' ``ctid``
-    block, SQLite's ``rowid``: insertion order, so old and new rows alike) is cut into
-    ``n`` even spans and the first row of the location at or after each point is taken,
-    one index (or TID range) seek per point — cheap on 10^7 rows. When most points land
-    on the same rows (the location's rows fill only part of the table), the points are
-    spread again over the span those rows were found in. A Postgres table of at most
-    ``SMALL_TABLE_BLOCKS`` pages (too few to spread points over): ``n`` rows evenly spaced
-    in physical order, one pass, the same rows every run. Postgres before 14 (no TID range
-    scan) with a larger table: ``ORDER BY random()``, one pass over the location's rows."""
+    all sharing a prefix, ``zzz...``), the same rows every run.
+
+    The physical position of a row (Postgres' ``ctid`` block, SQLite's ``rowid``:
+    insertion order, so old and new rows alike) is cut into ``n`` even spans and the first
+    row of the location at or after each point is taken, one index (or TID range) seek per
+    point — cheap on 10^7 rows. When most points land on the same rows (the location's
+    rows fill only part of the table: a deployment that wrote 10^6 DB rows before switching
+    to S3), the points are spread again, up to ``RESPREADS`` times, over the stretch the
+    location's rows were found in: from the first row found to the first point with none
+    at or after it. On Postgres a whole table of at most ``SMALL_TABLE_BLOCKS`` pages, or
+    a stretch of at most ``STRETCH_BLOCKS``, is read instead: ``n`` of its rows evenly spaced in
+    physical order, one TID range scan. Postgres before 14 (no TID range scan) with a
+    larger table: ``ORDER BY random()``, one pass over the location's rows."""
     if n < 1:
         return []
     columns = f'"id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)}'
     p = catalog.ph
+    evenly = None
     if catalog.dialect == "postgres":
         version, blocks = catalog._execute(
             "SELECT current_setting('server_version_num')::int, "
             "pg_relation_size('\"file\"') / current_setting('block_size')::int"
         )[0]
-        if blocks <= SMALL_TABLE_BLOCKS:
-            # Every row of a small table is seen: take n of them evenly spaced in physical
-            # order (rows where floor(rank * n / total) steps), the same verdict every run.
+        blocks = int(blocks)
+
+        def evenly(first: int, stop: int | None) -> list[KeyedRow]:
+            """n rows of the location in blocks [first, stop) evenly spaced in physical
+            order (the rows where floor(rank * n / total) steps)."""
+            bounds, params = "", [location, location]
+            if first > 0:
+                bounds += f' AND "ctid" >= {p}::tid'
+                params.append(f"({first},0)")
+            if stop is not None:
+                bounds += f' AND "ctid" < {p}::tid'
+                params.append(f"({stop},0)")
             rows = catalog._execute(
                 f'SELECT {columns} FROM "file" WHERE "location" = {p} AND "id" IN ('
                 f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "ctid") - 1 AS "rank", '
-                f'count(*) OVER () AS "total" FROM "file" WHERE "location" = {p}) AS "ranked" '
-                f'WHERE mod("rank" * {int(n)}, "total") < {int(n)})', (location, location)
+                f'count(*) OVER () AS "total" FROM "file" WHERE "location" = {p}{bounds}) AS "ranked" '
+                f'WHERE mod("rank" * {int(n)}, "total") < {int(n)})', params
             )
             return [_keyed(catalog, t) for t in rows]
+
+        if blocks <= SMALL_TABLE_BLOCKS:
+            return evenly(0, None)
         if version < 140000:
             rows = catalog._execute(
                 f'SELECT {columns} FROM "file" WHERE "location" = {p} ORDER BY random() LIMIT {int(n)}', (location,)
             )
             return [_keyed(catalog, t) for t in rows]
-        lo, hi = 0, int(blocks)
+        lo, hi = 0, blocks
 
         def seek(point: int) -> tuple | None:
             found = catalog._execute(
@@ -183,18 +204,31 @@ def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
             )
             return found[0] if found else None
 
-    def spread(start: int, end: int) -> dict[str, tuple]:
+    def spread(start: int, end: int) -> tuple[dict[str, tuple], int]:
+        """(the rows found from n points over [start, end), the first point with no row of
+        the location at or after it, else end). A seek goes forward: past such a point
+        every later one finds nothing too."""
         picked: dict[str, tuple] = {}
         for k in range(n):
-            found = seek(start + (end - start) * k // n)
-            if found is not None:
-                picked.setdefault(found[0], found)
-        return picked
+            point = start + (end - start) * k // n
+            found = seek(point)
+            if found is None:
+                return picked, point
+            picked.setdefault(found[0], found)
+        return picked, end
 
-    picked = spread(lo, hi)
-    if picked and len(picked) < n // 2:
-        positions = [int(t[-1]) for t in picked.values()]
-        again = spread(min(positions), max(positions) + 1)
+    start, (picked, end) = lo, spread(lo, hi)
+    span = (lo, hi)
+    for _ in range(RESPREADS):
+        if not picked or len(picked) >= n - n // 10:
+            break
+        start = min(int(t[-1]) for t in picked.values())
+        if (start, end) == span:
+            break  # the same stretch again: nothing more to find
+        span = (start, end)
+        if evenly is not None and end - start <= STRETCH_BLOCKS:
+            return evenly(start, None if end >= hi else end + 1)
+        again, end = spread(start, end)
         if len(again) > len(picked):
             picked = again
     return [_keyed(catalog, t[:-1]) for t in picked.values()][:n]
