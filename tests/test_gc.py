@@ -908,11 +908,33 @@ def test_a_wrong_bucket_is_still_refused_and_trust_is_per_location(full_env, sto
     assert all(row_exists(storage, r.id) for r in rows)
 
 
-@pytest.mark.parametrize("value", ["DB", "s4", "", "S3,LOCAL"])
+@pytest.mark.parametrize("value", ["DB", "s4", "", "S3,LOCAL", "S3\n", " S3", "LOCAL ", "S3\t"])
 def test_trust_accepts_only_s3_or_local(local_env, set_env, runner, value) -> None:
     set_env(**local_env)
     result = invoke(runner, "--trust", value)
     assert result.exit_code == 2 and "--trust" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if not value:
+        assert "empty" in result.stderr
+
+
+@pytest.mark.parametrize("args, age", [(["--pending"], 40), (["--missing"], 0.5), ([], 0.5)],
+                         ids=["pending: none in flight", "missing: all within the grace", "default: all within the grace"])
+def test_nothing_held_back_is_no_refusal(local_env, storage_factory, set_env, runner, args, age) -> None:
+    """Most LOCAL rows lack their files, but none of them is one gc would delete (no
+    pending upload; rows younger than the grace): no refusal, exit 0, a silent cron."""
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    kept = [seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=5)) for _ in range(2)]
+    lacking = [seed(storage, "FLOW_STEP_FILE", Location.LOCAL, NOW - timedelta(days=age), data=None) for _ in range(20)]
+    before = snapshot(storage)
+    result = invoke(runner, *args, "--json")
+    assert result.exit_code == 0, result.stdout
+    data = json.loads(result.stdout)
+    assert data["refusals"] == [], data["refusals"]
+    quiet = invoke(runner, *args)
+    assert (quiet.exit_code, quiet.stderr) == (0, ""), quiet.stderr
+    assert snapshot(storage) == before and all(row_exists(storage, r.id) for r in kept + lacking)
 
 
 def test_trust_local_deletes_rows_without_files_however_many(local_env, storage_factory, set_env, runner) -> None:

@@ -107,15 +107,17 @@ TRUSTABLE = ("S3", "LOCAL")
 def parse_trust(values: Iterable[str] | None) -> tuple[str, ...]:
     """``--trust LOCATION`` (repeatable, any case): the locations whose configured bucket
     or root the operator vouches for as this catalog's. UsageError (exit 2) naming --trust
-    for anything but S3 or LOCAL."""
+    for anything but S3 or LOCAL — exactly: a flag that lifts a safety guard takes no
+    stray space or newline, nor an empty value."""
     chosen: list[str] = []
     for value in values or ():
-        name = str(value).strip().upper()
+        name = str(value).upper()
         if name not in TRUSTABLE:
             from apstorage.text import printable
 
+            what = "an empty value" if not str(value) else f"{printable(str(value))!r}"
             raise UsageError(
-                f"--trust {printable(str(value))}: not a location gc can trust; accepted: S3, LOCAL",
+                f"--trust {what}: not a location gc can trust; accepted: S3, LOCAL",
                 hint="--trust S3 says AP_S3_BUCKET is this catalog's bucket; --trust LOCAL the same of AP_LOCAL_STORAGE_PATH",
             )
         if name not in chosen:
@@ -1071,9 +1073,15 @@ class _GcTally:
                 raise _Stopped()
 
     def _refuse_rows(self) -> None:
-        self.rows_refused = True
+        """The location is not trusted: the rows held are not deleted. A refusal (exit 1,
+        naming --trust) only when some of them are rows gc would delete; rows within the
+        grace, permanent ones or uploads in flight hold nothing back (a weekly ``gc
+        --pending`` with no pending upload stays silent), and the pass goes on judging."""
         ids, self.held = self.held, []
         n = self.c._deletable(self.location, ids)  # what --trust would take, not every row seen
+        if n == 0:
+            return
+        self.rows_refused = True
         self._note_refusal(f"{plural(n, 'row')} without bytes that gc would delete {'was' if n == 1 else 'were'} "
                            "held back", "row", n)
 
