@@ -134,8 +134,8 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
 
 def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versioning") -> dict[str, int] | None:
     """{key: bytes that stay in the bucket after a plain delete of it}: every version the
-    listing shows, less, on a Suspended bucket, the current ``null`` version (which a
-    plain delete there does remove). None when the versions cannot be listed (the caller
+    listing shows, less, on a Suspended bucket, the ``null`` version (which a plain delete
+    there does remove, current or not). None when the versions cannot be listed (the caller
     falls back to the rows' sizes)."""
     from apstorage.stores import s3_versions as V
 
@@ -151,13 +151,16 @@ def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versionin
 
 
 def _retained(entries: "list[ObjectVersion]", versioning: "Versioning") -> int:
+    """On a Suspended bucket a plain delete writes a ``null`` delete marker, which replaces
+    the key's ``null`` version wherever it stands, current or noncurrent (AWS S3 user
+    guide, "Deleting objects from versioning-suspended buckets"): that version's bytes go."""
     from apstorage.stores.s3_versions import SUSPENDED
 
     total = 0
     for e in entries:
         if e.delete_marker:
             continue
-        if versioning.status == SUSPENDED and e.is_latest and e.version_id == "null":
+        if versioning.status == SUSPENDED and e.version_id == "null":
             continue
         total += e.size
     return total
