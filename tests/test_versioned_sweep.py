@@ -698,3 +698,38 @@ def test_restore_and_check_iam_when_versioning_is_refused(refused_versioning, st
     checks = {c["name"]: c for c in json.loads(iam.stdout)["checks"]}
     assert checks["list-versions"]["status"] == "failed" and "s3:GetBucketVersioning" in json.dumps(checks["list-versions"])
     assert checks["get-version"]["status"] == "passed" and checks["delete-versions"]["status"] == "passed", checks
+
+
+def test_a_refused_version_delete_names_s3_delete_object_version(seaweed, faulty_s3, make_env, storage_factory,
+                                                                 set_env, runner) -> None:
+    """Every version delete answered AccessDenied per key (a policy with s3:DeleteObject
+    but not s3:DeleteObjectVersion; no lock on the bucket): the rows stay, one grouped
+    line names the permission, exit 1."""
+    import re
+
+    from tests.s3_faults import Answer, Fault
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**make_env(), **faulty_s3.info.ap_env(bucket)}
+    storage = storage_factory(env)
+    expired = [put_row(storage, client, bucket, OLD, [b"v1", b"two"]) for _ in range(3)]
+
+    def refuse_versions(req):
+        pairs = re.findall(rb"<Key>(.*?)</Key>\s*<VersionId>(.*?)</VersionId>", req.body)
+        if not pairs:
+            return None
+        errors = b"".join(b"<Error><Key>%s</Key><VersionId>%s</VersionId><Code>AccessDenied</Code>"
+                          b"<Message>Access Denied</Message></Error>" % pair for pair in pairs)
+        return Answer(200, {"Content-Type": "application/xml"},
+                      b'<?xml version="1.0" encoding="UTF-8"?><DeleteResult '
+                      b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' + errors + b"</DeleteResult>")
+
+    faulty_s3.add(Fault("custom", method="POST", query="delete", handler=refuse_versions))
+    set_env(**env)
+    result = sweep(runner, "--purge-versions")
+    assert result.exit_code == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "s3:DeleteObjectVersion" in errors[0] and "kept 3 files" in errors[0], result.stderr
+    assert {r.id for r in expired} <= {r[0] for r in rows(storage)}
+    assert assert_restorable(storage, client, bucket) == 3

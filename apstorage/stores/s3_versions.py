@@ -43,6 +43,8 @@ OBJECT_LOCK_REASON = (
 )
 # What sweep-expired, gc and du add to an unknown state's note.
 UNKNOWN_STATE = "the bucket may be versioned, so the versions of its keys are listed before anything is deleted or counted"
+# What a refused delete of a version (not a lock) adds: AWS checks this, not s3:DeleteObject.
+DELETE_VERSION_PERMISSION = "deleting a version needs s3:DeleteObjectVersion"
 _UNSUPPORTED = (400, 405, 501)  # how stores without an API answer it (NotImplemented, ...)
 _REFUSALS = _UNSUPPORTED + (401, 403, 404)
 
@@ -412,8 +414,9 @@ def explain_refusals(
     version with a bare AccessDenied (SeaweedFS 4.48 does: "Access Denied."). Up to
     ``limit`` such versions are asked about (GetObjectLegalHold, GetObjectRetention: a
     legal hold ON or a retain-until date in the future is a lock); an AccessDenied that is
-    not a lock (a missing s3:DeleteObjectVersion) keeps its own reason. Read-only; a store
-    without these APIs leaves the reasons as they were."""
+    not a lock gets the permission a delete naming a version needs appended
+    (``DELETE_VERSION_PERMISSION``). Read-only; a store without these APIs leaves the
+    reasons as they were (and the permission named)."""
     from datetime import timezone
 
     out = dict(refused)
@@ -421,11 +424,12 @@ def explain_refusals(
     for (key, vid), reason in refused.items():
         if reason == OBJECT_LOCK_REASON or not reason.startswith("AccessDenied"):
             continue
-        if asked >= limit:
-            break
-        asked += 1
-        if _locked(store, key, vid, timezone.utc):
-            out[(key, vid)] = OBJECT_LOCK_REASON
+        if asked < limit:
+            asked += 1
+            if _locked(store, key, vid, timezone.utc):
+                out[(key, vid)] = OBJECT_LOCK_REASON
+                continue
+        out[(key, vid)] = f"{reason} ({DELETE_VERSION_PERMISSION})"
     return out
 
 
