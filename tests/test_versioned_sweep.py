@@ -427,17 +427,21 @@ def test_gc_orphans_takes_orphan_versions_and_keeps_referenced_and_restorable_ke
     assert [latest for _, latest in a["markers"]] == [True] and len(a["versions"]) == 2
     assert report["bytesRetained"] == _sizes(a) == _sizes(before[scene["a"]])
     assert report["orphans"]["files"] == 1
-    # versions under a marker, and a lone marker: gone, counted as orphan versions
+    # versions under a marker, and a lone marker: gone, the versions counted as orphan
+    # versions, the markers apart (no bytes, no file)
     assert scene["b"] not in after and scene["c"] not in after
-    assert report["orphanVersions"]["files"] == 2 + 1 + 1
-    assert report["orphanVersions"]["bytes"] == _sizes(before[scene["b"]])
-    taken = sorted((i["key"], i["versionId"]) for i in report["items"] if i["kind"] == "orphanVersions")
+    assert report["orphanVersions"]["files"] == 2 and report["deleteMarkers"]["files"] == 1 + 1
+    assert report["orphanVersions"]["bytes"] == _sizes(before[scene["b"]]) and report["deleteMarkers"]["bytes"] == 0
+    assert report["deleted"] == report["orphans"]["files"] + report["missing"]["files"] + 2
+    version_kinds = ("orphanVersions", "deleteMarkers")
+    taken = sorted((i["key"], i["versionId"]) for i in report["items"] if i["kind"] in version_kinds)
     want = sorted([(scene["b"], v) for v, _, _ in before[scene["b"]]["versions"]]
                   + [(scene["b"], m) for m, _ in before[scene["b"]]["markers"]]
                   + [(scene["c"], m) for m, _ in before[scene["c"]]["markers"]])
     assert taken == want
-    dry_taken = sorted((i["key"], i["versionId"]) for i in dry["items"] if i["kind"] == "orphanVersions")
+    dry_taken = sorted((i["key"], i["versionId"]) for i in dry["items"] if i["kind"] in version_kinds)
     assert dry_taken == want and dry["orphanVersions"] == report["orphanVersions"]
+    assert dry["deleteMarkers"] == report["deleteMarkers"]
     assert dry["bytesRetained"] == report["bytesRetained"]
     # the restorable row is counted apart, never deleted; the row with no version is
     assert report["restorable"] == 1 and report["restorableRows"][0]["id"] == scene["restorable"].id
@@ -450,7 +454,8 @@ def test_gc_orphans_takes_orphan_versions_and_keeps_referenced_and_restorable_ke
 
     # a later run takes the versions the first one's delete made noncurrent
     again = collect_garbage(storage, kinds=("orphans",), now=LATER + timedelta(days=1)).to_json()
-    assert again["orphanVersions"]["files"] == 3 and again["orphanVersions"]["bytes"] == _sizes(a)
+    assert again["orphanVersions"]["files"] == 2 and again["orphanVersions"]["bytes"] == _sizes(a)
+    assert again["deleteMarkers"]["files"] == 1
     final = listing(client, bucket)
     assert scene["a"] not in final and all(final[k] == before[k] for k in kept_keys)
 
@@ -512,7 +517,13 @@ def test_gc_on_a_store_without_versioning(rclone, catalog_env, storage_factory, 
     assert data["versioning"]["status"] == "Unversioned" and data["versioned"] is False  # rclone: an empty state
 
 
-def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_factory) -> None:
+def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_factory, capsys) -> None:
+    """Orphan keys under a delete marker whose one version is on legal hold: the locked
+    version stays and the key's delete marker with it (deleting the marker would make the
+    locked version the current object again: the orphan back); the other versions go; the
+    refusals print as one grouped line."""
+    from apstorage.cli.gc import _messages
+    from apstorage.cli.output import Output
     from apstorage.services.gc import collect_garbage
 
     bucket = _versioned(seaweed, lock=True)
@@ -521,14 +532,30 @@ def test_gc_object_lock_keeps_the_locked_version(seaweed, make_env, storage_fact
     storage = storage_factory(env)
     for _ in range(3):
         put_row(storage, client, bucket, FRESH, [b"ok"])
-    key = _orphan(client, bucket, [b"held", b"free"], marker=True)
-    first = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
-    held = next(v["VersionId"] for v in first if v["Size"] == 4)  # the version b"held"
-    client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "ON"})
-    report = collect_garbage(storage, kinds=("orphans",), now=LATER).to_json()
-    assert report["failed"] >= 1 and {f["reason"] for f in report["failures"]} == {OBJECT_LOCK_REASON}
-    assert held in [v for v, _, _ in listing(client, bucket)[key]["versions"]]
-    client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held, LegalHold={"Status": "OFF"})
+    keys, held = [], {}
+    for _ in range(2):
+        key = _orphan(client, bucket, [b"held", b"free!"], marker=True)
+        first = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+        held[key] = next(v["VersionId"] for v in first if v["Size"] == 4)  # the version b"held"
+        client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held[key], LegalHold={"Status": "ON"})
+        keys.append(key)
+    try:
+        result = collect_garbage(storage, kinds=("orphans",), now=LATER)
+        report = result.to_json()
+        assert report["failed"] == 2 and {f["reason"] for f in report["failures"]} == {OBJECT_LOCK_REASON}
+        after = listing(client, bucket)
+        for key in keys:
+            assert [v for v, _, _ in after[key]["versions"]] == [held[key]]  # b"free!" went
+            assert [latest for _, latest in after[key]["markers"]] == [True], after[key]  # still no current object
+        assert report["orphanVersions"]["files"] == 2 and report["deleteMarkers"]["files"] == 0
+        assert report["orphans"]["files"] == 0  # nothing came back to be judged an orphan
+        capsys.readouterr()
+        _messages(Output(), result, None)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "kept 2 files" in errors[0] and "object lock" in errors[0], errors
+    finally:
+        for key in keys:
+            client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=held[key], LegalHold={"Status": "OFF"})
 
 
 def test_purge_versions_of_a_key_the_version_listing_cannot_show(seaweed, make_env, storage_factory, set_env,

@@ -151,7 +151,9 @@ def _fill_metrics(metrics, report) -> None:
         metrics.set("deleted_bytes", tally.bytes, "Bytes the last run deleted, by kind.", kind=name)
     metrics.set("failed_files", report.failed, "Deletes the last run could not make (kept).")
     metrics.set("deleted_versions", report.orphan_versions.files,
-                "Orphan keys' noncurrent versions and lone delete markers the last run deleted (versioned bucket).")
+                "Orphan keys' noncurrent versions the last run deleted (versioned bucket).")
+    metrics.set("deleted_markers", report.delete_markers.files,
+                "Orphan keys' delete markers the last run deleted (versioned bucket; they hold no bytes).")
     metrics.set("retained_bytes", report.bytes_retained,
                 "Bytes the last run's deletes left as noncurrent versions (versioned bucket, without --purge-versions).")
     metrics.set("restorable_rows", report.restorable_count,
@@ -176,6 +178,8 @@ def _render(console, report) -> None:
     if report.versioned:
         for location, (files, size) in sorted(report.orphan_versions.by_location.items()):
             table.add_row("orphan versions", location, f"{files:,}", human_size(size))
+        for location, (files, _size) in sorted(report.delete_markers.by_location.items()):
+            table.add_row("delete markers (no bytes, not in the total)", location, f"{files:,}", "-")
     table.add_section()
     table.add_row("total", "", f"{report.deleted:,}", human_size(report.bytes), style="bold")
     console.print(table)
@@ -215,15 +219,17 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
         )
         for row in report.restorable[:SHOWN]:
             out.info(f"  restorable {row['type']} {printable(row['id'])} (S3 {printable(row['key'] or '-')})")
-    for failure in report.failures[:SHOWN]:
-        where = printable(failure["key"] or failure["id"] or "")
-        out.error(f"kept {failure['location']} {where}: {failure['reason']}")
-    if report.failed > SHOWN:
-        out.error(f"... and {report.failed - SHOWN:,} more kept")
+    out.failures(  # grouped by reason, as sweep-expired and migrate-to-s3 print theirs
+        ((f"{f['location']} {printable(f['key'] or f['id'] or '-')}", f["reason"], f["key"]) for f in report.failures),
+        report.failed, "kept",
+    )
     verb = "would delete" if report.dry_run else "deleted"
-    if report.deleted or report.failed or report.reported_count or report.interrupted or report.restorable_count:
-        n_versions = report.orphan_versions.files
+    if (report.deleted or report.delete_markers.files or report.failed or report.reported_count
+            or report.interrupted or report.restorable_count):
+        n_versions, n_markers = report.orphan_versions.files, report.delete_markers.files
         versions = [(n_versions, "orphan version" if n_versions == 1 else "orphan versions")] if report.versioned else []
+        if n_markers:
+            versions.append((n_markers, "delete marker" if n_markers == 1 else "delete markers"))
         restorable = [(report.restorable_count, "restorable")] if report.restorable_count else []
 
         def label(name: str, n: int) -> str:  # "orphans" is a noun; missing and pending are not

@@ -185,8 +185,10 @@ class GcReport:
     orphans: KindTally = field(default_factory=KindTally)
     missing: KindTally = field(default_factory=KindTally)
     pending: KindTally = field(default_factory=KindTally)
-    # versioned buckets: orphan keys' noncurrent versions and lone delete markers
+    # versioned buckets: orphan keys' noncurrent versions, and their delete markers (no
+    # bytes: counted apart, never as files)
     orphan_versions: KindTally = field(default_factory=KindTally)
+    delete_markers: KindTally = field(default_factory=KindTally)
     purge_versions: bool = False
     versioning: dict | None = None  # Versioning.to_json(), when the run asked (an S3 pass)
     versioned: bool = False
@@ -224,7 +226,7 @@ class GcReport:
 
     def kind(self, name: str) -> KindTally:
         return {"orphans": self.orphans, "missing": self.missing, "pending": self.pending,
-                "orphanVersions": self.orphan_versions}[name]
+                "orphanVersions": self.orphan_versions, "deleteMarkers": self.delete_markers}[name]
 
     def restorable_row(self, row: sql.JudgedRow) -> None:
         """A row whose current object is gone but whose key still has a version: never
@@ -270,6 +272,7 @@ class GcReport:
             "missing": self.missing.to_json(),
             "pending": self.pending.to_json(),
             "orphanVersions": self.orphan_versions.to_json(),
+            "deleteMarkers": self.delete_markers.to_json(),
             "purgeVersions": self.purge_versions,
             "versioning": self.versioning,
             "versioned": self.versioned,

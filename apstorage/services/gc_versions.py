@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from apstorage.stores.s3_versions import ObjectVersion
 
 KIND = "orphanVersions"
+MARKERS = "deleteMarkers"  # counted apart: a delete marker holds no bytes and is no file
 BATCH = 1000  # entries (versions and markers) per re-check and DeleteObjects
 
 
@@ -141,26 +142,45 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
             return outcome
         if report.dry_run:
             for key, e in entries:
-                outcome.add(KIND, where, e.size, key=key, version_id=e.version_id)
+                outcome.add(MARKERS if e.delete_marker else KIND, where, e.size, key=key, version_id=e.version_id)
             return outcome
         abandoned = c.abandoned.get(where)
         if abandoned:
             for key, e in entries:
                 report.fail(where, key, f"not attempted: {abandoned}")
             return outcome
-        try:
-            refused = delete_versions(store, [(k, e.version_id) for k, e in entries])
-            if refused:
-                refused = explain_refusals(store, refused)
-        except ApStorageError as exc:
-            refused = {(k, e.version_id): str(exc) for k, e in entries}
+        # A key's current delete marker goes only once every version under it is gone: were
+        # a version refused (Object Lock) after its marker was deleted, the version would
+        # become the current object again — the orphan back in the listing.
+        current = [(k, e) for k, e in entries if e.delete_marker and e.is_latest]
+        first = [(k, e) for k, e in entries if not (e.delete_marker and e.is_latest)]
+        refused = _delete(store, first, delete_versions, explain_refusals)
+        if current:
+            blocked = {k for (k, _), _reason in refused.items()}
+            for key, e in current:
+                if key in blocked:
+                    report.skip("markerOverKeptVersion", 1)
+            refused.update(_delete(store, [(k, e) for k, e in current if k not in blocked],
+                                   delete_versions, explain_refusals))
+            entries = first + [(k, e) for k, e in current if k not in blocked]
     for key, e in entries:
         reason = refused.get((key, e.version_id))
         if reason is not None:
             report.fail(where, key, reason)
         else:
-            outcome.add(KIND, where, e.size, key=key, version_id=e.version_id)
+            outcome.add(MARKERS if e.delete_marker else KIND, where, e.size, key=key, version_id=e.version_id)
     return outcome
 
 
-__all__ = ["KIND", "orphan_versions"]
+def _delete(store: "S3Store", entries: list, delete_versions, explain_refusals) -> dict[tuple[str, str], str]:
+    """DeleteObjects naming each (key, entry)'s version: {(key, version id): reason} refused."""
+    if not entries:
+        return {}
+    try:
+        refused = delete_versions(store, [(k, e.version_id) for k, e in entries])
+        return explain_refusals(store, refused) if refused else {}
+    except ApStorageError as exc:
+        return {(k, e.version_id): str(exc) for k, e in entries}
+
+
+__all__ = ["KIND", "MARKERS", "orphan_versions"]
