@@ -681,11 +681,26 @@ def _endpoint_problem(endpoint: str) -> str | None:
     return None
 
 
+# Families whose every name is apstorage's: the platform's own S3 variables (S3_* in its
+# system-props.ts) are exactly the AP_S3_* ones apstorage reads, so any other AP_S3_* name is a
+# misspelling, however far from ours (AP_S3_URL, AP_S3_SECRET_KEY), and is always warned about.
+_OWN_FAMILIES: tuple[str, ...] = ("AP_S3_",)
+# After the prefix: KEY_ID → ACCESS_KEY_ID 0.63, BUCKET_NAME → BUCKET 0.71; SESSION_TOKEN → REGION 0.42
+_OWN_FAMILY_CUTOFF = 0.6
+
+# Words of a name that mean one of ours under another name: AP_POSTGRES_NAME and
+# AP_POSTGRES_DB are AP_POSTGRES_DATABASE, not the nearest by letters (AP_POSTGRES_USERNAME).
+# Used only when the word swapped gives a name apstorage reads.
+_SYNONYMS = {"NAME": "DATABASE", "DB": "DATABASE", "DBNAME": "DATABASE", "URL": "ENDPOINT"}
+
+
 def _near_misses(v: Mapping[str, str]) -> list[str]:
     """A warning for each AP_* variable that is neither apstorage's nor the platform's
     (``apstorage.platform_env``: listed, or in one of its families) and whose closest known
     name is one apstorage reads: a likely typo (``AP_S3_BUKET``). A name closest to one of
-    the platform's is the platform's business, not ours: silent."""
+    the platform's is the platform's business, not ours: silent. A name in one of
+    apstorage's own families (``AP_S3_``) is always a typo: the closest of that family is
+    suggested, or, with none close, the family's names are listed."""
     out = []
     known: list[str] | None = None
     for name in sorted(v):
@@ -695,10 +710,38 @@ def _near_misses(v: Mapping[str, str]) -> list[str]:
 
         if known is None:
             known = [*VARIABLES, *sorted(PLATFORM_VARIABLES)]
-        # A name one of ours extends (AP_POSTGRES_USER → AP_POSTGRES_USERNAME) is the likelier
-        # intent than the nearest by letters (AP_POSTGRES_URL); else difflib's closest.
-        longer = sorted((k for k in VARIABLES if k.startswith(name)), key=len)
-        match = longer[:1] or difflib.get_close_matches(name, known, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
-        if match and match[0] in _READ:
-            out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; did you mean {match[0]}?")
+        match = _likely_meant(name, known)
+        family = next((f for f in _OWN_FAMILIES if name.startswith(f)), None)
+        if family is not None and match not in _READ:
+            # Compared after the family's prefix, which every candidate shares.
+            members = [k for k in VARIABLES if k.startswith(family)]
+            tails = [k[len(family):] for k in members]
+            close = difflib.get_close_matches(name[len(family):], tails, n=1, cutoff=_OWN_FAMILY_CUTOFF)
+            match = family + close[0] if close else None
+            if match is None:
+                out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; "
+                           f"the {family}* variables it reads are {', '.join(members)}")
+                continue
+        if match in _READ:
+            out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; did you mean {match}?")
     return out
+
+
+def _likely_meant(name: str, known: list[str]) -> str | None:
+    """The known variable ``name`` most likely means. A name one of ours extends
+    (AP_POSTGRES_USER → AP_POSTGRES_USERNAME), or that is one of ours with a word said
+    another way (AP_POSTGRES_NAME → AP_POSTGRES_DATABASE, ``_SYNONYMS``), is the likelier
+    intent than the nearest by letters (AP_POSTGRES_URL, AP_POSTGRES_USERNAME); else
+    difflib's closest."""
+    import difflib
+
+    longer = sorted((k for k in VARIABLES if k.startswith(name)), key=len)
+    if longer:
+        return longer[0]
+    words = name.split("_")
+    for i, word in enumerate(words):
+        swapped = "_".join([*words[:i], _SYNONYMS.get(word, word), *words[i + 1:]])
+        if swapped != name and swapped in VARIABLES:
+            return swapped
+    match = difflib.get_close_matches(name, known, n=1, cutoff=_CLOSE_MATCH_CUTOFF)
+    return match[0] if match else None

@@ -102,8 +102,11 @@ _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Ids the platform makes: 21 characters of 0-9A-Za-z (nanoid over that alphabet; the columns
 # are varchar(21)). New rows must use them. Rows already in a catalog are read more
 # tolerantly ('_' and '-', up to 64), as before, so an odd existing id still works.
-NEW_ID_RE = re.compile(r"[0-9A-Za-z]{1,21}")
-_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+NEW_ID_MAX = 21  # the platform's ids: nanoid, 21 characters
+ID_MAX = 64  # ids of rows already in the catalog
+_NEW_ID_CHARS, _ID_CHARS = "[0-9A-Za-z]", "[0-9A-Za-z_-]"
+NEW_ID_RE = re.compile(rf"{_NEW_ID_CHARS}{{1,{NEW_ID_MAX}}}")
+_ID_RE = re.compile(rf"{_ID_CHARS}{{1,{ID_MAX}}}")
 
 
 def new_id() -> str:
@@ -216,13 +219,17 @@ def check_owner_id(value: str, flag: str, *, new: bool = False) -> str:
     the platform's alphabet. Otherwise (a row already in the catalog) ``_`` and ``-`` and up
     to 64 characters pass too. A trailing newline or any control character never passes.
     """
-    pattern = NEW_ID_RE if new else _ID_RE
+    pattern, chars, limit = (NEW_ID_RE, _NEW_ID_CHARS, NEW_ID_MAX) if new else (_ID_RE, _ID_CHARS, ID_MAX)
     if not pattern.fullmatch(value):
         from apstorage.text import printable
 
-        accepted = "1 to 21 letters and digits (0-9A-Za-z), as the platform makes ids" if new \
-            else "letters, digits, '_' and '-' only"
-        raise UsageError(f"{flag}: {printable(repr(value[:80]))} is not a valid id; accepted: {accepted}")
+        shown = printable(repr(value[:80]))
+        if len(value) > limit and re.fullmatch(f"{chars}+", value):
+            # Every character is an id character: the length alone is what is wrong.
+            raise UsageError(f"{flag}: {shown} is too long for an id ({len(value):,} characters; at most {limit})")
+        accepted = f"1 to {NEW_ID_MAX} letters and digits (0-9A-Za-z), as the platform makes ids" if new \
+            else f"letters, digits, '_' and '-' only, at most {ID_MAX}"
+        raise UsageError(f"{flag}: {shown} is not a valid id; accepted: {accepted}")
     return value
 
 

@@ -21,7 +21,9 @@ Where the names come from (this module is the one list; update it here):
 
 Names from several releases are kept, since an operator's ``.env`` outlives a rename. Variables
 both read (``AP_POSTGRES_*``, ``AP_S3_*``, ``AP_FILE_STORAGE_LOCATION``, ...) are apstorage's and are
-not listed here. ``PLATFORM_FAMILIES`` are the prefixes of the platform's variable families:
+not listed here; the platform's S3 variables are exactly the ``AP_S3_*`` ones apstorage reads,
+so the loader treats ``AP_S3_`` as apstorage's own family (any other name in it is a typo).
+``PLATFORM_FAMILIES`` are the prefixes of the platform's variable families:
 any name under one (``AP_REDIS_SENTINEL_HOSTS``, a future ``AP_SMTP_...``) is the platform's. No
 family begins any of apstorage's own names (a test checks).
 """

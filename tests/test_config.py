@@ -310,6 +310,58 @@ def test_a_name_cut_short_is_pointed_at_the_variable_it_starts() -> None:
         "AP_S3_ACCESS_KEY is not a variable apstorage reads; did you mean AP_S3_ACCESS_KEY_ID?",)
 
 
+
+# -- AP_S3_* is apstorage's family: every other name there is a misspelling ------------------
+
+# The platform's own S3 variables (the S3_* values of its AppSystemProp enum, system-props.ts).
+PLATFORM_S3_VARIABLES = ("AP_S3_ACCESS_KEY_ID", "AP_S3_BUCKET", "AP_S3_ENDPOINT", "AP_S3_REGION",
+                         "AP_S3_SECRET_ACCESS_KEY", "AP_S3_USE_SIGNED_URLS", "AP_S3_USE_IRSA")
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("AP_S3_SECRET_KEY", "AP_S3_SECRET_ACCESS_KEY"),
+    ("AP_S3_BUCKET_NAME", "AP_S3_BUCKET"),
+    ("AP_S3_URL", "AP_S3_ENDPOINT"),
+    ("AP_S3_KEY_ID", "AP_S3_ACCESS_KEY_ID"),
+    ("AP_S3_USE_IRSA_ROLE", "AP_S3_USE_IRSA"),
+    ("AP_S3_ENDPOINT_URL", "AP_S3_ENDPOINT"),
+])
+def test_an_unknown_s3_name_far_from_ours_is_still_warned_about(name, meant) -> None:
+    assert load({name: "x"}).warnings == (f"{name} is not a variable apstorage reads; did you mean {meant}?",)
+
+
+def test_an_s3_name_close_to_none_of_ours_lists_them() -> None:
+    (warning,) = load({"AP_S3_SESSION_TOKEN": "x"}).warnings
+    assert warning.startswith("AP_S3_SESSION_TOKEN is not a variable apstorage reads; the AP_S3_* variables it reads are ")
+    assert all(name in warning for name in VARIABLES if name.startswith("AP_S3_"))
+
+
+def test_the_platforms_s3_variables_are_ours_and_stay_silent(tmp_path: Path) -> None:
+    assert set(PLATFORM_S3_VARIABLES) <= set(VARIABLES)
+    assert not any(name.startswith("AP_S3_") for name in PLATFORM_VARIABLES)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(PLATFORM_DOTENV + "".join(f"{name}=true\n" for name in ("AP_S3_USE_SIGNED_URLS", "AP_S3_USE_IRSA")))
+    assert load({}, dotenv).warnings == ()
+
+
+@pytest.mark.parametrize("name", ["AP_POSTGRES_NAME", "AP_POSTGRES_DB", "AP_POSTGRES_DBNAME"])
+def test_a_synonym_of_a_word_points_at_the_variable_it_means(name) -> None:
+    """NAME and DB say DATABASE; the nearest by letters would be AP_POSTGRES_USERNAME."""
+    assert load({name: "ap"}).warnings == (
+        f"{name} is not a variable apstorage reads; did you mean AP_POSTGRES_DATABASE?",)
+
+
+def test_the_warning_reaches_stderr_of_a_command(make_env, set_env, capsys) -> None:
+    from apstorage.cli import app  # noqa: F401 - every command registered
+    from apstorage.cli.app import run
+
+    set_env(AP_S3_SECRET_KEY="x")
+    assert run(["sweep-expired", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "warning: AP_S3_SECRET_KEY is not a variable apstorage reads; did you mean AP_S3_SECRET_ACCESS_KEY?\n"), err
+
+
 def test_scrub_blanks_every_secret_read_and_its_encodings() -> None:
     load({"AP_POSTGRES_URL": "postgresql://u:sc#rub/me@db/ap"})
     assert scrub("dsn postgresql://u:sc%23rub%2Fme@db and sc#rub/me") == "dsn postgresql://u:********@db and ********"

@@ -275,3 +275,27 @@ def test_du_json_does_not_call_an_unreachable_bucket_unversioned(catalog_env, st
     set_env(**env)
     data = json.loads(du(runner, "--json").stdout)
     assert data["s3Versions"]["checked"] is False and data["s3Versions"]["versioning"] is None
+
+
+def test_versions_not_counted_is_a_warning_on_stderr_and_stdout_stays_the_report(make_env, set_env, runner) -> None:
+    """The note is about the report, not part of it: `du > file` and `du --csv > file` hold
+    data only; --json keeps the note in its document."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    set_env(AP_S3_BUCKET="nowhere", AP_S3_ENDPOINT=f"http://127.0.0.1:{port}", AP_S3_ACCESS_KEY_ID="AKIDEXAMPLE",
+            AP_S3_SECRET_ACCESS_KEY="secret", AP_S3_REGION="us-east-1", AP_S3_TIMEOUT_SECONDS="2")
+    plain = du(runner)
+    assert plain.exit_code == 0, plain.output
+    assert "not counted" not in plain.stdout and "total" in plain.stdout, plain.stdout
+    assert plain.stderr.startswith("warning: S3 versions: not counted (versioning could not be asked: "), plain.stderr
+    assert len(plain.stderr.splitlines()) == 1, plain.stderr
+    csv_run = du(runner, "--csv")
+    assert csv_run.exit_code == 0 and csv_run.stdout.splitlines() == ["location,type,files,bytes"], csv_run.output
+    assert csv_run.stderr == ""
+    json_run = du(runner, "--json")
+    assert json_run.exit_code == 0 and json_run.stderr == "", json_run.stderr
+    versions = json.loads(json_run.stdout)["s3Versions"]
+    assert versions["checked"] is False and versions["note"].startswith("versioning could not be asked: ")

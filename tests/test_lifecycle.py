@@ -369,7 +369,7 @@ def test_moto_missing_bucket_and_empty_configuration(runner, moto_bucket, moto_e
 
 
 def test_an_updated_rule_shows_old_and_new_expiry_and_counts_are_in_the_right_number(runner, moto_bucket, moto_env, set_env) -> None:
-    """issue 22, item 5: `31 → 15 days` in the table, before/after in --json (the id lists
+    """issue 22, item 5: `31 days → 15 days` in the table, before/after in --json (the id lists
     unchanged), and never `1 days` (one plural helper for every count)."""
     base = moto_env
     first = invoke(runner, "lifecycle", "apply")
@@ -378,7 +378,7 @@ def test_an_updated_rule_shows_old_and_new_expiry_and_counts_are_in_the_right_nu
     assert f"wrote 2 rules to {moto_bucket} (2 added)" in first.stderr
     set_env(**base, AP_EXECUTION_DATA_RETENTION_DAYS="14", AP_PAUSED_FLOW_TIMEOUT_DAYS="7")
     dry = invoke(runner, "lifecycle", "apply", "--dry-run")
-    assert dry.exit_code == 0 and "expire after 31 → 15 days" in dry.stdout
+    assert dry.exit_code == 0 and "expire after 31 days → 15 days" in dry.stdout
     plan = run_json(runner, "lifecycle", "apply")
     assert plan["updated"] == [EXPIRE_RULE_ID] and plan["kept"] == [ABORT_RULE_ID]  # the id lists stay
     changes = {c["id"]: c for c in plan["changes"]}

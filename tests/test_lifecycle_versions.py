@@ -113,7 +113,7 @@ def test_versioned_bucket_gets_the_noncurrent_and_delete_marker_rules(runner, se
 
     human = invoke(runner, "lifecycle", "apply", "--dry-run")  # default 7 again
     assert human.exit_code == 0, human.output
-    assert "expire noncurrent versions after 10 → 7 days" in " ".join(human.stdout.split())
+    assert "expire noncurrent versions after 10 days → 7 days" in " ".join(human.stdout.split())
     assert f"bucket {bucket} is versioned (Enabled)" in human.stderr
     assert "would write 5 rules" in human.stderr and "1 updated" in human.stderr
     updated = run_json(runner, "lifecycle", "apply")

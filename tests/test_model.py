@@ -70,3 +70,35 @@ def test_the_type_vocabulary() -> None:
     assert not LOCATION_TYPES & PERMANENT_TYPES and ALL_TYPES == LOCATION_TYPES | PERMANENT_TYPES
     assert follows_storage_location("FLOW_BUNDLE") and not expires("FLOW_BUNDLE")
     assert expires("FLOW_STEP_FILE") and not follows_storage_location("SAMPLE_DATA")
+
+
+@pytest.mark.parametrize(("value", "new", "limit"), [("a" * 65, False, 64), ("a" * 300, False, 64), ("Ab9_-" * 13, False, 64),
+                                                    ("a" * 22, True, 21)])
+def test_an_id_of_id_characters_too_long_is_refused_for_its_length(value: str, new: bool, limit: int) -> None:
+    from apstorage.model import check_owner_id
+
+    with pytest.raises(UsageError) as info:
+        check_owner_id(value, "--platform", new=new)
+    assert info.value.message == (
+        f"--platform: {value[:80]!r} is too long for an id ({len(value):,} characters; at most {limit})")
+    assert "accepted" not in info.value.message
+
+
+@pytest.mark.parametrize("value", ["a b", "a" * 65 + "!", "é" * 70, "a\n"])
+def test_an_id_with_a_character_no_id_has_is_refused_for_its_characters(value: str) -> None:
+    from apstorage.model import check_owner_id
+
+    with pytest.raises(UsageError) as info:
+        check_owner_id(value, "--platform")
+    assert "is not a valid id; accepted: letters, digits, '_' and '-' only, at most 64" in info.value.message
+    assert "too long" not in info.value.message
+
+
+def test_du_names_the_length_of_a_too_long_platform_id(make_env, set_env, capsys) -> None:
+    from apstorage.cli import app  # noqa: F401 - every command registered
+    from apstorage.cli.app import run
+
+    set_env()
+    assert run(["du", "--platform", "a" * 65]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --platform: {'a' * 65!r} is too long for an id (65 characters; at most 64)\n", err

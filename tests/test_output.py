@@ -165,8 +165,28 @@ def test_numbers_and_words() -> None:
     assert human_duration(7500) == "2 h 05 min"
     line = summary_line("gc", "deleted", 2000, 20 * 1024**2, 3.2, [(0, "failed")], interrupted=True)
     assert line == "gc: deleted 2,000 files (20.0 MiB) in 3.2 s; 0 failed; interrupted: run it again to finish"
-    assert old_to_new("expire after 31 days", "expire after 15 days") == "expire after 31 → 15 days"
     assert old_to_new("all objects", "all objects") == "all objects"
+
+
+@pytest.mark.parametrize(("old", "new", "shown"), [
+    # one rule for every count: a changed number keeps its unit, each side pluralised on its own
+    ("expire after 31 days", "expire after 45 days", "expire after 31 days → 45 days"),
+    ("expire after 31 days", "expire after 15 days", "expire after 31 days → 15 days"),
+    ("expire noncurrent versions after 2 days", "expire noncurrent versions after 1 day",
+     "expire noncurrent versions after 2 days → 1 day"),
+    ("abort incomplete multipart uploads after 1 day", "abort incomplete multipart uploads after 2 days",
+     "abort incomplete multipart uploads after 1 day → 2 days"),
+    ("size > 100 B", "size > 2,000 B", "size > 100 B → 2,000 B"),
+    ("move to GLACIER after 30 days", "move to STANDARD_IA after 30 days", "move to GLACIER → STANDARD_IA after 30 days"),
+    # actions compared one by one; one added or removed: both whole
+    ("expire after 31 days; abort incomplete multipart uploads after 1 day",
+     "expire after 45 days; abort incomplete multipart uploads after 1 day",
+     "expire after 31 days → 45 days; abort incomplete multipart uploads after 1 day"),
+    ("expire after 31 days", "expire after 31 days; remove expired delete markers",
+     "expire after 31 days → expire after 31 days; remove expired delete markers"),
+])
+def test_an_updated_rule_reads_the_same_way_whatever_changed(old, new, shown) -> None:
+    assert old_to_new(old, new) == shown
 
 
 # -- empty LOCAL folders ----------------------------------------------------------------------
@@ -209,7 +229,7 @@ def test_lifecycle_apply_shows_old_and_new_for_an_updated_rule(runner, set_env, 
     second = runner.invoke(app, ["lifecycle", "apply"], catch_exceptions=False)
     assert second.exit_code == 0, second.output
     row = next(line for line in second.stdout.splitlines() if "apstorage-expire-execution-data" in line)
-    assert "updated" in row and "expire after 31 → 15 days" in row  # whole, on one line off a terminal
+    assert "updated" in row and "expire after 31 days → 15 days" in row  # whole, on one line off a terminal
     assert "1 updated" in second.stderr
 
 

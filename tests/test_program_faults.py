@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from apstorage.cli import app  # noqa: F401 - every command registered, whichever test runs first
 from apstorage.cli.app import run
 from apstorage.model import FileRow, Location, new_id
 from apstorage.services.context import Storage
@@ -149,3 +150,62 @@ def test_get_through_the_botocore_clients_connection_hook(env, monkeypatch, caps
     monkeypatch.setattr(s3_http, "_watch_current", boom(NameError))
     code = run(["get", row.id, "-o", "-"])
     assert_internal_error(code, capsys.readouterr().err, NameError)
+
+
+# -- with --json the internal error is also the error document on stdout -----------------
+
+
+def _json_error_document(out: str) -> dict:
+    import json
+
+    lines = out.splitlines()
+    assert len(lines) == 1, out
+    return json.loads(lines[0])["error"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["put", "{file}", "-t", "FLOW_RUN_LOG", "--project", "p"],
+    ["get", "{id}", "-o", "{out}"],
+    ["du", "--verify"],
+    ["sweep-expired"],
+    ["gc"],
+    ["check-iam"],
+    ["lifecycle", "show"],
+    ["migrate-to-s3"],
+], ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")))
+def test_json_mode_leaves_the_error_document_on_stdout(env, tmp_path, monkeypatch, capsys, argv) -> None:
+    """Every request of these commands passes through urllib3's pool (botocore's or the
+    signed path's); a program fault there with --json is the README's error document on
+    stdout as well as the stderr line, so a script never parses an empty stdout."""
+    import urllib3.connectionpool
+
+    row = stored(env, days=90)
+    storage = Storage(settings_from({**env, "AP_FILE_STORAGE_LOCATION": "DB"}))
+    try:
+        storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.DB, project_id="p",
+                                       size=5), b"hello")
+    finally:
+        storage.close()
+    (tmp_path / "in.txt").write_bytes(b"hello")
+    subs = {"{file}": str(tmp_path / "in.txt"), "{id}": row.id, "{out}": str(tmp_path / "out.bin")}
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", boom(TypeError))
+    code = run([subs.get(a, a) for a in argv] + ["--json"])
+    captured = capsys.readouterr()
+    assert_internal_error(code, captured.err, TypeError)
+    error = _json_error_document(captured.out)
+    assert error == {"message": "internal error (TypeError): injected fault of the program",
+                     "hint": "this is a bug in apstorage; please report it with the command you ran", "exitCode": 1}
+
+
+def test_an_internal_error_without_a_message_has_no_dangling_colon(env, monkeypatch, capsys) -> None:
+    import urllib3.connectionpool
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", out_of_memory)
+    code = run(["lifecycle", "show", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "error: internal error (MemoryError) (hint: this is a bug in apstorage" in captured.err, captured.err
+    assert _json_error_document(captured.out)["message"] == "internal error (MemoryError)"

@@ -160,17 +160,27 @@ def test_refusals_name_the_id_with_their_exit_codes(seaweed, make_env, set_env, 
                               "--json").stdout)["id"]
     before = listing(client, bucket)
 
+    def one_error_line(result) -> str:  # a request refused as a whole: one line, no summary
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+        assert result.stdout == "" and "restore: " not in result.stderr, result.output
+        return result.stderr
+
     result = invoke(runner, "restore", "NoSuchId0000000000000")
-    assert result.exit_code == 4 and "NoSuchId0000000000000" in result.stderr
+    assert result.exit_code == 4 and "NoSuchId0000000000000" in one_error_line(result)
     for row, words in ((markers_only, "only delete markers"), (never, "no version and no delete marker")):
         result = invoke(runner, "restore", row.id)
         assert result.exit_code == 4, result.output
-        assert row.id in result.stderr and words in result.stderr
+        assert row.id in one_error_line(result) and words in result.stderr
     result = invoke(runner, "restore", db_id)
-    assert result.exit_code == 6 and db_id in result.stderr and "S3 rows only" in result.stderr
+    assert result.exit_code == 6 and db_id in one_error_line(result) and "S3 rows only" in result.stderr
+    result = invoke(runner, "restore", db_id, "NoSuchId0000000000000")  # every id refused: their lines only
+    assert result.exit_code == 4 and result.stderr.count("error: ") == 2 and "restore: " not in result.stderr
     assert listing(client, bucket) == before  # nothing written by any refusal
 
     # several at once: the restorable one is restored, the run says what it could not do
+    result = invoke(runner, "restore", "--dry-run", good.id, db_id)  # only some refused: the summary stays
+    assert result.exit_code == 6 and "error: " in result.stderr
+    assert "restore: would restore 1 file" in result.stderr and "1 not in S3" in result.stderr, result.stderr
     code, doc = restore_json(runner, good.id, never.id, "NoSuchId0000000000000", db_id)
     assert code == 4
     assert (doc["restored"], doc["notRestorable"], doc["notFound"], doc["notS3"]) == (1, 1, 1, 1)

@@ -41,7 +41,7 @@ class _Root(TyperGroup):
         _plain_usage(self)
 
     def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
-        wants_json = "--json" in args
+        wants_json = _wants_json(args)
         ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta["apstorage.json"] = wants_json
         return ctx
@@ -53,6 +53,12 @@ class _Root(TyperGroup):
             if ctx.meta.get("apstorage.json") and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
                 _json_error(*_usage_message(exc), 2)
             raise
+
+
+def _wants_json(args: list[str]) -> bool:
+    """The command line asks for ``--json`` (decided before click parses it, so an error
+    click or the program raises on the way still leaves the JSON document)."""
+    return "--json" in args
 
 
 def _usage_message(exc: Any) -> tuple[str, str]:
@@ -189,11 +195,21 @@ def run(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:  # a bug: one line, no traceback, no secret
-        Output().error(
-            f"internal error ({type(exc).__name__}): {exc}",
-            "this is a bug in apstorage; please report it with the command you ran",
+        Output(_wants_json(sys.argv[1:] if args is None else list(args))).fail(
+            *_internal_error(exc), 1
         )
         return 1
+
+
+def _internal_error(exc: BaseException) -> tuple[str, str]:
+    """A bug's (message, hint): ``internal error (TypeError): what it said``, or just
+    ``internal error (MemoryError)`` when it said nothing. Known secrets are blanked here,
+    since the JSON document is not printed through the console that blanks them."""
+    from apstorage.config import scrub
+
+    detail = scrub(str(exc).strip())
+    message = f"internal error ({type(exc).__name__})" + (f": {detail}" if detail else "")
+    return message, "this is a bug in apstorage; please report it with the command you ran"
 
 
 def _click_exceptions() -> Any:

@@ -95,6 +95,9 @@ def du(
             out.result(report.to_json(), lambda console: _render(console, report))
         if report.unsized and not json_out:
             out.warn(f"{plural(report.unsized, 'row')} without a recorded size: counted as files, not bytes")
+        if report.versions is not None and not report.versions.checked and not json_out:
+            # A note about the report, not part of it: stdout stays the table (--json: "note").
+            out.warn(f"S3 versions: not counted ({report.versions.note})")
         if report.verify is not None and not report.verify.ok:
             if not json_out:
                 out.info("the catalog and the stores disagree (see above); nothing was changed")
@@ -170,9 +173,9 @@ def _render_footprint(console, fp) -> None:
 
 
 def _render_versions(console, v) -> None:
-    """One line: what a versioned bucket holds besides what the catalog counts."""
+    """One line: what a versioned bucket holds besides what the catalog counts (nothing
+    when they could not be counted: ``du`` says why on stderr)."""
     if not v.checked:
-        console.print(f"S3 versions: not counted ({v.note})", markup=False, soft_wrap=True)
         return
     console.print(
         f"S3 bucket versioning {v.versioning.status or 'unknown'}: {plural(v.current, 'current object')} "

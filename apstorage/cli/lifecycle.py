@@ -198,8 +198,20 @@ def _versioning_words(versioning) -> str:
 
 
 def old_to_new(old: str, new: str) -> str:
-    """``expire after 31 days`` and ``expire after 15 days`` → ``expire after 31 → 15 days``:
-    the words both share stay once, the part that changed shows old → new."""
+    """What an updated rule changed: the words both sides share stay once, the part that
+    changed shows old → new. A number changed keeps its unit on both sides, so each side is
+    pluralised on its own: ``expire after 31 days → 45 days``, ``expire noncurrent versions
+    after 2 days → 1 day``. Actions (``; ``-separated) are compared one by one; when an
+    action was added or removed both sides are shown whole."""
+    if old == new:
+        return new
+    a_parts, b_parts = old.split("; "), new.split("; ")
+    if len(a_parts) != len(b_parts):
+        return f"{old} → {new}"
+    return "; ".join(_one_to_one(x, y) for x, y in zip(a_parts, b_parts))
+
+
+def _one_to_one(old: str, new: str) -> str:
     if old == new:
         return new
     a, b = old.split(" "), new.split(" ")
@@ -209,7 +221,13 @@ def old_to_new(old: str, new: str) -> str:
     tail = 0
     while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
+    if tail and (_is_number(a[len(a) - tail - 1]) or _is_number(b[len(b) - tail - 1])):
+        tail -= 1  # the unit after a changed number goes with it, on both sides
     was, now = " ".join(a[head:len(a) - tail]), " ".join(b[head:len(b) - tail])
     if not was or not now:  # words added or removed: show both whole
         return f"{old} → {new}"
     return " ".join(part for part in (" ".join(a[:head]), f"{was} → {now}", " ".join(a[len(a) - tail:])) if part)
+
+
+def _is_number(word: str) -> bool:
+    return word.replace(",", "").isdigit()

@@ -119,6 +119,8 @@ def _show(out: Output, report, verbose: bool) -> None:
     if failed:
         out.failures(((_where(r) + (f" ({r.detail})" if r.detail else ""), r.reason or "failed") for r in failed),
                      report.count(R.FAILED), "not restored")
+    if _refused_whole(report):
+        return  # each refusal is its own error line; a summary of nothing done adds nothing
     counts = [(report.count(R.PRESENT), "already present"), (report.count(R.NOT_RESTORABLE), "not restorable"),
               (report.count(R.FAILED), "failed")]
     if report.count(R.NOT_FOUND):
@@ -130,3 +132,13 @@ def _show(out: Output, report, verbose: bool) -> None:
                      dry_run=report.dry_run),
         failed=bool(report.count(R.FAILED)),
     )
+
+
+def _refused_whole(report) -> bool:
+    """Every id named was refused (not in the catalog, not an S3 row, no version to restore
+    from) and nothing else happened: the error lines say it all. With --all-missing, or
+    when some row was restored, present or failed, the summary follows as usual."""
+    from apstorage.services import restore as R
+
+    refusals = (R.NOT_FOUND, R.NOT_S3, R.NOT_RESTORABLE)
+    return not report.all_missing and report.total > 0 and sum(map(report.count, refusals)) == report.total
