@@ -450,3 +450,27 @@ def test_all_missing_pages_the_catalog_by_owner(catalog_env, storage_factory) ->
     assert ids(project_ids=["nobody"]) == set()
     row = next(r for p in iter_s3_pages(catalog, platform_ids=["pl"]) for r in p)
     assert row.key == f"platform/pl/FLOW_RUN_LOG/{row.id}" and row.type == "FLOW_RUN_LOG"
+
+
+def test_rows_sharing_a_key_are_restored_by_one_copy_counted_once(seaweed, make_env, set_env, storage_factory,
+                                                                  runner) -> None:
+    """Three rows whose s3Key is one key (a copy the platform made): one CopyObject brings
+    all three back, and bytesRestored counts its bytes once."""
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = make_env(**seaweed.ap_env(bucket))
+    storage = storage_factory(env)
+    body = secrets.token_bytes(1100)
+    first = put_row(storage, client, bucket, 1, [body])
+    for _ in range(2):
+        put_row(storage, client, bucket, 1, [], key=first.s3_key)
+    storage.catalog._execute('UPDATE "file" SET "size" = 1100')
+    client.delete_object(Bucket=bucket, Key=first.s3_key)
+    set_env(**env)
+    ids = [r[0] for r in storage.catalog._execute('SELECT "id" FROM "file"')]
+    code, data = restore_json(runner, *ids)
+    assert code == 0, data
+    assert data["restored"] + data["alreadyPresent"] == 3 and data["bytesRestored"] == 1100, data
+    versions = [v for v in listing(client, bucket)[first.s3_key]["versions"]]
+    assert len(versions) == 2  # the original and one copy, never three
+    assert client.get_object(Bucket=bucket, Key=first.s3_key)["Body"].read() == body

@@ -141,7 +141,8 @@ class RowResult:
 class RestoreReport:
     """What a run did. ``counts``: rows per status; ``rows``: the rows (up to ``KEPT``;
     with ``all_missing`` the rows already present are counted, not listed);
-    ``bytes_restored``: bytes of the versions copied back (or that would be, dry run)."""
+    ``bytes_restored``: bytes of the versions copied back (or that would be, dry run),
+    a version several rows share (one key) counted once: one copy brings them all back."""
 
     dry_run: bool
     all_missing: bool
@@ -153,11 +154,13 @@ class RestoreReport:
     checked: int = 0
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _copied: set = field(default_factory=set, repr=False)  # (key, version id) counted in bytes_restored
 
     def add(self, result: RowResult) -> None:
         with self._lock:
             self.counts[result.status] = self.counts.get(result.status, 0) + 1
-            if result.status in (RESTORED, WOULD_RESTORE):
+            if result.status in (RESTORED, WOULD_RESTORE) and (result.key, result.version_id) not in self._copied:
+                self._copied.add((result.key, result.version_id))
                 self.bytes_restored += result.bytes or 0
             if result.status == PRESENT and self.all_missing:
                 return
