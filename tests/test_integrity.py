@@ -637,3 +637,39 @@ def test_a_local_row_swept_before_its_file_was_read_counts_as_gone(make_env, fau
     assert (report.migrated, report.failed, report.gone) == (1, 0, 1), report.failures
     assert_invariant(storage, {first: b"moved"})
     assert s3_keys(storage) == {Raw(storage, first).key}
+
+
+def test_rows_under_a_linked_folder_dry_run_says_what_the_real_run_keeps(env, storage_factory, set_env,
+                                                                         tmp_path) -> None:
+    """A project folder under the LOCAL root is a symbolic link to a folder outside it,
+    holding expired rows' files. The real sweep keeps those rows (a delete through a link
+    is refused) and the dry run says so too: the same failures, exit 1 both times, grouped
+    into one line per reason (the key written <key>), never a pair of lines per file."""
+    storage = storage_factory(env)
+    local = storage.store(Location.LOCAL)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (local.path_for("project/p2").parent).mkdir(parents=True, exist_ok=True)
+    local.path_for("project/p2").symlink_to(outside, target_is_directory=True)
+    linked = []
+    for _ in range(6):
+        file_id = new_id()
+        key = object_key(file_id, "FLOW_RUN_LOG", "p2", None)
+        (outside / "FLOW_RUN_LOG").mkdir(exist_ok=True)
+        (outside / "FLOW_RUN_LOG" / file_id).write_bytes(b"outside the root")
+        linked.append(add_row(storage, Location.LOCAL, b"outside the root", project="p2", created=OLD,
+                              s3_key=key, write=False, file_id=file_id))
+    plain = add_row(storage, Location.LOCAL, b"an ordinary file", created=OLD)
+    set_env(**env)
+    runner = CliRunner()
+    dry = runner.invoke(app, ["sweep-expired", "--dry-run", "--json"], catch_exceptions=False)
+    real_dry = json.loads(dry.stdout)
+    assert dry.exit_code == 1 and (real_dry["deleted"], real_dry["failed"]) == (1, 6), real_dry
+    text_dry = runner.invoke(app, ["sweep-expired", "--dry-run"], catch_exceptions=False)
+    result = runner.invoke(app, ["sweep-expired"], catch_exceptions=False)
+    assert result.exit_code == 1, result.stderr
+    for out in (text_dry, result):
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "kept 6 files" in errors[0] and "<key>" in errors[0], out.stderr
+    assert all(row_exists(storage, i) for i in linked) and not row_exists(storage, plain)
+    assert sorted(p.read_bytes() for p in (outside / "FLOW_RUN_LOG").iterdir()) == [b"outside the root"] * 6

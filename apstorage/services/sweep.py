@@ -435,6 +435,7 @@ class _Sweeper:
                 if not rows or self._stopped():
                     break
                 for chunk in self._split(file_type, rows, batch_size):
+                    chunk = self._dry_refusals(file_type, chunk)
                     sizes = self._dry_versions(file_type, chunk)
                     for row in chunk:
                         self.report.count(file_type, sizes.get(row.id, row.size), row.location)
@@ -664,6 +665,34 @@ class _Sweeper:
             return []
         self.remaining = remaining - min(len(rows), remaining)
         return rows[:remaining]
+
+    def _dry_refusals(self, file_type: str, rows: list[ExpiredRow]) -> list[ExpiredRow]:
+        """A dry run: the rows a real run would delete, reads only. The ones it would keep
+        for a reason known before any delete — an unknown location, no usable key, a LOCAL
+        key the store refuses (``Store.check_delete``: through a linked folder, leaving the
+        root) — are reported as failures, as the real run reports them, and left out."""
+        kept: list[ExpiredRow] = []
+        for row in rows:
+            try:
+                location = Location(row.location)
+            except ValueError:
+                self.report.fail(row, file_type, None, f"unknown location {row.location!r}; row kept")
+                continue
+            if location is not Location.LOCAL:
+                kept.append(row)
+                continue
+            try:
+                key = row.s3_key or object_key(row.id, file_type, row.project_id, row.platform_id)
+            except ApStorageError as exc:
+                self.report.fail(row, file_type, row.s3_key, f"no usable object key: {exc}")
+                continue
+            try:
+                self._store(location).check_delete(key)
+            except ApStorageError as exc:
+                self.report.fail(row, file_type, key, str(exc))
+                continue
+            kept.append(row)
+        return kept
 
     def _plan(self, file_type: str, rows: list[ExpiredRow], claim: _Claim) -> _Batch:
         """Sort a batch by location, work out keys, open stores (main thread only)."""

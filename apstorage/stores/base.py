@@ -49,6 +49,11 @@ class Store(ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every key under ``prefix``, streamed page by page."""
 
+    def check_delete(self, key: str) -> None:
+        """Raise what ``delete(key)`` would refuse the key with before touching anything
+        (an unsafe key, a path through a link), so that a dry run says what the real run
+        would keep. Reads only; the default refuses nothing."""
+
     def get(self, key: str) -> bytes:
         return b"".join(self.open(key))
 

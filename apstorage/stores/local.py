@@ -131,6 +131,11 @@ class LocalStore(Store):
         fh, _ = self.open_file(key)
         return _iter_file(fh)
 
+    def check_delete(self, key: str) -> None:
+        """UsageError (a key leaving the root) or LinkError (a folder on the way is a link)
+        as ``delete`` would raise them; reads only."""
+        self._checked_path(key, final=False)
+
     def delete(self, key: str) -> None:
         """Remove the file at ``key``; a link there is removed itself, never its target."""
         path = self._checked_path(key, final=False)
