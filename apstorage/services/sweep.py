@@ -666,6 +666,24 @@ class _Sweeper:
         self.remaining = remaining - min(len(rows), remaining)
         return rows[:remaining]
 
+    def _located(self, row: ExpiredRow, file_type: str, *,
+                 keyed: tuple[Location, ...] = (Location.LOCAL, Location.S3)) -> tuple[Location, str | None] | None:
+        """(the row's location, its object key — None at a location not in ``keyed``, DB
+        among them), or None when the row is kept for it, reported as a failure: an unknown
+        location, no usable key."""
+        try:
+            location = Location(row.location)
+        except ValueError:
+            self.report.fail(row, file_type, None, f"unknown location {row.location!r}; row kept")
+            return None
+        if location not in keyed:
+            return location, None
+        try:
+            return location, row.s3_key or object_key(row.id, file_type, row.project_id, row.platform_id)
+        except ApStorageError as exc:
+            self.report.fail(row, file_type, row.s3_key, f"no usable object key: {exc}")
+            return None
+
     def _dry_refusals(self, file_type: str, rows: list[ExpiredRow]) -> list[ExpiredRow]:
         """A dry run: the rows a real run would delete, reads only. The ones it would keep
         for a reason known before any delete — an unknown location, no usable key, a LOCAL
@@ -673,18 +691,12 @@ class _Sweeper:
         root) — are reported as failures, as the real run reports them, and left out."""
         kept: list[ExpiredRow] = []
         for row in rows:
-            try:
-                location = Location(row.location)
-            except ValueError:
-                self.report.fail(row, file_type, None, f"unknown location {row.location!r}; row kept")
+            located = self._located(row, file_type, keyed=(Location.LOCAL,))  # S3 keys: costly, none refused here
+            if located is None:
                 continue
-            if location is not Location.LOCAL:
+            location, key = located
+            if key is None:
                 kept.append(row)
-                continue
-            try:
-                key = row.s3_key or object_key(row.id, file_type, row.project_id, row.platform_id)
-            except ApStorageError as exc:
-                self.report.fail(row, file_type, row.s3_key, f"no usable object key: {exc}")
                 continue
             try:
                 self._store(location).check_delete(key)
@@ -698,18 +710,12 @@ class _Sweeper:
         """Sort a batch by location, work out keys, open stores (main thread only)."""
         batch = _Batch(file_type, claim=claim)
         for row in rows:
-            try:
-                location = Location(row.location)
-            except ValueError:
-                self.report.fail(row, file_type, None, f"unknown location {row.location!r}; row kept")
+            located = self._located(row, file_type)
+            if located is None:
                 continue
-            if location is Location.DB:
+            location, key = located
+            if key is None:
                 batch.db_rows.append(row)
-                continue
-            try:
-                key = row.s3_key or object_key(row.id, file_type, row.project_id, row.platform_id)
-            except ApStorageError as exc:
-                self.report.fail(row, file_type, row.s3_key, f"no usable object key: {exc}")
                 continue
             abandoned = self.report.abandoned_locations.get(location.value)
             if abandoned:
