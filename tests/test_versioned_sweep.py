@@ -481,13 +481,20 @@ def test_gc_purge_versions_deletes_orphans_with_every_version(venv, storage_fact
     assert assert_restorable(storage, client, bucket, frozenset({scene["gone"].id})) == 5
 
 
-def test_gc_cli_names_restore_for_a_restorable_row(venv, storage_factory, set_env, runner) -> None:
-    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
-    storage = storage_factory(env)
+def _restorable_scene(storage: Storage, client, bucket: str) -> FileRow:
+    """Three fresh rows with their objects, and an old row whose current object was
+    deleted (a delete marker; its bytes stay as a version): restorable."""
     for _ in range(3):
         put_row(storage, client, bucket, FRESH, [b"ok"])
     row = put_row(storage, client, bucket, OLD, [b"precious"])
     client.delete_object(Bucket=bucket, Key=row.s3_key)
+    return row
+
+
+def test_gc_cli_names_restore_for_a_restorable_row(venv, storage_factory, set_env, runner) -> None:
+    env, client, bucket = venv["env"], venv["client"], venv["bucket"]
+    storage = storage_factory(env)
+    row = _restorable_scene(storage, client, bucket)
     set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
     result = runner.invoke(app, ["gc", "--missing", "--verbose"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
@@ -659,10 +666,7 @@ def test_gc_missing_never_deletes_a_restorable_row_when_versioning_is_refused(re
     without a current object have their versions listed, and a restorable one is kept."""
     env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
     storage = storage_factory(env)
-    for _ in range(3):
-        put_row(storage, client, bucket, FRESH, [b"ok"])
-    row = put_row(storage, client, bucket, OLD, [b"precious"])
-    client.delete_object(Bucket=bucket, Key=row.s3_key)
+    row = _restorable_scene(storage, client, bucket)
     set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
     result = runner.invoke(app, ["gc", "--missing", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
