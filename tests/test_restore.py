@@ -306,6 +306,32 @@ def _faulty_env(faulty_s3, make_env, set_env, storage_factory):
     return bucket, storage_factory(env), faulty_s3.upstream.client()
 
 
+def test_a_copy_that_left_two_versions_of_the_same_bytes_is_restored(faulty_s3, make_env, set_env,
+                                                                      storage_factory, runner) -> None:
+    """SeaweedFS sometimes leaves two versions from one CopyObject: the answer names one, the
+    other is current. Both hold the version's bytes (size and ETag match), so the row is
+    restored, reported with the current version's id — no proof failure, no undo."""
+    bucket, storage, client = _faulty_env(faulty_s3, make_env, set_env, storage_factory)
+    row = put_row(storage, client, bucket, 1, [b"copied twice"])
+    client.delete_object(Bucket=bucket, Key=row.key)
+
+    def twice(req):
+        if "x-amz-copy-source" not in req.headers:
+            return None
+        first = faulty_s3.forward(req, {})
+        if first.status == 200:
+            faulty_s3.forward(req, {})  # a second version, now the current one
+        return first
+
+    faulty_s3.add(Fault("custom", method="PUT", handler=twice))
+    code, doc = restore_json(runner, row.id)
+    assert code == 0, doc
+    (restored,) = doc["rows"]
+    current = client.head_object(Bucket=bucket, Key=row.key)
+    assert restored["status"] == "restored" and restored["newVersionId"] == current["VersionId"]
+    assert client.get_object(Bucket=bucket, Key=row.key)["Body"].read() == b"copied twice"
+
+
 def test_a_proof_that_fails_keeps_the_row_and_exits_1(faulty_s3, make_env, set_env, storage_factory, runner) -> None:
     bucket, storage, client = _faulty_env(faulty_s3, make_env, set_env, storage_factory)
     wrong_etag = put_row(storage, client, bucket, 1, [b"etag will be wrong"])

@@ -722,7 +722,7 @@ def test_restore_and_check_iam_when_versioning_is_refused(refused_versioning, st
     client.delete_object(Bucket=bucket, Key=row.s3_key)
     set_env(**env)
     result = runner.invoke(app, ["restore", row.id, "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0, result.stdout
     assert client.get_object(Bucket=bucket, Key=row.s3_key)["Body"].read() == b"bring me back"
     iam = runner.invoke(app, ["check-iam", "--json"], catch_exceptions=False)
     assert iam.exit_code == 1, iam.stdout

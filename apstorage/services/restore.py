@@ -15,8 +15,11 @@ apart and never deletes it); this module restores such rows:
   its ETag must be the version's ETag (``proof="size+etag"``). When the version's ETag is
   a multipart one (``...-N``, not an MD5 of the bytes) the copy gets a new ETag; then
   the HEAD's ETag must be the one CopyObject answered (``proof="size+copyEtag"``). When
-  both the copy and the HEAD name a version id, they must be the same (the HEAD saw the
-  copy, not another write). A copy or proof that fails is a failure of that row (grouped
+  no ETag could be compared (``proof="size"``) and both the copy and the HEAD name a
+  version id, they must be the same (the HEAD saw the copy, not another write); with the
+  ETag compared, another current version of that size and ETag holds the same bytes
+  (SeaweedFS 4.48 sometimes leaves two versions from one CopyObject: the answer names one,
+  the other is current) and the row is restored, reported with the current version's id. A copy or proof that fails is a failure of that row (grouped
   by reason); a copy whose proof failed is deleted again by its version id (``_undo``),
   so the key is as it was and a later run tries again.
 - **nothing else changes**: the catalog is only read (the row still points at its key);
@@ -445,7 +448,7 @@ def _prove(source: "ObjectVersion", head: dict | None, new_version: str | None,
                 f"HEAD shows {head['etag']!r}, {whose} is {expected!r}")
     if not expected:
         proof = "size"
-    if new_version and head.get("versionId") and head["versionId"] != new_version:
+    if not expected and new_version and head.get("versionId") and head["versionId"] != new_version:
         return ("proof failed: the current version is not the copy (another write to the key?)", proof,
                 f"HEAD shows version {head['versionId']!r}, the copy is {new_version!r}")
     return None, proof, ""
