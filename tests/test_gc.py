@@ -918,6 +918,34 @@ def test_trust_accepts_only_s3_or_local(local_env, set_env, runner, value) -> No
         assert "empty" in result.stderr
 
 
+def test_the_guards_verdict_never_changes_within_a_pass(local_env, storage_factory, set_env, runner,
+                                                        monkeypatch) -> None:
+    """A sample that says "trusted" (here: a biased one, as rows clustered by another tool
+    can give), then a listing that meets the rows with files first and more rows without
+    files after them: the location is judged once, with the whole listing's counts, so
+    nothing is deleted before the refusal — never "deleted 49 ... no row was deleted"."""
+    from apstorage.services import gc as gc_service
+
+    monkeypatch.setattr(gc_service._Collector, "sample_found", lambda self, location, store: (50, 50))
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    local = storage.store(Location.LOCAL)
+    for i in range(200):  # in key order: 50 with files, 49 without, 1 with, 100 without
+        row = FileRow(id=f"r{i:020d}", type="FLOW_RUN_LOG", location=Location.LOCAL,
+                      created=NOW - timedelta(days=40), project_id="proj1", size=10)
+        row = FileRow(**{**row.__dict__, "s3_key": row.key})
+        if i < 50 or i == 99:
+            local.put(row.key, io.BytesIO(b"some bytes"), 10)
+        storage.catalog.insert(row)
+    before = snapshot(storage)
+    result = invoke(runner, "--missing", "--json")
+    assert result.exit_code == 1, result.stdout
+    data = json.loads(result.stdout)
+    assert data["deleted"] == 0 and data["missing"]["files"] == 0, data
+    assert [r["held"] for r in data["refusals"]] == [149], data["refusals"]
+    assert snapshot(storage) == before
+
+
 @pytest.mark.parametrize("args, age", [(["--pending"], 40), (["--missing"], 0.5), ([], 0.5)],
                          ids=["pending: none in flight", "missing: all within the grace", "default: all within the grace"])
 def test_nothing_held_back_is_no_refusal(local_env, storage_factory, set_env, runner, args, age) -> None:

@@ -92,8 +92,10 @@ KEPT = 100  # failures and reported rows listed; the counts cover them all
 ITEMS_KEPT = 10_000  # deleted (or, dry, would-be-deleted) items listed; the counts cover them all
 # A location where most rows lack their bytes: the configuration, not the data, is likely
 # wrong (another bucket, another root, a stale copy). Orphans and rows without bytes are
-# held until the location is trusted (_GcTally._trusted); past HOLD_MAX held, or at the
-# end of the pass, they are left alone and a note says why.
+# held until the location is judged, once per pass (_GcTally._decide): at the end of the
+# pass, or once HOLD_MAX of either are held. Trusted, they are deleted (and what follows
+# streams); not, they are left alone and a note says why. The verdict never changes
+# within a pass: nothing is deleted at a location a refusal then says was held back.
 HOLD_MAX = 10_000
 PROBE_ROWS = 50  # rows looked up once per location to see whether its store is the catalog's
 
@@ -619,7 +621,7 @@ class _Collector:
         trusted the bucket (the same verdict its orphans had)."""
         if location is not Location.S3 or self.s3_mode == "plain" or not self.judge_orphans:
             return
-        if self.stopping or tally.orphans_refused or not tally._trusted():
+        if self.stopping or tally.orphans_refused or not tally._decide():
             return
         from apstorage.services.gc_versions import orphan_versions
 
@@ -927,6 +929,7 @@ class _GcTally:
         self.rows_refused = False
         self.orphans_refused = False
         self.trusted = location.value in collector.report.trusted  # --trust
+        self.verdict: bool | None = None  # _decide's, once per pass
         self.probed = False  # the catalog's sample was looked up in this store
         self.sampled = self.sampled_found = 0  # its counts (sample_found)
 
@@ -936,20 +939,30 @@ class _GcTally:
         self.bytes += info.size
 
     def _trusted(self) -> bool:
-        """The configured bucket or root is the one the catalog writes to: at least half
-        of a sample of the location's rows have their bytes there (looked up once), and the
-        merge so far has not found more rows without their bytes than with them. A location where most rows lack their bytes is more likely a wrong
-        AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH (or a stale copy of the right one) than lost
-        data. Under ``--trust`` for this location: always."""
+        """Whether deletes may go ahead here now: under ``--trust``, or once ``_decide``
+        judged the location trusted (undecided: not yet, the deletes are held)."""
+        return self.trusted or bool(self.verdict)
+
+    def _decide(self) -> bool:
+        """Judge the location, once per pass (then always the same answer): the configured
+        bucket or root is the one the catalog writes to when at least half of a sample of
+        the location's rows have their bytes there (looked up once), and the listing so far
+        has not found more rows without their bytes than with them. A location where most
+        rows lack their bytes is more likely a wrong AP_S3_BUCKET / AP_LOCAL_STORAGE_PATH
+        (or a stale copy of the right one) than lost data. Under ``--trust`` for this
+        location: always trusted."""
         if self.trusted:
             return True
+        if self.verdict is not None:
+            return self.verdict
         if not self.probed:
             self.sampled, self.sampled_found = self.c.sample_found(self.location, self.store)
             self.probed = True
         # No row could be sampled (only pending uploads, rows newer than the run): the
         # merge decides alone.
         found = self.matched > 0 if not self.sampled else 2 * self.sampled_found >= self.sampled
-        return found and self.missing <= max(self.matched, PROBE_ROWS)
+        self.verdict = found and self.missing <= max(self.matched, PROBE_ROWS)
+        return self.verdict
 
     def compare(self, row: KeyedRow, info: ObjectInfo) -> None:
         self.matched += 1
@@ -981,7 +994,10 @@ class _GcTally:
             if len(self.orphan_batch) >= BATCH:
                 self._submit_orphans()
         elif len(self.orphan_batch) > HOLD_MAX:
-            self._refuse_orphans()
+            if self._decide():
+                self._submit_orphans()
+            else:
+                self._refuse_orphans()
 
     def missing_row(self, row: KeyedRow) -> None:
         c = self.c
@@ -995,7 +1011,10 @@ class _GcTally:
             if len(self.held) >= BATCH:
                 self._flush_rows()
         elif len(self.held) > HOLD_MAX:
-            self._refuse_rows()
+            if self._decide():
+                self._flush_rows()
+            else:
+                self._refuse_rows()
 
     # batches ----------------------------------------------------------------------------------
     def _submit_orphans(self) -> None:
@@ -1094,7 +1113,7 @@ class _GcTally:
         try:
             if finish:
                 if self.orphan_batch and not self.c.exhausted and not self.orphans_refused:
-                    if not self._trusted():
+                    if not self._decide():
                         self._refuse_orphans()
                     else:
                         try:
@@ -1102,7 +1121,7 @@ class _GcTally:
                         except _Stopped:
                             pass
                 if self.held and not self.rows_refused:
-                    if not self._trusted():
+                    if not self._decide():
                         self._refuse_rows()
                     else:
                         try:
