@@ -1020,9 +1020,11 @@ def test_the_sample_spreads_over_the_rows_whatever_their_ids(local_env, storage_
         assert any(len(order) * third // 3 <= rank < len(order) * (third + 1) // 3 for rank in ranks), ranks
 
 
-LAYOUTS = {  # (DB rows before, the location's rows, DB rows after): insertion order
-    "switched to LOCAL at the end": (6000, 210, 0),
+LAYOUTS = {  # (DB rows, LOCAL rows, DB rows, LOCAL rows, ...): insertion order
+    "switched to LOCAL at the end": (6000, 210),
     "LOCAL for a while, in the middle": (3000, 150, 3000),
+    "two stretches of LOCAL": (0, 100, 10000, 150),
+    "LOCAL now and then": (0, *[n for _ in range(40) for n in (150, 3)]),
 }
 
 
@@ -1040,8 +1042,8 @@ def test_the_sample_reaches_a_location_written_in_one_block(local_env, storage_f
     if spread:
         monkeypatch.setattr(gc_sql, "SMALL_TABLE_BLOCKS", 0)
     storage = storage_factory(local_env)
-    before, inside, after = LAYOUTS[layout]
-    locations = ["DB"] * before + ["LOCAL"] * inside + ["DB"] * after
+    locations = [where for i, count in enumerate(LAYOUTS[layout]) for where in [("DB", "LOCAL")[i % 2]] * count]
+    positions = [i for i, where in enumerate(locations) if where == "LOCAL"]  # rank -> position
     with storage.catalog.transaction() as cur:
         p = storage.catalog.ph
         created = storage.catalog._ts_in(NOW - timedelta(days=5))
@@ -1052,10 +1054,12 @@ def test_the_sample_reaches_a_location_written_in_one_block(local_env, storage_f
         )
     picked = sample_rows(storage.catalog, "LOCAL", 50)
     assert [r.id for r in sample_rows(storage.catalog, "LOCAL", 50)] == [r.id for r in picked]
-    ranks = sorted(int(r.id[1:]) - before for r in picked)
-    assert len(set(ranks)) == len(ranks) >= 45, ranks
-    assert all(0 <= rank < inside for rank in ranks), ranks
+    inside = len(positions)
+    ranks = sorted(positions.index(int(r.id[1:])) for r in picked)
+    assert len(set(ranks)) == len(ranks) >= min(45, inside), ranks
     assert ranks[0] < inside // 10 and ranks[-1] > inside * 9 // 10, ranks
+    for tenth in range(10):  # every tenth of the location's rows is in the sample
+        assert any(inside * tenth // 10 <= rank < inside * (tenth + 1) // 10 for rank in ranks), ranks
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -125,7 +125,6 @@ def iter_db_rows_without_data(catalog: Catalog, created_before: datetime, *, pag
 
 
 RESPREADS = 4  # sample_rows: how many times the points may be spread again over a narrower span
-STRETCH_BLOCKS = 512  # sample_rows on Postgres: a stretch of at most this many pages is read whole
 
 
 def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
@@ -140,48 +139,37 @@ def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
     rows fill only part of the table: a deployment that wrote 10^6 DB rows before switching
     to S3), the points are spread again, up to ``RESPREADS`` times, over the stretch the
     location's rows were found in: from the first row found to the first point with none
-    at or after it. On Postgres a whole table of at most ``SMALL_TABLE_BLOCKS`` pages, or
-    a stretch of at most ``STRETCH_BLOCKS``, is read instead: ``n`` of its rows evenly spaced in
-    physical order, one TID range scan. Postgres before 14 (no TID range scan) with a
-    larger table: ``ORDER BY random()``, one pass over the location's rows."""
+    at or after it (until 90 % of ``n`` are found). Should that still give fewer than half
+    of ``n`` (the location's rows in
+    several short stretches, or scattered one per page), one pass over the location's rows
+    takes ``n`` of them evenly spaced in physical order (``row_number()``; the cost of a
+    pass over that location, which gc's listing makes anyway). So does a Postgres table of
+    at most ``SMALL_TABLE_BLOCKS`` pages, and Postgres before 14 (no TID range scan)."""
     if n < 1:
         return []
     columns = f'"id", {KEY_SQL}, "size", "created", {_upload_expiry(catalog)}'
     p = catalog.ph
-    evenly = None
+    order = '"ctid"' if catalog.dialect == "postgres" else '"rowid"'
+
+    def evenly() -> list[KeyedRow]:
+        """n rows of the location evenly spaced in physical order (the rows where
+        floor(rank * n / total) steps): one pass over the location's rows."""
+        rows = catalog._execute(
+            f'SELECT {columns} FROM "file" WHERE "location" = {p} AND "id" IN ('
+            f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY {order}) - 1 AS "rank", '
+            f'count(*) OVER () AS "total" FROM "file" WHERE "location" = {p}) AS "ranked" '
+            f'WHERE mod("rank" * {int(n)}, "total") < {int(n)})', (location, location)
+        )
+        return [_keyed(catalog, t) for t in rows]
+
     if catalog.dialect == "postgres":
         version, blocks = catalog._execute(
             "SELECT current_setting('server_version_num')::int, "
             "pg_relation_size('\"file\"') / current_setting('block_size')::int"
         )[0]
-        blocks = int(blocks)
-
-        def evenly(first: int, stop: int | None) -> list[KeyedRow]:
-            """n rows of the location in blocks [first, stop) evenly spaced in physical
-            order (the rows where floor(rank * n / total) steps)."""
-            bounds, params = "", [location, location]
-            if first > 0:
-                bounds += f' AND "ctid" >= {p}::tid'
-                params.append(f"({first},0)")
-            if stop is not None:
-                bounds += f' AND "ctid" < {p}::tid'
-                params.append(f"({stop},0)")
-            rows = catalog._execute(
-                f'SELECT {columns} FROM "file" WHERE "location" = {p} AND "id" IN ('
-                f'SELECT "id" FROM (SELECT "id", row_number() OVER (ORDER BY "ctid") - 1 AS "rank", '
-                f'count(*) OVER () AS "total" FROM "file" WHERE "location" = {p}{bounds}) AS "ranked" '
-                f'WHERE mod("rank" * {int(n)}, "total") < {int(n)})', params
-            )
-            return [_keyed(catalog, t) for t in rows]
-
-        if blocks <= SMALL_TABLE_BLOCKS:
-            return evenly(0, None)
-        if version < 140000:
-            rows = catalog._execute(
-                f'SELECT {columns} FROM "file" WHERE "location" = {p} ORDER BY random() LIMIT {int(n)}', (location,)
-            )
-            return [_keyed(catalog, t) for t in rows]
-        lo, hi = 0, blocks
+        if blocks <= SMALL_TABLE_BLOCKS or version < 140000:
+            return evenly()
+        lo, hi = 0, int(blocks)
 
         def seek(point: int) -> tuple | None:
             found = catalog._execute(
@@ -217,20 +205,23 @@ def sample_rows(catalog: Catalog, location: str, n: int) -> list[KeyedRow]:
             picked.setdefault(found[0], found)
         return picked, end
 
-    start, (picked, end) = lo, spread(lo, hi)
+    enough = n - n // 10  # what the points are spread again for
+    picked, end = spread(lo, hi)
+    if not picked:
+        return []
     span = (lo, hi)
     for _ in range(RESPREADS):
-        if not picked or len(picked) >= n - n // 10:
+        if len(picked) >= enough:
             break
         start = min(int(t[-1]) for t in picked.values())
         if (start, end) == span:
-            break  # the same stretch again: nothing more to find
+            break  # the same stretch again: nothing more to find this way
         span = (start, end)
-        if evenly is not None and end - start <= STRETCH_BLOCKS:
-            return evenly(start, None if end >= hi else end + 1)
         again, end = spread(start, end)
         if len(again) > len(picked):
             picked = again
+    if len(picked) < n // 2:
+        return evenly()  # a location with fewer than n rows gives them all
     return [_keyed(catalog, t[:-1]) for t in picked.values()][:n]
 
 
