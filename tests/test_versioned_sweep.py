@@ -273,6 +273,38 @@ def test_object_lock_keeps_the_row_grouped_under_one_reason(server_name, request
         client.put_object_legal_hold(Bucket=bucket, Key=row.s3_key, LegalHold={"Status": "OFF"})
 
 
+def test_purge_versions_keeps_the_delete_marker_over_a_locked_version(seaweed, make_env, storage_factory,
+                                                                       set_env, runner) -> None:
+    """An expired row whose object was deleted (a delete marker over its version), the
+    version on legal hold: --purge-versions must not delete the marker while the version
+    stays, or the locked version would be the current object again. The row is kept,
+    still restorable; another row's key without a lock goes whole."""
+    bucket = _versioned(seaweed, lock=True)
+    client = seaweed.client()
+    env = {**make_env(), **seaweed.ap_env(bucket)}
+    storage = storage_factory(env)
+    row = put_row(storage, client, bucket, OLD, [b"held bytes"])
+    held = client.list_object_versions(Bucket=bucket, Prefix=row.s3_key)["Versions"][0]["VersionId"]
+    client.put_object_legal_hold(Bucket=bucket, Key=row.s3_key, VersionId=held, LegalHold={"Status": "ON"})
+    client.delete_object(Bucket=bucket, Key=row.s3_key)  # a delete marker is the key's latest
+    free = put_row(storage, client, bucket, OLD, [b"free"])
+    client.delete_object(Bucket=bucket, Key=free.s3_key)
+    set_env(**env, AP_PAUSED_FLOW_TIMEOUT_DAYS="14")
+    try:
+        result = sweep(runner, "--purge-versions", "--json")
+        assert result.exit_code == 1, result.stdout
+        data = json.loads(result.stdout)
+        assert data["failed"] == 1 and {f["reason"] for f in data["failures"]} == {OBJECT_LOCK_REASON}
+        after = listing(client, bucket)
+        assert [latest for _, latest in after[row.s3_key]["markers"]] == [True], after[row.s3_key]
+        assert [v for v, _, _ in after[row.s3_key]["versions"]] == [held]
+        assert free.s3_key not in after and data["deleteMarkersDeleted"] == 1 and data["versionsDeleted"] == 1
+        assert {r[0] for r in rows(storage)} == {row.id}
+        assert assert_restorable(storage, client, bucket) == 1
+    finally:
+        client.put_object_legal_hold(Bucket=bucket, Key=row.s3_key, VersionId=held, LegalHold={"Status": "OFF"})
+
+
 def test_purge_versions_sends_a_batch_as_parts_at_once(seaweed, faulty_s3, make_env, storage_factory) -> None:
     """A batch of 400 expired keys is purged as parts (S3_PARTS, at least MIN_PART keys
     each), each listing and deleting its own range: their DeleteObjects are in flight

@@ -126,7 +126,6 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
     """Worker thread: re-check the keys against the catalog and delete the versions of
     those no row references, in one transaction on this thread's connection."""
     from apstorage.services.gc import _Outcome
-    from apstorage.stores.s3_versions import delete_versions, explain_refusals
 
     outcome = _Outcome()
     report = c.report
@@ -154,14 +153,13 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
         # become the current object again — the orphan back in the listing.
         current = [(k, e) for k, e in entries if e.delete_marker and e.is_latest]
         first = [(k, e) for k, e in entries if not (e.delete_marker and e.is_latest)]
-        refused = _delete(store, first, delete_versions, explain_refusals)
+        refused = _delete(store, first)
         if current:
             blocked = {k for (k, _), _reason in refused.items()}
             for key, e in current:
                 if key in blocked:
                     report.skip("markerOverKeptVersion", 1)
-            refused.update(_delete(store, [(k, e) for k, e in current if k not in blocked],
-                                   delete_versions, explain_refusals))
+            refused.update(_delete(store, [(k, e) for k, e in current if k not in blocked]))
             entries = first + [(k, e) for k, e in current if k not in blocked]
     for key, e in entries:
         reason = refused.get((key, e.version_id))
@@ -172,13 +170,16 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
     return outcome
 
 
-def _delete(store: "S3Store", entries: list, delete_versions, explain_refusals) -> dict[tuple[str, str], str]:
-    """DeleteObjects naming each (key, entry)'s version: {(key, version id): reason} refused."""
-    if not entries:
-        return {}
+def _delete(store: "S3Store", entries: list) -> dict[tuple[str, str], str]:
+    """DeleteObjects naming each (key, entry)'s version (``versions.delete_checked``):
+    {(key, version id): reason} refused; a request that fails refuses them all."""
+    from apstorage.errors import BackendUnavailableError
+    from apstorage.services.versions import delete_checked
+
     try:
-        refused = delete_versions(store, [(k, e.version_id) for k, e in entries])
-        return explain_refusals(store, refused) if refused else {}
+        return delete_checked(store, [(k, e.version_id) for k, e in entries])
+    except BackendUnavailableError:
+        raise
     except ApStorageError as exc:
         return {(k, e.version_id): str(exc) for k, e in entries}
 

@@ -81,6 +81,25 @@ def ask_versioning(storage) -> "Versioning":
         return Versioning("", True, f"the versioning state could not be asked ({exc})", unknown=True)
 
 
+def delete_checked(store: "S3Store", pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """DeleteObjects naming each (key, version id); the ones refused once are tried once
+    more (a transient refusal), then explained (``explain_refusals``: object lock, the
+    permission). Returns {(key, version id): reason} refused."""
+    from apstorage.stores import s3_versions as V
+
+    if not pairs:
+        return {}
+    refused = V.delete_versions(store, pairs)
+    if refused:
+        again = [p for p, reason in refused.items() if reason != V.OBJECT_LOCK_REASON]
+        if again:
+            retried = V.delete_versions(store, again)
+            refused = {p: r for p, r in refused.items() if r == V.OBJECT_LOCK_REASON or p in retried}
+            refused.update(retried)
+        refused = V.explain_refusals(store, refused)
+    return refused
+
+
 def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
     """Delete every version and delete marker of ``keys`` (sorted, distinct). Versions
     refused once are tried once more (a transient refusal); a bare AccessDenied on a
@@ -110,15 +129,17 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
                 "the store's version listing does not show this key (it has a control character); "
                 "its versions cannot be told apart, so the row is kept"
             )
-    pairs = [(k, e.version_id) for k in keys if k not in result.refused for e in listing[k]]
-    refused = V.delete_versions(store, pairs)
-    if refused:
-        again = [p for p, reason in refused.items() if reason != V.OBJECT_LOCK_REASON]
-        if again:
-            retried = V.delete_versions(store, again)
-            refused = {p: r for p, r in refused.items() if r == V.OBJECT_LOCK_REASON or p in retried}
-            refused.update(retried)
-        refused = V.explain_refusals(store, refused)
+    # A key's current delete marker goes only once every version under it is gone: were a
+    # version refused (Object Lock) after its marker was deleted, it would become the
+    # current object again. Such markers are a second DeleteObjects, only when there are.
+    by_pair = {(k, e.version_id): e for k in keys if k not in result.refused for e in listing[k]}
+    last = [p for p, e in by_pair.items() if e.delete_marker and e.is_latest]
+    first = [p for p, e in by_pair.items() if not (e.delete_marker and e.is_latest)]
+    refused = delete_checked(store, first)
+    blocked = {k for k, _ in refused}
+    second = [p for p in last if p[0] not in blocked]
+    refused.update(delete_checked(store, second))
+    pairs = first + second
     for (key, _), reason in sorted(refused.items()):
         result.refused.setdefault(key, reason)
     gone_pairs = set(pairs) - set(refused)
@@ -207,6 +228,7 @@ __all__ = [
     "UNVERSIONED_PURGE_NOTE",
     "versioning_notes",
     "ask_versioning",
+    "delete_checked",
     "purge_keys",
     "restorable_ids",
     "restore_source",
