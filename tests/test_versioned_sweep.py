@@ -796,3 +796,17 @@ def test_a_refused_version_delete_names_s3_delete_object_version(seaweed, faulty
     assert len(errors) == 1 and "s3:DeleteObjectVersion" in errors[0] and "kept 3 files" in errors[0], result.stderr
     assert {r.id for r in expired} <= {r[0] for r in rows(storage)}
     assert assert_restorable(storage, client, bucket) == 3
+
+
+def test_du_says_unknown_and_counts_versions_when_versioning_is_refused(refused_versioning, storage_factory,
+                                                                       set_env, runner) -> None:
+    """du under a refused GetBucketVersioning: the versions are counted as on a versioned
+    bucket (the listing answers) and the state is "Unknown", never "Unversioned"."""
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    put_row(storage, client, bucket, FRESH, [b"one", b"two!"])
+    set_env(**env)
+    data = json.loads(runner.invoke(app, ["du", "--json"], catch_exceptions=False).stdout)
+    v = data["s3Versions"]
+    assert v["versioning"] == "Unknown" and v["checked"] is True, v
+    assert v["noncurrentVersions"] == {"count": 1, "bytes": 3} and v["currentObjects"]["count"] == 1

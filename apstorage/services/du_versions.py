@@ -66,8 +66,9 @@ class VersionFigures:
 
     def to_json(self) -> dict:
         return {
-            # not asked (the store unreachable): unknown, never "Unversioned"
-            "versioning": (self.versioning.status or "Unversioned") if self.checked or self.versioning.status else None,
+            # not asked (the store unreachable): null, never "Unversioned"; refused: "Unknown"
+            "versioning": (self.versioning.to_json()["status"]
+                           if self.checked or self.versioning.status or self.versioning.unknown else None),
             "checked": self.checked,
             "note": self.note or None,
             "currentObjects": {"count": self.current, "bytes": self.current_bytes},
