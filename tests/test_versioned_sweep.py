@@ -810,3 +810,20 @@ def test_du_says_unknown_and_counts_versions_when_versioning_is_refused(refused_
     v = data["s3Versions"]
     assert v["versioning"] == "Unknown" and v["checked"] is True, v
     assert v["noncurrentVersions"] == {"count": 1, "bytes": 3} and v["currentObjects"]["count"] == 1
+
+
+def test_lifecycle_apply_includes_the_versioned_rules_when_versioning_is_refused(refused_versioning, set_env,
+                                                                                 runner) -> None:
+    """An unknown state may be versioned: lifecycle apply writes the noncurrent-version and
+    delete-marker rules too (on a bucket that turns out unversioned they remove nothing),
+    and says why in one warning."""
+    from apstorage.services.lifecycle import VERSIONED_RULE_IDS
+
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    set_env(**env)
+    result = runner.invoke(app, ["lifecycle", "apply"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    ids = {r["ID"] for r in client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert set(VERSIONED_RULE_IDS) <= ids, ids
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "s3:GetBucketVersioning" in warnings[0] and "included" in warnings[0], warnings

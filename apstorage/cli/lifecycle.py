@@ -103,15 +103,15 @@ def apply_cmd(
     for rule_id, problem in plan.problems:
         out.warn(f"rule {rule_id!r} {problem}")
     versioning = plan.versioning
-    if versioning is not None and versioning.note and versioning.supported:
-        # refused or unreadable: the bucket may be versioned, the versioned rules were not planned
-        out.warn(f"{versioning.note}; the noncurrent-version rules were not considered")
+    if versioning is not None and versioning.unknown:
+        # refused or unreadable: the bucket may be versioned, so its rules are planned too
+        out.warn(f"{versioning.note}: the bucket may be versioned, so the noncurrent-version rules are included")
     if json_out:
         return
     if plan.versioned:
         assert versioning is not None
         out.info(
-            f"bucket {plan.bucket} is versioned ({versioning.status}): noncurrent versions of execution "
+            f"bucket {plan.bucket} is versioned ({versioning.status or 'state unknown'}): noncurrent versions of execution "
             f"data are kept {plural(plan.noncurrent_days, 'day')} (restorable), then removed; "
             "expired delete markers are removed"
         )

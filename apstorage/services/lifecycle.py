@@ -312,7 +312,9 @@ class LifecyclePlan:
 
     @property
     def versioned(self) -> bool:
-        return self.versioning is not None and self.versioning.versioned
+        """Versioned, or a state that could not be read (then the versioned rules are planned
+        too: on a bucket that turns out unversioned they remove nothing)."""
+        return self.versioning is not None and self.versioning.may_keep_versions
 
     def ids(self, change: str) -> list[str]:
         return [c.id for c in self.changes if c.change == change]
@@ -442,7 +444,7 @@ def apply_lifecycle(
     with _bucket_store(storage) as store:
         config = get_lifecycle(store)
         versioning = ask_versioning(storage)
-        if versioning.versioned:
+        if versioning.may_keep_versions:  # an unknown state may be versioned: the rules are harmless if not
             desired = desired + extra
         rules, changes = plan_merge(config.rules, desired, replace=replace)
         plan = LifecyclePlan(
@@ -479,7 +481,7 @@ class LifecycleView:
 
     @property
     def versioned(self) -> bool:
-        return self.versioning is not None and self.versioning.versioned
+        return self.versioning is not None and self.versioning.may_keep_versions
 
     @property
     def problems(self) -> list[tuple[str, str]]:
