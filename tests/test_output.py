@@ -265,3 +265,14 @@ def test_usage_lines_name_arguments_plainly(runner) -> None:
                         (["get", "--help"], "Usage: apstorage get [OPTIONS] ID\n"),
                         (["presign", "--help"], "Usage: apstorage presign [OPTIONS] [ID]\n")):
         assert runner.invoke(app, args).stdout.startswith(usage)
+
+
+def test_the_versioned_tail_counts_one_version_in_the_singular() -> None:
+    from types import SimpleNamespace
+
+    from apstorage.cli.sweep import versioned_tail
+
+    report = SimpleNamespace(versioned=True, dry_run=False, purge_versions=True, versions_deleted=1, markers_deleted=1)
+    assert versioned_tail(report) == "; versioned bucket: 1 version and 1 delete marker deleted"
+    report.versions_deleted, report.markers_deleted = 2, 1200
+    assert versioned_tail(report) == "; versioned bucket: 2 versions and 1,200 delete markers deleted"

@@ -183,8 +183,8 @@ def versioned_tail(report) -> str:
     verb = "would stay" if report.dry_run else "stay"
     if report.purge_versions:
         would = "would be " if report.dry_run else ""
-        return (f"; versioned bucket: {report.versions_deleted:,} versions and "
-                f"{report.markers_deleted:,} delete markers {would}deleted")
+        return (f"; versioned bucket: {plural(report.versions_deleted, 'version')} and "
+                f"{plural(report.markers_deleted, 'delete marker')} {would}deleted")
     return (f"; versioned bucket: {human_size(report.bytes_retained)} {verb} as noncurrent versions until "
             "a lifecycle rule (`apstorage lifecycle apply`) or --purge-versions removes them")
 

@@ -117,7 +117,7 @@ def parse_trust(values: Iterable[str] | None) -> tuple[str, ...]:
         if name not in TRUSTABLE:
             from apstorage.text import printable
 
-            what = "an empty value" if not str(value) else f"{printable(str(value))!r}"
+            what = "an empty value" if not str(value) else f"'{printable(str(value))}'"  # escaped once
             raise UsageError(
                 f"--trust {what}: not a location gc can trust; accepted: S3, LOCAL",
                 hint="--trust S3 says AP_S3_BUCKET is this catalog's bucket; --trust LOCAL the same of AP_LOCAL_STORAGE_PATH",
