@@ -918,6 +918,31 @@ def test_trust_accepts_only_s3_or_local(local_env, set_env, runner, value) -> No
         assert "empty" in result.stderr
 
 
+@pytest.mark.parametrize("far", [True, False], ids=["link out of the root", "link inside the root"])
+def test_rows_behind_a_linked_folder_hold_nothing_back(local_env, storage_factory, set_env, runner,
+                                                        tmp_path, far) -> None:
+    """The only old LOCAL rows have their files behind a symlinked folder: gc never deletes
+    them (it does not judge a path through a link), so they are no rows a refusal held
+    back — no "run again with --trust LOCAL" that would then delete nothing."""
+    storage = storage_factory(local_env)
+    set_env(**local_env)
+    local = storage.store(Location.LOCAL)
+    behind = (tmp_path / "outside" / "FLOW_RUN_LOG") if far else local.path_for("moved/p2/FLOW_RUN_LOG")
+    behind.mkdir(parents=True)
+    local.path_for("project/p2").parent.mkdir(parents=True, exist_ok=True)
+    local.path_for("project/p2").symlink_to(behind.parent, target_is_directory=True)
+    linked = []
+    for _ in range(5):
+        row = seed(storage, "FLOW_RUN_LOG", Location.LOCAL, NOW - timedelta(days=40), data=None, project="p2")
+        (behind / row.id).write_bytes(b"behind a link")
+        linked.append(row)
+    before = snapshot(storage)
+    result = invoke(runner, "--missing", "--json")
+    data = json.loads(result.stdout)
+    assert data["refusals"] == [] and result.exit_code == 0, data
+    assert snapshot(storage) == before and all(row_exists(storage, r.id) for r in linked)
+
+
 def test_the_guards_verdict_never_changes_within_a_pass(local_env, storage_factory, set_env, runner,
                                                         monkeypatch) -> None:
     """A sample that says "trusted" (here: a biased one, as rows clustered by another tool

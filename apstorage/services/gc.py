@@ -830,14 +830,20 @@ class _Collector:
         """How many of ``ids`` (rows whose bytes looked absent) gc would delete once their
         location is trusted, by ``_judge``, the rules ``_rows_batch`` applies before asking the
         store again (rows within the grace, permanent rows and uploads in flight are not counted):
-        what a refusal says it held back. Read-only."""
+        what a refusal says it held back. A LOCAL row whose path the store will not follow
+        (through a linked folder, out of the root) is never deleted either: not counted.
+        Read-only."""
         session = self.session()
+        store = self.storage.store(location) if location is Location.LOCAL else None
         count = 0
         for start in range(0, len(ids), BATCH):
             for row in session.rows(ids[start : start + BATCH]):
                 kind, _ = self._judge(location, row)
-                if kind in ("missing", "pending"):
-                    count += 1
+                if kind not in ("missing", "pending"):
+                    continue
+                if store is not None and row.key is not None and not _plain_path(store, row.key):
+                    continue
+                count += 1
         return count
 
     def _present(self, location: Location, store: Store | None, rows: list[sql.JudgedRow]) -> set[str]:
@@ -875,6 +881,20 @@ class _Collector:
                 present.add(row.id)
                 self.report.fail(location.value, row.key, f"could not check: {answer}", row.id)
         return present
+
+
+def _plain_path(store: Store, key: str) -> bool:
+    """Whether gc could judge ``key`` in the LOCAL store: no link on its path and a key
+    that stays under the root (``_present`` skips the others as linked or unsafe)."""
+    from apstorage.stores.local import LinkError
+
+    try:
+        store.stat(key)
+    except (LinkError, UsageError):
+        return False
+    except ApStorageError:
+        return True
+    return True
 
 
 def aliases_of(key: str) -> set[str]:
