@@ -467,7 +467,12 @@ class _Run:
         try:
             entries = self.list_probe_versions()
         except ApStorageError as exc:
-            return self.failure("list-versions", exc, "s3:ListBucketVersions", objects=False)
+            result = self.failure("list-versions", exc, "s3:ListBucketVersions", objects=False)
+            state = self.versioning()
+            if state.unknown:  # both refused: name both
+                result.detail += f"; and the bucket's versioning state is unknown: {state.note}"
+                result.hint = (result.hint + " and s3:GetBucketVersioning") if result.hint else "grant s3:GetBucketVersioning"
+            return result
         self.listed = entries
         versions = sum(1 for e in entries if not e.delete_marker)
         markers = len(entries) - versions
@@ -717,11 +722,9 @@ class _Run:
             if state is not None and state.may_keep_versions:
                 known, left = self.purge_probe_versions()
                 # the version listing, when it answered, is the whole truth about the probes;
-                # on a state that could not be read, a listing refused too says nothing more
-                if known:
-                    leftover = left
-                elif state.versioned:
-                    leftover += left
+                # refused, what it could not show is named too (a bucket whose state could not
+                # be read may hold the probes' versions)
+                leftover = left if known else leftover + left
             self.touched = False
         return leftover
 
