@@ -827,3 +827,23 @@ def test_lifecycle_apply_includes_the_versioned_rules_when_versioning_is_refused
     assert set(VERSIONED_RULE_IDS) <= ids, ids
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "s3:GetBucketVersioning" in warnings[0] and "included" in warnings[0], warnings
+
+
+def test_a_refused_version_listing_names_s3_list_bucket_versions(seaweed, faulty_s3, make_env, storage_factory,
+                                                                 set_env, runner) -> None:
+    """ListObjectVersions refused (403): sweep --purge-versions keeps the rows, one grouped
+    line naming s3:ListBucketVersions, exit 1."""
+    from tests.s3_faults import Fault
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**make_env(), **faulty_s3.info.ap_env(bucket)}
+    storage = storage_factory(env)
+    expired = [put_row(storage, client, bucket, OLD, [b"v1", b"two"]) for _ in range(3)]
+    faulty_s3.add(Fault("status", method="GET", query="versions", status=403, code="AccessDenied"))
+    set_env(**env)
+    result = sweep(runner, "--purge-versions")
+    assert result.exit_code == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "s3:ListBucketVersions" in errors[0] and "kept 3 files" in errors[0], result.stderr
+    assert {r.id for r in expired} <= {r[0] for r in rows(storage)}

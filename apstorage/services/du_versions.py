@@ -119,7 +119,7 @@ def figures(storage, prefixes: Iterable[str]) -> VersionFigures | None:
         for _key, entries in key_groups(store, prefixes):
             out.count(entries)
     except ApStorageError as exc:
-        return VersionFigures(versioning, checked=False, note=f"versions not counted: {exc}")
+        return VersionFigures(versioning, checked=False, note=f"the version listing failed: {exc}")
     return out
 
 

@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from apstorage.errors import BackendUnavailableError, NotSupportedError
+from apstorage.errors import BackendUnavailableError, NotSupportedError, PermissionDeniedError
 
 if TYPE_CHECKING:
     from apstorage.stores.s3 import S3Store
@@ -43,6 +43,8 @@ OBJECT_LOCK_REASON = (
 )
 # What sweep-expired, gc and du add to an unknown state's note.
 UNKNOWN_STATE = "the bucket may be versioned, so the versions of its keys are listed before anything is deleted or counted"
+# What a refused version listing adds to its reason.
+LIST_VERSIONS_PERMISSION = "listing versions needs s3:ListBucketVersions"
 # What a refused delete of a version (not a lock) adds: AWS checks this, not s3:DeleteObject.
 DELETE_VERSION_PERMISSION = "deleting a version needs s3:DeleteObjectVersion"
 _UNSUPPORTED = (400, 405, 501)  # how stores without an API answer it (NotImplemented, ...)
@@ -164,9 +166,10 @@ def list_version_pages(
     order, but within a page a store may list every version before every delete marker
     (moto's server does), so only a whole page tells which keys it covered.
 
-    NotSupportedError (exit 6) when the store has no ListObjectVersions; a truncated page
-    without a next marker is a BackendUnavailableError naming the store (never a silently
-    short listing)."""
+    NotSupportedError (exit 6) when the store has no ListObjectVersions; a refusal is a
+    PermissionDeniedError (exit 5) naming s3:ListBucketVersions; a truncated page without a
+    next marker is a BackendUnavailableError naming the store (never a silently short
+    listing)."""
     fast = store.fast
     path = fast.prefix.rstrip("/") or "/"
     version_marker = ""
@@ -177,7 +180,12 @@ def list_version_pages(
             query["key-marker"] = key_marker
             if version_marker:
                 query["version-id-marker"] = version_marker
-        response = fast.request("GET", path, query=query, operation="ListObjectVersions", accept=_UNSUPPORTED)
+        try:
+            response = fast.request("GET", path, query=query, operation="ListObjectVersions", accept=_UNSUPPORTED)
+        except PermissionDeniedError as exc:
+            if LIST_VERSIONS_PERMISSION in exc.message:
+                raise
+            raise PermissionDeniedError(f"{exc.message} ({LIST_VERSIONS_PERMISSION})", hint=exc.hint) from None
         if response.status in _UNSUPPORTED:
             raise NotSupportedError(
                 f"S3 at {store.where} has no ListObjectVersions (bucket {store.bucket!r}, HTTP {response.status})"
