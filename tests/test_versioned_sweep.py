@@ -847,3 +847,23 @@ def test_a_refused_version_listing_names_s3_list_bucket_versions(seaweed, faulty
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "s3:ListBucketVersions" in errors[0] and "kept 3 files" in errors[0], result.stderr
     assert {r.id for r in expired} <= {r[0] for r in rows(storage)}
+
+
+def test_a_plain_sweep_says_when_the_bytes_that_stay_are_not_measured(refused_versioning, faulty_s3,
+                                                                      storage_factory, set_env, runner) -> None:
+    """Versioning and the version listing both refused: the rows are swept (a plain delete
+    needs neither), bytesRetained falls back to the rows' sizes, and a note says they were
+    not measured — never a figure presented as measured."""
+    from tests.s3_faults import Fault
+
+    env, client, bucket = refused_versioning["env"], refused_versioning["client"], refused_versioning["bucket"]
+    storage = storage_factory(env)
+    for _ in range(2):
+        put_row(storage, client, bucket, OLD, [b"12345", b"1234567"])
+    faulty_s3.add(Fault("status", method="GET", query="versions", status=403, code="AccessDenied"))
+    set_env(**env)
+    result = sweep(runner, "--json")
+    assert result.exit_code == 0, result.stdout
+    data = json.loads(result.stdout)
+    assert data["deleted"] == 2 and data["bytesRetained"] == 14, data
+    assert any("not measured" in note and "s3:ListBucketVersions" in note for note in data["notes"]), data["notes"]

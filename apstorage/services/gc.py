@@ -694,7 +694,7 @@ class _Collector:
                     if mode == "retain":
                         from apstorage.services.versions import retained_sizes
 
-                        retained = retained_sizes(store, keys, self.versioning)  # type: ignore[arg-type]
+                        retained = retained_sizes(store, keys, self.versioning, self.report.notes)  # type: ignore[arg-type]
                     refused, whole = delete_keys(store, keys, split=location is Location.S3)
                     if mode == "retain":
                         outcome.retained += sum((retained or {}).get(i.key, i.size or 0)
@@ -722,7 +722,7 @@ class _Collector:
 
         keys = sorted(i.key for i in todo)
         if mode == "retain":
-            retained = retained_sizes(store, keys, self.versioning) or {}  # type: ignore[arg-type]
+            retained = retained_sizes(store, keys, self.versioning, self.report.notes) or {}  # type: ignore[arg-type]
             outcome.retained += sum(retained.get(i.key, i.size or 0) for i in todo)
             return {}
         listing = versions_of(store, keys)  # type: ignore[arg-type]

@@ -365,6 +365,7 @@ class _Batch:
     versioning: object = None
     freed: dict[str, int] | None = None  # purge: key -> bytes of the versions deleted
     retained: dict[str, int] | None = None  # retain: key -> bytes left as noncurrent versions
+    notes: list[str] | None = None  # the report's notes (a listing that failed says so there)
     versions_deleted: int = 0
     markers_deleted: int = 0
     claim: "_Claim | None" = None
@@ -744,6 +745,7 @@ class _Sweeper:
         if Location.S3 in batch.stores:
             batch.s3_mode = self._s3_mode()
             batch.versioning = self.versioning
+            batch.notes = self.report.notes
             batch.requests = self.requests
         return batch
 
@@ -806,7 +808,7 @@ class _Sweeper:
         held = set(refs.rows_referencing(None, self.storage.catalog, shared, exclude=[r.id for r in rows])) if shared else set()
         keys = sorted(k for k in by_key if k not in held)
         if mode == "retain":
-            retained = retained_sizes(store, keys, self.versioning)  # type: ignore[arg-type]
+            retained = retained_sizes(store, keys, self.versioning, self.report.notes)  # type: ignore[arg-type]
             for key in keys:
                 self.report.bytes_retained += (retained or {}).get(key, by_key[key][0].size or 0)
             return {}
@@ -979,7 +981,7 @@ def _delete_objects(batch: _Batch) -> dict[Location, tuple[dict[str, str], bool]
             if location is Location.S3 and batch.s3_mode == "retain":
                 from apstorage.services.versions import retained_sizes
 
-                batch.retained = retained_sizes(store, keys, batch.versioning) or {}  # type: ignore[arg-type]
+                batch.retained = retained_sizes(store, keys, batch.versioning, batch.notes) or {}  # type: ignore[arg-type]
             if location is Location.S3:
                 results[location] = _delete_in_parts(store, keys, batch.requests)
             else:

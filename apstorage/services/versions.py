@@ -153,18 +153,23 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
     return result
 
 
-def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versioning") -> dict[str, int] | None:
+def retained_sizes(store: "S3Store", keys: Sequence[str], versioning: "Versioning",
+                   notes: list[str] | None = None) -> dict[str, int] | None:
     """{key: bytes that stay in the bucket after a plain delete of it}: every version the
     listing shows, less, on a Suspended bucket, the ``null`` version (which a plain delete
     there does remove, current or not). None when the versions cannot be listed (the caller
-    falls back to the rows' sizes)."""
+    falls back to the rows' sizes), said once in ``notes`` (a run's report notes)."""
     from apstorage.stores import s3_versions as V
 
     try:
         listing = V.versions_of(store, keys)
     except BackendUnavailableError:
         raise
-    except ApStorageError:
+    except ApStorageError as exc:
+        note = (f"the versions of deleted keys could not be listed ({exc}): the bytes said to stay as "
+                "noncurrent versions are their rows' sizes, not measured")
+        if notes is not None and note not in notes:
+            notes.append(note)
         return None
     # a key the listing does not show (a store that renames control characters there) is
     # left out: the caller counts its row's size
