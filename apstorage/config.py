@@ -691,7 +691,8 @@ _OWN_FAMILY_CUTOFF = 0.6
 # Words of a name that mean one of ours under another name: AP_POSTGRES_NAME and
 # AP_POSTGRES_DB are AP_POSTGRES_DATABASE, not the nearest by letters (AP_POSTGRES_USERNAME).
 # Used only when the word swapped gives a name apstorage reads.
-_SYNONYMS = {"NAME": "DATABASE", "DB": "DATABASE", "DBNAME": "DATABASE", "URL": "ENDPOINT"}
+_SYNONYMS = {"NAME": "DATABASE", "DB": "DATABASE", "DBNAME": "DATABASE", "URL": "ENDPOINT",
+             "DIR": "PATH", "DIRECTORY": "PATH", "FOLDER": "PATH", "ROOT": "PATH"}
 
 
 def _near_misses(v: Mapping[str, str]) -> list[str]:
@@ -716,7 +717,7 @@ def _near_misses(v: Mapping[str, str]) -> list[str]:
             # Compared after the family's prefix, which every candidate shares.
             members = [k for k in VARIABLES if k.startswith(family)]
             tails = [k[len(family):] for k in members]
-            close = difflib.get_close_matches(name[len(family):], tails, n=1, cutoff=_OWN_FAMILY_CUTOFF)
+            close = difflib.get_close_matches(name[len(family):].upper(), tails, n=1, cutoff=_OWN_FAMILY_CUTOFF)
             match = family + close[0] if close else None
             if match is None:
                 out.append(f"{_printable_key(name)[1:-1]} is not a variable apstorage reads; "
@@ -729,15 +730,25 @@ def _near_misses(v: Mapping[str, str]) -> list[str]:
 
 def _likely_meant(name: str, known: list[str]) -> str | None:
     """The known variable ``name`` most likely means. A name one of ours extends
-    (AP_POSTGRES_USER → AP_POSTGRES_USERNAME), or that is one of ours with a word said
-    another way (AP_POSTGRES_NAME → AP_POSTGRES_DATABASE, ``_SYNONYMS``), is the likelier
+    (AP_POSTGRES_USER → AP_POSTGRES_USERNAME), that one of ours ends with (AP_DATA_RETENTION_DAYS
+    → AP_EXECUTION_DATA_RETENTION_DAYS), that is one of ours in another case (AP_S3_bucket),
+    or that is one of ours with a word said another way (AP_POSTGRES_NAME →
+    AP_POSTGRES_DATABASE, AP_LOCAL_STORAGE_DIR → AP_LOCAL_STORAGE_PATH, ``_SYNONYMS``), is the likelier
     intent than the nearest by letters (AP_POSTGRES_URL, AP_POSTGRES_USERNAME); else
     difflib's closest."""
     import difflib
 
+    name = name.upper()  # AP_S3_bucket is AP_S3_BUCKET mistyped (the environment is case-sensitive)
+    if name in VARIABLES:
+        return name
     longer = sorted((k for k in VARIABLES if k.startswith(name)), key=len)
     if longer:
         return longer[0]
+    # One of ours with its first words left out: AP_DATA_RETENTION_DAYS → AP_EXECUTION_DATA_RETENTION_DAYS
+    tail = name[len("AP_"):]
+    shorter = sorted((k for k in VARIABLES if k.endswith("_" + tail) and tail.count("_") >= 1), key=len)
+    if shorter:
+        return shorter[0]
     words = name.split("_")
     for i, word in enumerate(words):
         swapped = "_".join([*words[:i], _SYNONYMS.get(word, word), *words[i + 1:]])

@@ -351,6 +351,16 @@ def test_a_synonym_of_a_word_points_at_the_variable_it_means(name) -> None:
         f"{name} is not a variable apstorage reads; did you mean AP_POSTGRES_DATABASE?",)
 
 
+@pytest.mark.parametrize("name, meant", [
+    ("AP_LOCAL_STORAGE_DIR", "AP_LOCAL_STORAGE_PATH"),  # a word said another way
+    ("AP_DATA_RETENTION_DAYS", "AP_EXECUTION_DATA_RETENTION_DAYS"),  # its first words left out
+    ("AP_S3_bucket", "AP_S3_BUCKET"),  # another case: the environment is case-sensitive
+    ("AP_s3_bucket", "AP_S3_BUCKET"),
+])
+def test_a_name_that_is_one_of_ours_said_otherwise_is_warned_about(name, meant) -> None:
+    assert load({name: "x"}).warnings == (f"{name} is not a variable apstorage reads; did you mean {meant}?",)
+
+
 def test_the_warning_reaches_stderr_of_a_command(make_env, set_env, capsys) -> None:
     from apstorage.cli import app  # noqa: F401 - every command registered
     from apstorage.cli.app import run
