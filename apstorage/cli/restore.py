@@ -86,6 +86,10 @@ def _show(out: Output, report, verbose: bool) -> None:
         if report.versioning.get("note"):
             line += f" ({report.versioning['note']})"
         out.info(line)
+    elif report.versioning is not None and report.versioning["status"] == "Unknown":
+        from apstorage.stores.s3_versions import UNKNOWN_STATE
+
+        out.warn(f"{report.versioning['note']}: {UNKNOWN_STATE}")
     verb = "would restore" if report.dry_run else "restored"
     done = report.of(R.WOULD_RESTORE if report.dry_run else R.RESTORED)
 

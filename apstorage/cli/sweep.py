@@ -171,8 +171,12 @@ def show_versioning(out: Output, versioning: dict | None, notes: list[str], verb
         if versioning.get("note"):
             line += f" ({versioning['note']})"
         out.info(line)
+    unknown = versioning is not None and versioning.get("status") == "Unknown" and versioning.get("note")
     for note in notes:
-        out.info(note)
+        if unknown and note.startswith(unknown):
+            out.warn(note)  # the state could not be read: a permission to grant, shown even with -q
+        else:
+            out.info(note)
 
 
 def versioned_tail(report) -> str:
