@@ -500,3 +500,23 @@ def test_rows_sharing_a_key_are_restored_by_one_copy_counted_once(seaweed, make_
     versions = [v for v in listing(client, bucket)[first.s3_key]["versions"]]
     assert len(versions) == 2  # the original and one copy, never three
     assert client.get_object(Bucket=bucket, Key=first.s3_key)["Body"].read() == body
+
+
+def test_a_refused_listing_fails_only_the_rows_without_their_object(faulty_s3, make_env, set_env, storage_factory,
+                                                                    runner) -> None:
+    """ListObjectVersions refused: restore --all-missing cannot judge the rows whose
+    object is gone (failed, naming s3:ListBucketVersions), but a HEAD still shows the others
+    present; nothing is written."""
+    bucket, storage, client = _faulty_env(faulty_s3, make_env, set_env, storage_factory)
+    present = [put_row(storage, client, bucket, 1, [b"here"]) for _ in range(2)]
+    gone = put_row(storage, client, bucket, 1, [b"gone"])
+    client.delete_object(Bucket=bucket, Key=gone.key)
+    before = listing(client, bucket)
+    faulty_s3.add(Fault("status", method="GET", query="versions", status=403, code="AccessDenied"))
+    code, doc = restore_json(runner, "--all-missing")
+    assert code == 1, doc
+    assert doc["failed"] == 1 and doc["alreadyPresent"] == 2, doc
+    (failed,) = [r for r in doc["rows"] if r["status"] == "failed"]
+    assert failed["id"] == gone.id and "s3:ListBucketVersions" in failed["reason"]
+    assert listing(client, bucket) == before
+    assert all(client.head_object(Bucket=bucket, Key=r.key)["ContentLength"] == 4 for r in present)

@@ -328,9 +328,18 @@ def _batch(store: "S3Store", report: RestoreReport, rows: list["S3Row"], dry_run
     except BackendUnavailableError:
         raise
     except ApStorageError as exc:
+        # Without the listing, a HEAD still tells the rows whose object is there (nothing
+        # to restore) from the ones that cannot be judged.
         for key, group in by_key.items():
+            try:
+                present = V.head_version(store, key) is not None
+            except BackendUnavailableError:
+                raise
+            except ApStorageError:
+                present = False
             for row in group:
-                report.add(_result(row, FAILED, reason=f"versions could not be listed: {exc}"))
+                report.add(_result(row, PRESENT) if present
+                           else _result(row, FAILED, reason=f"versions could not be listed: {exc}"))
         return len(rows)
     for key, group in by_key.items():
         entries = listing.get(key, [])
