@@ -18,6 +18,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from typer.testing import CliRunner
@@ -872,3 +873,34 @@ def test_a_plain_sweep_says_when_the_bytes_that_stay_are_not_measured(refused_ve
     data = json.loads(result.stdout)
     assert data["deleted"] == 2 and data["bytesRetained"] == 14, data
     assert any("not measured" in note and "s3:ListBucketVersions" in note for note in data["notes"]), data["notes"]
+
+
+@pytest.mark.parametrize("stalled, versioned", [("DeleteObjects", False), ("DeleteObjects", True),
+                                                ("ListObjectVersions", True)],
+                         ids=["deletes, unversioned", "deletes, versioned", "version listing"])
+def test_gc_gives_up_on_a_stalled_store_with_exit_8(seaweed, faulty_s3, make_env, storage_factory, stalled,
+                                                   versioned) -> None:
+    """Only the deletes (or only the version listing) stall: gc gives up as every command
+    does (BackendUnavailableError: exit 8, naming the host), never "kept N files" (exit 1)
+    nor a note and exit 0 while orphan versions pile up."""
+    from apstorage.errors import BackendUnavailableError
+    from apstorage.services.gc import collect_garbage
+    from tests.s3_faults import Fault
+
+    client = seaweed.client()
+    bucket = _versioned(seaweed) if versioned else f"u-{secrets.token_hex(6)}"
+    if not versioned:
+        client.create_bucket(Bucket=bucket)
+    env = {**make_env(), **faulty_s3.info.ap_env(bucket), "AP_S3_TIMEOUT_SECONDS": "1"}
+    storage = storage_factory(env)
+    for _ in range(3):
+        put_row(storage, client, bucket, FRESH, [b"ok"])
+    client.put_object(Bucket=bucket, Key=f"project/proj1/FLOW_RUN_LOG/{new_id()}", Body=b"orphan")
+    if stalled == "DeleteObjects":
+        faulty_s3.add(Fault("stall", method="POST", query="delete", delay=30))
+    else:
+        _orphan(client, bucket, [b"old", b"older"], marker=True)
+        faulty_s3.add(Fault("stall", method="GET", query="versions", delay=30))
+    with pytest.raises(BackendUnavailableError) as caught:
+        collect_garbage(storage, kinds=("orphans",), now=LATER)
+    assert urlsplit(faulty_s3.endpoint).netloc in str(caught.value)

@@ -73,7 +73,7 @@ from apstorage.catalog import du as du_sql
 from apstorage.catalog import gc as sql
 from apstorage.catalog.du import KeyedRow
 from apstorage.catalog.locks import try_gc_lock
-from apstorage.errors import ApStorageError, ConfigError, UsageError
+from apstorage.errors import ApStorageError, BackendUnavailableError, ConfigError, UsageError
 from apstorage.model import Location, expires, follows_storage_location, iso_utc
 from apstorage.services import du as du_service
 from apstorage.services.context import Storage
@@ -701,6 +701,8 @@ class _Collector:
                                                 for i in todo if i.key not in refused)
                         with self.sessions_lock:
                             self.marked.update(k for k in keys if k not in refused)
+            except BackendUnavailableError:
+                raise  # the store cannot be reached (or stalls): exit 8, as on every command
             except ApStorageError as exc:
                 refused, whole = {info.key: str(exc) for info in todo}, True
         for info in todo:
@@ -871,6 +873,8 @@ class _Collector:
                 # row is never judged missing.
                 self.report.skip("unsafeKey", 1)
                 return row, True
+            except BackendUnavailableError:
+                raise  # exit 8, as on every command
             except ApStorageError as exc:
                 return row, str(exc)
 

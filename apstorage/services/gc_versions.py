@@ -29,7 +29,7 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING
 
-from apstorage.errors import ApStorageError
+from apstorage.errors import ApStorageError, BackendUnavailableError
 from apstorage.model import Location
 
 if TYPE_CHECKING:
@@ -99,8 +99,11 @@ def orphan_versions(c: "_Collector", store: "S3Store") -> None:
                 judge(key, pending.pop(key))
         if not c.exhausted:
             submit()
+    except BackendUnavailableError:
+        raise  # the store cannot be reached (or stalls): exit 8, as on every command
     except ApStorageError as exc:
-        c.report.notes.append(f"S3: the version listing failed ({exc}); orphan versions were not collected")
+        # a failure of the run (exit 1), never a note a weekly cron would not mail
+        c.report.fail(Location.S3.value, None, f"orphan versions were not collected: the version listing failed ({exc})")
     finally:
         for future in list(inflight):
             inflight.pop(future)
@@ -173,7 +176,6 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
 def _delete(store: "S3Store", entries: list) -> dict[tuple[str, str], str]:
     """DeleteObjects naming each (key, entry)'s version (``versions.delete_checked``):
     {(key, version id): reason} refused; a request that fails refuses them all."""
-    from apstorage.errors import BackendUnavailableError
     from apstorage.services.versions import delete_checked
 
     try:
