@@ -20,10 +20,12 @@ from typing import Any
 from apstorage.catalog.base import Catalog
 from apstorage.errors import ApStorageError, PermissionDeniedError
 
-_PG_LOCK_SQL = (
-    "SELECT pg_try_advisory_lock(hashtextextended("
-    "'apstorage:' || %s || ':' || 'file'::regclass::oid::text, 0))"
-)
+_PG_LOCK_KEY = "hashtextextended('apstorage:' || %s || ':' || 'file'::regclass::oid::text, 0)"
+_PG_LOCK_SQL = f"SELECT pg_try_advisory_lock({_PG_LOCK_KEY})"
+# Released explicitly before the connection closes: a close only asks the server to end the
+# session, and the lock stays held until its backend has exited — a run started right after
+# (the next cron job, a second gc in one process) would find it held.
+_PG_UNLOCK_SQL = f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})"
 
 
 class RunLock:
@@ -72,7 +74,14 @@ def _pg_lock(catalog: Any, name: str) -> RunLock | None:
     if not got:
         conn.close()
         return None
-    return RunLock(conn.close, f"Postgres advisory lock on {catalog.target}")
+
+    def release() -> None:
+        try:
+            conn.execute(_PG_UNLOCK_SQL, (name,))
+        finally:
+            conn.close()
+
+    return RunLock(release, f"Postgres advisory lock on {catalog.target}")
 
 
 def _file_lock(catalog: Any, name: str) -> RunLock | None:
