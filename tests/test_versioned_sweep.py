@@ -904,3 +904,29 @@ def test_gc_gives_up_on_a_stalled_store_with_exit_8(seaweed, faulty_s3, make_env
     with pytest.raises(BackendUnavailableError) as caught:
         collect_garbage(storage, kinds=("orphans",), now=LATER)
     assert urlsplit(faulty_s3.endpoint).netloc in str(caught.value)
+
+
+@pytest.mark.parametrize("wrong", ["secret", "bucket"])
+def test_a_sweep_with_wrong_credentials_or_bucket_names_that_not_a_permission(seaweed, make_env, storage_factory,
+                                                                           set_env, runner, wrong) -> None:
+    """A wrong secret (SignatureDoesNotMatch) or a missing bucket fails every request:
+    not a refused GetBucketVersioning. The S3 rows are kept under that one reason, no hint
+    to grant s3:GetBucketVersioning or s3:ListBucketVersions, exit 1; the DB rows are still
+    swept."""
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**make_env(), **seaweed.ap_env(bucket)}
+    storage = storage_factory(env)
+    kept = [put_row(storage, client, bucket, OLD, [b"s3 bytes"]) for _ in range(3)]
+    db_row = storage.catalog.insert(FileRow(id=new_id(), type="FLOW_RUN_LOG", location=Location.DB,
+                                            created=NOW - timedelta(days=OLD), project_id="proj1", size=2), b"db")
+    bad = {"AP_S3_SECRET_ACCESS_KEY": "not-the-secret"} if wrong == "secret" else {"AP_S3_BUCKET": f"{bucket}-gone"}
+    set_env(**{**env, **bad})
+    result = sweep(runner, "--purge-versions")
+    assert result.exit_code == 1, result.stderr
+    assert "GetBucketVersioning" not in result.stderr and "ListBucketVersions" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "kept 3 files" in errors[0], result.stderr
+    assert ("SignatureDoesNotMatch" if wrong == "secret" else "does not exist") in errors[0]
+    ids = {r[0] for r in rows(storage)}
+    assert {r.id for r in kept} <= ids and db_row.id not in ids

@@ -733,6 +733,11 @@ class _Sweeper:
                 self._s3_mode()
             except ApStorageError:
                 pass
+            abandoned = self.report.abandoned_locations.get(Location.S3.value)
+            if abandoned:
+                for key, key_rows in batch.objects.pop(Location.S3).items():
+                    for row in key_rows:
+                        self.report.fail(row, file_type, key, f"not attempted: {abandoned}")
         self._keep_shared_bytes(batch, rows)
         for location in list(batch.objects):
             try:
@@ -759,7 +764,19 @@ class _Sweeper:
         from apstorage.services.versions import ask_versioning, versioning_notes
 
         if self.versioning is None:
-            self.versioning = ask_versioning(self.storage)
+            try:
+                self.versioning = ask_versioning(self.storage)
+            except BackendUnavailableError:
+                raise  # exit 8, as on every command
+            except ApStorageError as exc:
+                # What fails every request (credentials the store does not accept, a missing
+                # bucket): S3 is left alone for the rest of the run, its rows kept and named
+                # under that one reason; DB and LOCAL rows are still swept.
+                from apstorage.stores.s3_versions import Versioning
+
+                self.report.abandoned_locations.setdefault(Location.S3.value, str(exc))
+                self.versioning = Versioning("", True, "")
+                return "plain"
             report = self.report
             report.versioning = self.versioning.to_json()
             report.versioned = self.versioning.may_keep_versions

@@ -67,18 +67,12 @@ class PurgeResult:
 
 
 def ask_versioning(storage) -> "Versioning":
-    """``storage.versioning()`` (one GetBucketVersioning per run); a refusal other than
-    the store being unreachable (a missing bucket, a store that cannot be opened) is an
-    unknown state with a note (``Versioning.unknown``: the bucket may keep versions),
-    never an error: the listings and deletes that follow report what they meet."""
-    from apstorage.stores.s3_versions import Versioning
-
-    try:
-        return storage.versioning()
-    except BackendUnavailableError:
-        raise
-    except ApStorageError as exc:
-        return Versioning("", True, f"the versioning state could not be asked ({exc})", unknown=True)
+    """``storage.versioning()`` (one GetBucketVersioning per run). A refusal of that one
+    request is an unknown state (``Versioning.unknown``: the bucket may keep versions, the
+    listings and deletes that follow report what they meet); what would fail every request
+    is raised as it is: an unreachable store (exit 8), a missing bucket (4), credentials
+    the store does not accept (5), a store that cannot be opened (3)."""
+    return storage.versioning()
 
 
 def delete_checked(store: "S3Store", pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:

@@ -41,6 +41,12 @@ WASTE_FLOOR = 1000
 OBJECT_LOCK_REASON = (
     "object lock: the store refused to delete a version under retention or legal hold"
 )
+# Answers that say the credentials are wrong, not that a permission is missing (AWS S3 API
+# reference, "Error responses").
+CREDENTIAL_CODES = frozenset({
+    "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed", "InvalidSecurity", "AccountProblem",
+})
 # What sweep-expired, gc and du add to an unknown state's note.
 UNKNOWN_STATE = "the bucket may be versioned, so the versions of its keys are listed before anything is deleted or counted"
 # What a refused version listing adds to its reason.
@@ -115,7 +121,9 @@ def get_versioning(store: S3Store) -> Versioning:
     (``supported=False``). A missing bucket raises NotFoundError (exit 4), an unreachable
     store BackendUnavailableError (8). A refusal (401/403) is not fatal either: the state
     is unknown (``unknown=True``: the bucket may keep versions), with a note naming
-    ``s3:GetBucketVersioning``; so is a status this module does not know."""
+    ``s3:GetBucketVersioning``; so is a status this module does not know. Credentials the
+    store does not accept (``CREDENTIAL_CODES``) are no refusal of this one permission: they
+    raise PermissionDeniedError (exit 5) as every other request would."""
     from apstorage.stores.s3 import _error_response
 
     fast = store.fast
@@ -125,9 +133,9 @@ def get_versioning(store: S3Store) -> Versioning:
     )
     if response.status in _REFUSALS:
         code = _error_response(response.status, response.body)["Error"]["Code"]
-        if code == "NoSuchBucket":
+        if code == "NoSuchBucket" or code in CREDENTIAL_CODES:
             fast.request("GET", fast.prefix.rstrip("/") or "/", query={"versioning": ""},
-                         operation="GetBucketVersioning")  # raises NotFoundError (exit 4)
+                         operation="GetBucketVersioning")  # raises NotFoundError (4) / PermissionDeniedError (5)
         if response.status in (401, 403):
             return Versioning("", True, f"GetBucketVersioning was refused ({code}; grant s3:GetBucketVersioning)",
                               unknown=True)
