@@ -534,6 +534,8 @@ def test_gc_cli_names_restore_for_a_restorable_row(venv, storage_factory, set_en
     assert "S3 bucket versioning: Enabled" in result.stderr
     assert "restorable" in result.stderr and "apstorage restore" in result.stderr
     assert row.id in {r[0] for r in rows(storage)}
+    quiet = runner.invoke(app, ["gc", "--missing", "-q"], catch_exceptions=False)
+    assert (quiet.exit_code, quiet.stderr) == (0, ""), quiet.stderr  # --quiet: failures only
     data = json.loads(runner.invoke(app, ["gc", "--missing", "--json"]).stdout)
     assert data["restorable"] == 1 and data["missing"]["files"] == 0 and data["versioning"]["status"] == "Enabled"
 

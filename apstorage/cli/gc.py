@@ -211,7 +211,7 @@ def _messages(out: Output, report, max_delete: int | None) -> None:
         out.error(f"{row['type']} {printable(row['id'])} ({row['location']} {printable(row['key'] or '-')}): {row['reason']}")
     if report.reported_count > SHOWN:
         out.error(f"... and {plural(report.reported_count - SHOWN, 'more row')} with missing bytes (see --json)")
-    if report.restorable_count:
+    if report.restorable_count and not out.quiet:  # kept on purpose: no failure, so not with --quiet
         out.warn(
             f"{plural(report.restorable_count, 'row')} {'has' if report.restorable_count == 1 else 'have'} no current object but a noncurrent version: "
             "restorable, never deleted by gc; `apstorage restore ID...` (or `restore --all-missing`) "
