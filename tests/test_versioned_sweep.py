@@ -932,3 +932,27 @@ def test_a_sweep_with_wrong_credentials_or_bucket_names_that_not_a_permission(se
     assert ("SignatureDoesNotMatch" if wrong == "secret" else "does not exist") in errors[0]
     ids = {r[0] for r in rows(storage)}
     assert {r.id for r in kept} <= ids and db_row.id not in ids
+
+
+def test_two_expired_rows_of_one_key_in_two_batches_leave_one_delete_marker(seaweed, catalog_env,
+                                                                           storage_factory) -> None:
+    """Two expired rows share each key and fall in different batches: the first batch keeps
+    the bytes (the other row still holds them), the second deletes them — once. The end of
+    the run, which deletes the keys kept for rows that are gone since, must not delete them
+    again: on a versioned bucket that wrote a second delete marker per key."""
+    from apstorage.services.sweep import sweep_expired
+
+    bucket = _versioned(seaweed)
+    client = seaweed.client()
+    env = {**catalog_env, **seaweed.ap_env(bucket)}
+    storage = storage_factory(env)
+    firsts = [put_row(storage, client, bucket, OLD + 2, [b"shared bytes"]) for _ in range(5)]
+    for row in firsts:  # the second row of each key, newer: in a later batch
+        put_row(storage, client, bucket, OLD + 1, [], key=row.s3_key)
+    report = sweep_expired(storage, batch_size=5, workers=1, retention_days=30)
+    assert report.deleted == 10 and report.failed == 0, report
+    found = listing(client, bucket)
+    for row in firsts:
+        assert len(found[row.s3_key]["markers"]) == 1, found[row.s3_key]
+        assert len(found[row.s3_key]["versions"]) == 1
+    assert rows(storage) == []

@@ -918,12 +918,16 @@ class _Sweeper:
         failed_before = report.failed
         for location, (refused, whole_batch) in results.items():
             ids = gone.setdefault(location.value, [])
+            kept_earlier = self.kept_shared.get(location, set())
             for key, rows in batch.objects[location].items():
                 if key in refused:
                     for row in rows:
                         report.fail(row, batch.file_type, key, refused[key])
                 else:
                     ids.extend(r.id for r in rows)
+                    # an earlier batch kept this key for these rows: its bytes are gone now,
+                    # and a second delete would only add a second delete marker
+                    kept_earlier.discard(key)
             if whole_batch:
                 count = self.refused_in_a_row.get(location, 0) + 1
                 self.refused_in_a_row[location] = count
