@@ -561,11 +561,9 @@ def _verify_location(storage: Storage, location: Location, check: LocationCheck,
     if location is Location.S3:
         from apstorage.services.versions import ask_versioning
 
-        from apstorage.stores.s3_versions import UNKNOWN_STATE
-
         versioning = ask_versioning(storage)
         if versioning.note:
-            notes.append(f"{versioning.note}: {UNKNOWN_STATE}" if versioning.unknown else versioning.note)
+            notes.append(versioning.unknown_line or versioning.note)
         if not versioning.may_keep_versions:
             versioning = None
     for order in ORDERS:

@@ -151,19 +151,11 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
             for key, e in entries:
                 report.fail(where, key, f"not attempted: {abandoned}")
             return outcome
-        # A key's current delete marker goes only once every version under it is gone: were
-        # a version refused (Object Lock) after its marker was deleted, the version would
-        # become the current object again — the orphan back in the listing.
-        current = [(k, e) for k, e in entries if e.delete_marker and e.is_latest]
-        first = [(k, e) for k, e in entries if not (e.delete_marker and e.is_latest)]
-        refused = _delete(store, first)
-        if current:
-            blocked = {k for (k, _), _reason in refused.items()}
-            for key, e in current:
-                if key in blocked:
-                    report.skip("markerOverKeptVersion", 1)
-            refused.update(_delete(store, [(k, e) for k, e in current if k not in blocked]))
-            entries = first + [(k, e) for k, e in current if k not in blocked]
+        # a key's current delete marker goes only after every version under it: else a
+        # version refused (Object Lock) would be the current object again, the orphan back
+        refused, held = _delete(store, entries)
+        report.skip("markerOverKeptVersion", len(held))
+        entries = [entry for entry in entries if entry not in held]
     for key, e in entries:
         reason = refused.get((key, e.version_id))
         if reason is not None:
@@ -173,17 +165,17 @@ def _batch(c: "_Collector", store: "S3Store", batch: list[tuple[str, list["Objec
     return outcome
 
 
-def _delete(store: "S3Store", entries: list) -> dict[tuple[str, str], str]:
-    """DeleteObjects naming each (key, entry)'s version (``versions.delete_checked``):
-    {(key, version id): reason} refused; a request that fails refuses them all."""
-    from apstorage.services.versions import delete_checked
+def _delete(store: "S3Store", entries: list) -> tuple[dict[tuple[str, str], str], list]:
+    """``versions.delete_entries``; a request that fails refuses them all (the store
+    unreachable: raised, exit 8)."""
+    from apstorage.services.versions import delete_entries
 
     try:
-        return delete_checked(store, [(k, e.version_id) for k, e in entries])
+        return delete_entries(store, entries)
     except BackendUnavailableError:
         raise
     except ApStorageError as exc:
-        return {(k, e.version_id): str(exc) for k, e in entries}
+        return {(k, e.version_id): str(exc) for k, e in entries}, []
 
 
 __all__ = ["KIND", "MARKERS", "orphan_versions"]

@@ -40,10 +40,8 @@ def versioning_notes(versioning: "Versioning", purge_versions: bool) -> list[str
     """The lines a run that deletes S3 bytes prints about the bucket's versioning state:
     ``--purge-versions`` on a bucket that answered "not versioned"; an unknown state (a
     refused GetBucketVersioning) with what is done about it. Shared by sweep-expired and gc."""
-    from apstorage.stores.s3_versions import UNKNOWN_STATE
-
     if versioning.unknown:
-        return [f"{versioning.note}: {UNKNOWN_STATE}"]
+        return [versioning.unknown_line]
     if purge_versions and not versioning.versioned:
         return [UNVERSIONED_PURGE_NOTE]
     return []
@@ -94,6 +92,23 @@ def delete_checked(store: "S3Store", pairs: list[tuple[str, str]]) -> dict[tuple
     return refused
 
 
+def delete_entries(store: "S3Store", entries: "list[tuple[str, ObjectVersion]]") -> tuple[
+        dict[tuple[str, str], str], "list[tuple[str, ObjectVersion]]"]:
+    """Delete each (key, version or delete marker) by its version id (``delete_checked``),
+    a key's current delete marker only once every other entry of that key asked for is
+    gone: were a version refused (Object Lock) after its marker was deleted, it would become
+    the current object again. Such markers are a second DeleteObjects, only when there are.
+    Returns ({(key, version id): reason} refused, the markers not attempted: kept over a
+    version that stays)."""
+    last = [(k, e) for k, e in entries if e.delete_marker and e.is_latest]
+    first = [(k, e) for k, e in entries if not (e.delete_marker and e.is_latest)]
+    refused = delete_checked(store, [(k, e.version_id) for k, e in first])
+    blocked = {k for k, _ in refused}
+    held = [(k, e) for k, e in last if k in blocked]
+    refused.update(delete_checked(store, [(k, e.version_id) for k, e in last if k not in blocked]))
+    return refused, held
+
+
 def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
     """Delete every version and delete marker of ``keys`` (sorted, distinct). Versions
     refused once are tried once more (a transient refusal); a bare AccessDenied on a
@@ -123,17 +138,9 @@ def purge_keys(store: "S3Store", keys: Sequence[str]) -> PurgeResult:
                 "the store's version listing does not show this key (it has a control character); "
                 "its versions cannot be told apart, so the row is kept"
             )
-    # A key's current delete marker goes only once every version under it is gone: were a
-    # version refused (Object Lock) after its marker was deleted, it would become the
-    # current object again. Such markers are a second DeleteObjects, only when there are.
-    by_pair = {(k, e.version_id): e for k in keys if k not in result.refused for e in listing[k]}
-    last = [p for p, e in by_pair.items() if e.delete_marker and e.is_latest]
-    first = [p for p, e in by_pair.items() if not (e.delete_marker and e.is_latest)]
-    refused = delete_checked(store, first)
-    blocked = {k for k, _ in refused}
-    second = [p for p in last if p[0] not in blocked]
-    refused.update(delete_checked(store, second))
-    pairs = first + second
+    entries = [(k, e) for k in keys if k not in result.refused for e in listing[k]]
+    refused, held = delete_entries(store, entries)
+    pairs = [(k, e.version_id) for k, e in entries if (k, e) not in held]
     for (key, _), reason in sorted(refused.items()):
         result.refused.setdefault(key, reason)
     gone_pairs = set(pairs) - set(refused)
@@ -228,6 +235,7 @@ __all__ = [
     "versioning_notes",
     "ask_versioning",
     "delete_checked",
+    "delete_entries",
     "purge_keys",
     "restorable_ids",
     "restore_source",

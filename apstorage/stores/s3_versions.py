@@ -87,6 +87,12 @@ class Versioning:
         has no versioning API, is treated as unversioned."""
         return self.versioned or self.unknown
 
+    @property
+    def unknown_line(self) -> str:
+        """What a run says of a state that could not be read, and what it does about it
+        ("" for a state that could)."""
+        return f"{self.note}: {UNKNOWN_STATE}" if self.unknown else ""
+
     def to_json(self) -> dict:
         return {
             "status": "Unknown" if self.unknown else (self.status or "Unversioned"),
